@@ -1,0 +1,407 @@
+package filter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/qcdp/qcdp/qmp"
+	"github.com/qcdp/qcdp/record"
+)
+
+// State is a disk's capture state as `qcdp status` shows it.
+type State string
+
+// States. Never change: they are shown to operators and scripts.
+const (
+	InitialSync State = "initial-sync"
+	Syncing     State = "syncing"
+	Tracking    State = "tracking"
+	Resync      State = "resync"
+	Paused      State = "paused"
+	Error       State = "error"
+	Detached    State = "detached"
+)
+
+// Sentinel errors.
+var (
+	ErrNotAttached = errors.New("filter: disk is not attached")
+	ErrJobVanished = errors.New("filter: capture job ended without a detach")
+)
+
+// Marker puts a marker for a disk into the group's stream (the sequencer).
+type Marker interface {
+	MarkDisk(kind record.MarkerKind, disk string) (seq uint64, err error)
+}
+
+// Config describes one protected disk.
+type Config struct {
+	Disk        string // the disk's name in its group; also the NBD export name
+	Node        string // QEMU node the mirror copies from (the disk's format node)
+	Socket      string // unix socket of the host daemon's NBD server
+	Persistent  bool   // keep the dirty bitmap in the image (qcow2 v3 only)
+	Granularity uint32 // default 4096
+	// ResumeBackoff is the first wait before retrying a stopped job,
+	// doubling up to MaxResumeBackoff (defaults 100 ms and 5 s).
+	ResumeBackoff, MaxResumeBackoff time.Duration
+	// ConvergePoll is how often resync asks whether the job has caught up
+	// (default 200 ms).
+	ConvergePoll time.Duration
+	Logger       *slog.Logger
+}
+
+// Names of the QEMU objects of a disk. Never change.
+func JobID(disk string) string      { return "qcdp-" + disk }
+func TargetNode(disk string) string { return "qcdp-t-" + disk }
+func FilterNode(disk string) string { return "qcdp-f-" + disk }
+func BitmapName(disk string) string { return "qcdp-" + disk }
+
+// Capture drives one disk's mirror job. Run owns its event loop; the other
+// methods are safe to call concurrently with it.
+type Capture struct {
+	q    *qmp.Client
+	cfg  Config
+	mark Marker
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	state   State
+	lastErr error
+	detach  bool // a Detach is under way: the job's end is expected
+
+	ended     chan struct{} // closed when Run has seen the job end
+	endedOnce sync.Once
+}
+
+// New returns the lifecycle of one disk. Nothing happens in QEMU until Run.
+func New(q *qmp.Client, cfg Config, mark Marker) (*Capture, error) {
+	if err := record.ValidDiskName(cfg.Disk); err != nil {
+		return nil, fmt.Errorf("filter: %w", err)
+	}
+	if cfg.Node == "" || cfg.Socket == "" {
+		return nil, fmt.Errorf("filter: disk %s: node and socket are required", cfg.Disk)
+	}
+	if cfg.Granularity == 0 {
+		cfg.Granularity = 4096
+	}
+	if cfg.ResumeBackoff <= 0 {
+		cfg.ResumeBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxResumeBackoff <= 0 {
+		cfg.MaxResumeBackoff = 5 * time.Second
+	}
+	if cfg.ConvergePoll <= 0 {
+		cfg.ConvergePoll = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Capture{q: q, cfg: cfg, mark: mark, log: cfg.Logger.With("disk", cfg.Disk),
+		state: Detached, ended: make(chan struct{})}, nil
+}
+
+// State returns the disk's state and, in Error, why.
+func (c *Capture) State() (State, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state, c.lastErr
+}
+
+func (c *Capture) setState(s State, err error) {
+	c.mu.Lock()
+	old := c.state
+	c.state, c.lastErr = s, err
+	c.mu.Unlock()
+	if old != s {
+		c.log.Info("capture state", "from", old, "to", s, "err", err)
+	}
+}
+
+// Run attaches the disk (or adopts the job a previous daemon left running)
+// and follows the job until ctx ends or the disk is detached. It returns nil
+// after a Detach, ctx.Err() when cancelled (the job stays in QEMU, tracking
+// or mirroring, for the next daemon to adopt), or why capture failed.
+func (c *Capture) Run(ctx context.Context) error {
+	events, err := c.q.Subscribe(ctx, qmp.EventBlockJobReady, qmp.EventBlockJobError,
+		qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled, qmp.EventJobStatusChange)
+	if err != nil {
+		return fmt.Errorf("filter: disk %s: subscribe: %w", c.cfg.Disk, err)
+	}
+	job, err := c.findJob(ctx)
+	if err != nil {
+		return err
+	}
+	if job == nil {
+		if err := c.attach(ctx); err != nil {
+			c.setState(Error, err)
+			return err
+		}
+		c.setState(InitialSync, nil)
+	} else {
+		c.adopt(ctx, job)
+	}
+	return c.follow(ctx, events)
+}
+
+func (c *Capture) findJob(ctx context.Context) (*qmp.BlockJobInfo, error) {
+	jobs, err := c.q.QueryBlockJobs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("filter: disk %s: query jobs: %w", c.cfg.Disk, err)
+	}
+	for i := range jobs {
+		if jobs[i].Device == JobID(c.cfg.Disk) {
+			return &jobs[i], nil
+		}
+	}
+	return nil, nil
+}
+
+// attach adds the bitmap (if not there), the target node and the job.
+func (c *Capture) attach(ctx context.Context) error {
+	d := c.cfg.Disk
+	have, err := c.hasBitmap(ctx)
+	if err != nil {
+		return err
+	}
+	if !have {
+		err := c.q.Execute(ctx, "block-dirty-bitmap-add", map[string]any{
+			"node": c.cfg.Node, "name": BitmapName(d),
+			"granularity": c.cfg.Granularity, "persistent": c.cfg.Persistent,
+		}, nil)
+		if err != nil {
+			return fmt.Errorf("filter: disk %s: add bitmap on %s: %w", d, c.cfg.Node, err)
+		}
+	}
+	err = c.q.BlockdevAdd(ctx, map[string]any{
+		"driver": "nbd", "node-name": TargetNode(d),
+		"server":          map[string]string{"type": "unix", "path": c.cfg.Socket},
+		"export":          d,
+		"reconnect-delay": 0,
+	})
+	if err != nil {
+		return fmt.Errorf("filter: disk %s: add target node for %s: %w", d, c.cfg.Socket, err)
+	}
+	err = c.q.BlockdevMirror(ctx, qmp.MirrorArgs{
+		JobID: JobID(d), Device: c.cfg.Node, Target: TargetNode(d),
+		Sync: qmp.SyncFull, CopyMode: qmp.CopyModeWriteBlocking,
+		Granularity: c.cfg.Granularity, OnTargetError: qmp.ErrorActionStop,
+		OnSourceError: qmp.ErrorActionReport, FilterNodeName: FilterNode(d),
+	})
+	if err != nil {
+		if derr := c.q.BlockdevDel(ctx, TargetNode(d)); derr != nil {
+			c.log.Warn("remove target node after failed mirror", "err", derr)
+		}
+		return fmt.Errorf("filter: disk %s: start mirror of %s: %w", d, c.cfg.Node, err)
+	}
+	return nil
+}
+
+// hasBitmap reports whether the disk's node already has the capture bitmap
+// (kept from an earlier attach, or loaded from a qcow2 v3 image).
+func (c *Capture) hasBitmap(ctx context.Context) (bool, error) {
+	var nodes []struct {
+		NodeName     string `json:"node-name"`
+		DirtyBitmaps []struct {
+			Name string `json:"name"`
+		} `json:"dirty-bitmaps"`
+	}
+	if err := c.q.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
+		return false, fmt.Errorf("filter: disk %s: query nodes: %w", c.cfg.Disk, err)
+	}
+	for _, n := range nodes {
+		if n.NodeName != c.cfg.Node {
+			continue
+		}
+		for _, b := range n.DirtyBitmaps {
+			if b.Name == BitmapName(c.cfg.Disk) {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("filter: disk %s: no node %q in QEMU", c.cfg.Disk, c.cfg.Node)
+}
+
+// adopt takes over a job a previous daemon started.
+func (c *Capture) adopt(ctx context.Context, job *qmp.BlockJobInfo) {
+	c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
+	switch {
+	case job.Paused || job.Status == "paused" || job.IOStatus != "ok":
+		// Writes were refused while no daemon listened: they are re-copied
+		// out of order after the resume.
+		c.beginResync(ctx)
+	case job.Ready:
+		// In-flight writes of the old daemon may be lost: re-verify.
+		c.beginResync(ctx)
+	default:
+		c.setState(InitialSync, nil)
+	}
+}
+
+// beginResync marks the stream and resumes the job until it runs.
+func (c *Capture) beginResync(ctx context.Context) {
+	if _, err := c.mark.MarkDisk(record.ResyncBegin, c.cfg.Disk); err != nil {
+		c.log.Warn("resync-begin marker not written", "err", err)
+	}
+	c.setState(Tracking, nil)
+}
+
+// follow is the event loop.
+func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
+	id := JobID(c.cfg.Disk)
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	backoff := c.cfg.ResumeBackoff
+	var poll *time.Ticker
+	var pollC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+		if poll != nil {
+			poll.Stop()
+		}
+	}()
+	scheduleResume := func() {
+		if retry == nil {
+			retry = time.NewTimer(backoff)
+		} else {
+			retry.Reset(backoff)
+		}
+		retryC = retry.C
+		backoff = min(2*backoff, c.cfg.MaxResumeBackoff)
+	}
+	startPoll := func() {
+		if poll == nil {
+			poll = time.NewTicker(c.cfg.ConvergePoll)
+		}
+		pollC = poll.C
+	}
+	if st, _ := c.State(); st == Tracking {
+		scheduleResume()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-events:
+			if !ok {
+				return fmt.Errorf("filter: disk %s: QMP connection closed", c.cfg.Disk)
+			}
+			if ev.Str("device") != id && ev.Str("id") != id {
+				continue
+			}
+			switch ev.Name {
+			case qmp.EventBlockJobReady:
+				if st, _ := c.State(); st == InitialSync {
+					if _, err := c.mark.MarkDisk(record.SyncComplete, c.cfg.Disk); err != nil {
+						// The marker waits for room: resync brackets the gap.
+						c.log.Warn("sync-complete marker not written", "err", err)
+						c.beginResync(ctx)
+						scheduleResume()
+						continue
+					}
+					c.setState(Syncing, nil)
+				}
+			case qmp.EventBlockJobError:
+				if ev.Str("action") == "stop" {
+					if st, _ := c.State(); st != Tracking {
+						c.beginResync(ctx)
+					}
+					scheduleResume()
+				}
+			case qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled:
+				c.mu.Lock()
+				expected := c.detach
+				c.mu.Unlock()
+				if expected {
+					c.setState(Detached, nil)
+					c.endedOnce.Do(func() { close(c.ended) })
+					return nil
+				}
+				err := fmt.Errorf("%w: %s %s", ErrJobVanished, ev.Name, ev.Str("error"))
+				c.setState(Error, err)
+				c.endedOnce.Do(func() { close(c.ended) })
+				return err
+			}
+		case <-retryC:
+			retryC = nil
+			if err := c.q.BlockJobResume(ctx, id); err != nil && !qmp.IsClass(err, "GenericError") {
+				c.log.Warn("resume capture job", "err", err)
+			}
+			// Whether it runs now shows in the next poll: an error stops it
+			// again with a new BLOCK_JOB_ERROR.
+			c.setState(Resync, nil)
+			startPoll()
+		case <-pollC:
+			job, err := c.findJob(ctx)
+			if err != nil {
+				c.log.Warn("query capture job", "err", err)
+				continue
+			}
+			if job == nil {
+				continue // its end event is on the way
+			}
+			if job.Paused || job.IOStatus != "ok" {
+				if retryC == nil {
+					c.setState(Tracking, nil)
+					scheduleResume()
+				}
+				continue
+			}
+			if job.Ready && job.Offset == job.Len && !job.Busy {
+				pollC = nil
+				backoff = c.cfg.ResumeBackoff
+				if _, err := c.mark.MarkDisk(record.ResyncEnd, c.cfg.Disk); err != nil {
+					c.log.Warn("resync-end marker not written", "err", err)
+					startPoll()
+					continue
+				}
+				c.setState(Syncing, nil)
+			}
+		}
+	}
+}
+
+// Detach cancels the capture job (never completes it), waits for its end
+// through Run and removes the target node. The dirty bitmap stays and keeps
+// tracking writes. Run must be running.
+func (c *Capture) Detach(ctx context.Context) error {
+	d := c.cfg.Disk
+	c.mu.Lock()
+	c.detach = true
+	c.mu.Unlock()
+	job, err := c.findJob(ctx)
+	if err != nil {
+		return err
+	}
+	if job != nil {
+		// A READY mirror drains and ends without pivot when not forced; one
+		// that is not ready is cancelled at once.
+		force := !job.Ready || job.Paused
+		if err := c.q.BlockJobCancel(ctx, JobID(d), force); err != nil && !qmp.IsDeviceNotActive(err) {
+			return fmt.Errorf("filter: disk %s: cancel job: %w", d, err)
+		}
+		if err := c.waitGone(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.q.BlockdevDel(ctx, TargetNode(d)); err != nil && !qmp.IsClass(err, "GenericError") {
+		return fmt.Errorf("filter: disk %s: remove target node: %w", d, err)
+	}
+	c.setState(Detached, nil)
+	return nil
+}
+
+// waitGone waits until Run has seen the job end.
+func (c *Capture) waitGone(ctx context.Context) error {
+	select {
+	case <-c.ended:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("filter: disk %s: wait for job end: %w", c.cfg.Disk, ctx.Err())
+	}
+}
