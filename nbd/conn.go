@@ -36,19 +36,44 @@ type conn struct {
 	br  *bufio.Reader
 	log *slog.Logger
 
-	wmu sync.Mutex // guards bw and werr
-	bw  *bufio.Writer
+	wmu  sync.Mutex // guards bw and werr
+	bw   *bufio.Writer
 	werr error
 
-	sess    *session
+	sess     *session
 	inflight chan struct{} // semaphore for dispatched requests
 	workers  sync.WaitGroup
 	payload  []byte // reused for WRITE payloads not fully buffered
 	pending  []byte // replies of inline requests not yet flushed
+
+	budgetMu   sync.Mutex
+	budgetCond *sync.Cond
+	readBytes  int64 // bytes of READ buffers in flight
+}
+
+// readBudget bounds the READ buffers one connection holds at once, so a
+// client pipelining large reads cannot make the server allocate without
+// limit. One request may always run, whatever its size.
+const readBudget = 64 << 20
+
+func (c *conn) acquireRead(n int64) {
+	c.budgetMu.Lock()
+	for c.readBytes > 0 && c.readBytes+n > readBudget {
+		c.budgetCond.Wait()
+	}
+	c.readBytes += n
+	c.budgetMu.Unlock()
+}
+
+func (c *conn) releaseRead(n int64) {
+	c.budgetMu.Lock()
+	c.readBytes -= n
+	c.budgetMu.Unlock()
+	c.budgetCond.Broadcast()
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{
+	c := &conn{
 		srv:      s,
 		nc:       nc,
 		br:       bufio.NewReaderSize(nc, readBufSize),
@@ -56,6 +81,8 @@ func newConn(s *Server, nc net.Conn) *conn {
 		log:      s.log.With("remote", remoteName(nc)),
 		inflight: make(chan struct{}, s.opts.MaxInFlight),
 	}
+	c.budgetCond = sync.NewCond(&c.budgetMu)
+	return c
 }
 
 func remoteName(nc net.Conn) string {
@@ -88,8 +115,15 @@ func (c *conn) serve(ctx context.Context) {
 	c.sess = sess
 	c.log = c.log.With("export", sess.name)
 	c.log.Debug("nbd transmission", "structured", sess.structured, "base_allocation", sess.baseAlloc)
+	ctx, cancel := context.WithCancel(ctx)
 	err = c.transmit(ctx)
+	if err != nil {
+		// The client is gone or broke the protocol: nobody will read what
+		// is still in flight.
+		cancel()
+	}
 	c.workers.Wait()
+	cancel()
 	c.flushPending()
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !c.srv.shuttingDown() {
 		c.log.Info("nbd connection closed", "err", err)
@@ -201,21 +235,24 @@ func (c *conn) check(r request) (string, Errno) {
 		}
 	case cmdWriteZeroes:
 		allowed = cmdFlagFUA | cmdFlagNoHole | cmdFlagFastZero
+		if _, ok := e.(Writer); !ok {
+			return "export is read-only", EPERM
+		}
 		if _, ok := e.(Zeroer); !ok {
 			return "write zeroes not supported", EINVAL
 		}
+	case cmdTrim:
+		allowed = cmdFlagFUA
 		if _, ok := e.(Writer); !ok {
 			return "export is read-only", EPERM
 		}
-	case cmdTrim:
-		allowed = cmdFlagFUA
 		if _, ok := e.(Trimmer); !ok {
 			return "trim not supported", EINVAL
 		}
-		if _, ok := e.(Writer); !ok {
-			return "export is read-only", EPERM
-		}
 	case cmdFlush:
+		if _, ok := e.(Flusher); !ok {
+			return "flush not supported", EINVAL
+		}
 		if r.offset != 0 || r.length != 0 {
 			return "flush takes no range", EINVAL
 		}
@@ -295,13 +332,20 @@ func (c *conn) finishWrite(ctx context.Context, r request, err error) {
 	c.queueSimple(r.handle, 0)
 }
 
-// dispatch runs a request on a goroutine the connection owns.
+// dispatch runs a request on a goroutine the connection owns. The request
+// loop waits here when the connection has too much in flight.
 func (c *conn) dispatch(ctx context.Context, r request) {
 	c.inflight <- struct{}{}
+	if r.typ == cmdRead {
+		c.acquireRead(int64(r.length))
+	}
 	c.workers.Add(1)
 	go func() {
 		defer c.workers.Done()
 		defer func() { <-c.inflight }()
+		if r.typ == cmdRead {
+			defer c.releaseRead(int64(r.length))
+		}
 		c.run(ctx, r)
 	}()
 }
