@@ -20,7 +20,7 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v go >/dev/null 2>&1; then
-  for g in /usr/local/go/bin /usr/lib/go-1.23/bin; do [ -x "$g/go" ] && export PATH="$g:$PATH"; done
+  for g in /usr/local/go/bin /usr/lib/go-1.25/bin; do [ -x "$g/go" ] && export PATH="$g:$PATH"; done
 fi
-command -v go >/dev/null 2>&1 || { echo "setup: Go 1.23 or newer is needed (https://go.dev/dl, or Debian's golang-1.23 from bookworm-backports)" >&2; exit 1; }
+command -v go >/dev/null 2>&1 || { echo "setup: Go 1.25 or newer is needed (https://go.dev/dl, or Debian's a Go 1.25 toolchain)" >&2; exit 1; }
 echo "setup: ok ($(go version | cut -d' ' -f3), $(qemu-system-x86_64 --version | head -1))"

@@ -1,0 +1,49 @@
+// Package record is the byte format of one captured write or marker: the unit
+// the host spool stores, the stream carries and the replica journal keeps.
+//
+// It owns the encoding, the checksums and the bounds on every field. It does
+// not own files, segments, ordering or the group a record belongs to: the
+// group is named once in the spool segment header and the stream header, and
+// seq order is the sequencer's business.
+//
+// # Byte layout
+//
+// Every record starts with a 16-byte frame that all record types and all
+// versions share, so that a reader can check and skip a type it does not
+// know. Integers are little-endian.
+//
+//	0               4               8       9       10              12              16
+//	+---------------+---------------+-------+-------+---------------+---------------+
+//	| record CRC32C | header CRC32C | type  | vers. | flags (0)     | body length   |
+//	+---------------+---------------+-------+-------+---------------+---------------+
+//	| body: body length bytes, laid out by (type, version) ...                      |
+//	+-------------------------------------------------------------------------------+
+//
+// The record CRC32C (Castagnoli) covers bytes [4, 16+body length): the
+// header CRC, the rest of the frame and the whole body, payload included.
+// The header CRC32C covers bytes [8, 16): type, version, flags and body
+// length. A reader trusts the length only once it matches, so a flipped bit
+// in the length is reported as corruption, never mistaken for a record that
+// runs past the end of the data (a torn tail). The body length is at most
+// MaxBody; nothing is allocated from it.
+//
+// Body of types Data (1), Zero (2), Trim (3) and Marker (4), version 1:
+//
+//	0       8       16      24      32  33  34  35  36
+//	+-------+-------+-------+-------+---+---+---+---+------+------+---------+
+//	| seq   | time  | offset| length|mk |dl |nl | 0 | disk | name | payload |
+//	+-------+-------+-------+-------+---+---+---+---+------+------+---------+
+//
+// seq is the group's sequence number (uint64); time the capture time in unix
+// nanoseconds (int64); offset and length the byte range of the disk (uint64).
+// mk is the marker kind (Marker records only, else 0), dl the disk name
+// length, nl the marker name length; the disk and name bytes follow. The
+// payload is the rest of the body: exactly length bytes for Data, empty for
+// Zero, Trim and Marker.
+//
+// All values above (offsets, sizes, type, version and marker numbers,
+// MaxPayload) are on disk and on the wire: never change them. A new layout
+// gets a new type or version number, and readers skip types they do not
+// know (ErrUnknownType); testdata/ keeps a fixture of every version ever
+// written and TestGolden reads them all.
+package record

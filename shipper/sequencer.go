@@ -1,0 +1,237 @@
+package shipper
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/shipper/spool"
+)
+
+// Sequencer orders the writes of one protection group. Its methods are safe
+// for concurrent use; it must be the only writer of its spool.
+type Sequencer struct {
+	sp *spool.Spool
+
+	mu   sync.Mutex
+	next uint64
+	// resync holds, per disk, the seq of its open resync-begin marker, or
+	// 0 when the marker is owed: a write of that disk was refused, so the
+	// stream lacks it until QEMU re-copies the chunk, and no record may be
+	// sequenced before the marker says so.
+	resync map[string]uint64
+}
+
+// NewSequencer returns the sequencer of the group whose spool is sp; it
+// continues after sp.LastSeq().
+func NewSequencer(sp *spool.Spool) *Sequencer {
+	return &Sequencer{sp: sp, next: sp.LastSeq() + 1, resync: map[string]uint64{}}
+}
+
+// append stamps r with the next seq and the capture time and appends it to
+// the spool, under one lock: the stamp order is the spool order, and capture
+// times never decrease along it.
+func (s *Sequencer) append(r *record.Record) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendLocked(r)
+}
+
+// appendLocked first writes the resync-begin markers owed, then r. When the
+// spool refuses r, r's disk owes one.
+func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
+	for disk, seq := range s.resync {
+		if seq != 0 {
+			continue
+		}
+		m := record.Record{Kind: record.Marker, Marker: record.ResyncBegin, Disk: disk}
+		seq, err := s.put(&m)
+		if err != nil {
+			s.refusedLocked(r)
+			return 0, fmt.Errorf("resync-begin marker of %s owed: %w", disk, err)
+		}
+		s.resync[disk] = seq
+	}
+	seq, err := s.put(r)
+	if err != nil {
+		s.refusedLocked(r)
+		return 0, err
+	}
+	return seq, nil
+}
+
+func (s *Sequencer) put(r *record.Record) (uint64, error) {
+	r.Seq = s.next
+	r.Time = time.Now().UnixNano()
+	if err := s.sp.Append(r); err != nil {
+		return 0, err
+	}
+	s.next++
+	return r.Seq, nil
+}
+
+// refusedLocked notes that a disk's write is missing from the stream.
+func (s *Sequencer) refusedLocked(r *record.Record) {
+	if r.Kind == record.Marker || r.Disk == "" {
+		return
+	}
+	if _, open := s.resync[r.Disk]; !open {
+		s.resync[r.Disk] = 0
+	}
+}
+
+// MarkDisk appends a marker about one disk and returns its seq. Resync
+// markers bracket the part of the stream in which the disk's writes are not
+// in write order: ResyncBegin while a bracket is open returns the open
+// marker's seq instead of writing a second one (a refused write opens one by
+// itself), and ResyncEnd closes it.
+func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error) {
+	if err := record.ValidDiskName(disk); err != nil {
+		return 0, fmt.Errorf("shipper: marker %v: %w", kind, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if kind == record.ResyncBegin {
+		if open := s.resync[disk]; open != 0 {
+			return open, nil
+		}
+		delete(s.resync, disk) // owed: this marker is the one owed
+	}
+	r := record.Record{Kind: record.Marker, Marker: kind, Disk: disk}
+	seq, err := s.appendLocked(&r)
+	if err != nil {
+		if kind == record.ResyncBegin {
+			s.resync[disk] = 0
+		}
+		return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, err)
+	}
+	switch kind {
+	case record.ResyncBegin:
+		s.resync[disk] = seq
+	case record.ResyncEnd:
+		delete(s.resync, disk)
+	}
+	return seq, nil
+}
+
+// Mark appends a marker of kind with an optional name (at most
+// record.MaxName bytes) and returns its seq.
+func (s *Sequencer) Mark(kind record.MarkerKind, name string) (uint64, error) {
+	r := record.Record{Kind: record.Marker, Marker: kind, Name: name}
+	seq, err := s.append(&r)
+	if err != nil {
+		return 0, fmt.Errorf("shipper: marker %v %q: %w", kind, name, err)
+	}
+	return seq, nil
+}
+
+// Sync makes every record sequenced so far durable in the spool.
+func (s *Sequencer) Sync(ctx context.Context) error { return s.sp.Sync(ctx) }
+
+// Export returns the capture export of one disk of the group, of size bytes.
+func (s *Sequencer) Export(disk string, size int64) (*CaptureExport, error) {
+	if err := record.ValidDiskName(disk); err != nil {
+		return nil, fmt.Errorf("shipper: capture export: %w", err)
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("shipper: capture export %s: negative size %d", disk, size)
+	}
+	return &CaptureExport{seq: s, disk: disk, size: size}, nil
+}
+
+// CaptureExport is the NBD export QEMU's write-blocking mirror writes one
+// disk's writes into. Every write, zero and trim becomes a record of the
+// group's spool, in arrival order. It implements nbd.Export, nbd.Writer,
+// nbd.Zeroer, nbd.Trimmer and nbd.Flusher.
+//
+// It is write-only (no nbd.Reader): the mirror never reads its target, and
+// a capture export holds no disk image to read from: the replica serves
+// reads of protected data, from its journal.
+type CaptureExport struct {
+	seq  *Sequencer
+	disk string
+	size int64
+}
+
+var (
+	_ nbd.Export  = (*CaptureExport)(nil)
+	_ nbd.Writer  = (*CaptureExport)(nil)
+	_ nbd.Zeroer  = (*CaptureExport)(nil)
+	_ nbd.Trimmer = (*CaptureExport)(nil)
+	_ nbd.Flusher = (*CaptureExport)(nil)
+)
+
+// Disk returns the disk name.
+func (e *CaptureExport) Disk() string { return e.disk }
+
+// Size implements nbd.Export.
+func (e *CaptureExport) Size() int64 { return e.size }
+
+func (e *CaptureExport) check(op string, off, length int64, errno nbd.Errno) error {
+	if off < 0 || length < 0 || length > e.size-off || off > e.size {
+		return fmt.Errorf("capture %s: %s [%d,+%d) beyond size %d: %w", e.disk, op, off, length, e.size, errno)
+	}
+	return nil
+}
+
+// put appends r, answering EIO at once when the spool cannot take it.
+func (e *CaptureExport) put(r *record.Record) error {
+	if _, err := e.seq.append(r); err != nil {
+		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, err)
+	}
+	return nil
+}
+
+// WriteAt implements nbd.Writer: p becomes a Data record. The spool writes p
+// out before Append returns, so p is not kept and needs no copy.
+func (e *CaptureExport) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if err := e.check("write", off, int64(len(p)), nbd.ENOSPC); err != nil {
+		return err
+	}
+	if len(p) > record.MaxPayload {
+		return fmt.Errorf("capture %s: write of %d bytes: %w", e.disk, len(p), nbd.EINVAL)
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	r := record.Record{Kind: record.Data, Disk: e.disk, Offset: uint64(off), Length: uint64(len(p)), Payload: p}
+	return e.put(&r)
+}
+
+// Zero implements nbd.Zeroer: the range becomes a Zero record, which is
+// always cheap, so a fast zero is fine.
+func (e *CaptureExport) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+	if err := e.check("zero", off, length, nbd.ENOSPC); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	r := record.Record{Kind: record.Zero, Disk: e.disk, Offset: uint64(off), Length: uint64(length)}
+	return e.put(&r)
+}
+
+// Trim implements nbd.Trimmer: the range becomes a Trim record. (QEMU's
+// mirror filter swallows guest discards, so these are rare in practice.)
+func (e *CaptureExport) Trim(ctx context.Context, off, length int64) error {
+	if err := e.check("trim", off, length, nbd.EINVAL); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	r := record.Record{Kind: record.Trim, Disk: e.disk, Offset: uint64(off), Length: uint64(length)}
+	return e.put(&r)
+}
+
+// Flush implements nbd.Flusher: it fsyncs the spool, which holds the
+// writes of every disk of the group, so it covers every connection.
+func (e *CaptureExport) Flush(ctx context.Context) error {
+	if err := e.seq.sp.Sync(ctx); err != nil {
+		return fmt.Errorf("capture %s: flush: %w: %w", e.disk, nbd.EIO, err)
+	}
+	return nil
+}
