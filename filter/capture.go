@@ -74,6 +74,7 @@ type Capture struct {
 
 	ended     chan struct{} // closed when Run has seen the job end
 	endedOnce sync.Once
+	changed   chan struct{} // closed and replaced at every state change
 }
 
 // New returns the lifecycle of one disk. Nothing happens in QEMU until Run.
@@ -100,7 +101,7 @@ func New(q *qmp.Client, cfg Config, mark Marker) (*Capture, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Capture{q: q, cfg: cfg, mark: mark, log: cfg.Logger.With("disk", cfg.Disk),
-		state: Detached, ended: make(chan struct{})}, nil
+		state: Detached, ended: make(chan struct{}), changed: make(chan struct{})}, nil
 }
 
 // State returns the disk's state and, in Error, why.
@@ -114,9 +115,32 @@ func (c *Capture) setState(s State, err error) {
 	c.mu.Lock()
 	old := c.state
 	c.state, c.lastErr = s, err
+	if old != s {
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
 	c.mu.Unlock()
 	if old != s {
 		c.log.Info("capture state", "from", old, "to", s, "err", err)
+	}
+}
+
+// WaitState waits until the disk is in one of states and returns it.
+func (c *Capture) WaitState(ctx context.Context, states ...State) (State, error) {
+	for {
+		c.mu.Lock()
+		cur, ch := c.state, c.changed
+		c.mu.Unlock()
+		for _, s := range states {
+			if cur == s {
+				return cur, nil
+			}
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return cur, fmt.Errorf("filter: disk %s: waiting for %v, still %s: %w", c.cfg.Disk, states, cur, ctx.Err())
+		}
 	}
 }
 

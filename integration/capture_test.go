@@ -113,7 +113,7 @@ func tailLines(s string, n int) string {
 }
 
 // wantRecord is the record a qemu-io write on disk must become, or, with
-// kind record.Marker, a sync-complete marker named disk.
+// kind record.Marker, a sync-complete marker of disk.
 type wantRecord struct {
 	disk    string
 	kind    record.Kind
@@ -133,7 +133,7 @@ func (w wantRecord) String() string {
 // will at BLOCK_JOB_READY, and returns the record to expect for it.
 func (c *capture) markSyncComplete(t *testing.T, disk string) (uint64, wantRecord) {
 	t.Helper()
-	seq, err := c.seq.Mark(record.SyncComplete, disk)
+	seq, err := c.seq.MarkDisk(record.SyncComplete, disk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +184,7 @@ func checkRecords(t *testing.T, sp *spool.Spool, base uint64, want []wantRecord)
 		next = r.Seq + 1
 		desc := fmt.Sprintf("seq %d: %s %s [%d,+%d)", r.Seq, r.Disk, r.Kind, r.Offset, r.Length)
 		if r.Kind == record.Marker {
-			desc = fmt.Sprintf("seq %d: marker %s %q", r.Seq, r.Marker, r.Name)
+			desc = fmt.Sprintf("seq %d: marker %s %q", r.Seq, r.Marker, r.Disk)
 		}
 		got = append(got, desc)
 		if i >= len(want) {
@@ -194,7 +194,7 @@ func checkRecords(t *testing.T, sp *spool.Spool, base uint64, want []wantRecord)
 		w := want[i]
 		i++
 		if w.kind == record.Marker || r.Kind == record.Marker {
-			if r.Kind != w.kind || r.Marker != record.SyncComplete || r.Name != w.disk {
+			if r.Kind != w.kind || r.Marker != record.SyncComplete || r.Disk != w.disk {
 				t.Errorf("%s, want %v", desc, w)
 			}
 			continue

@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/qcdp/qcdp/filter"
+	"github.com/qcdp/qcdp/integration/harness"
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/shipper"
+	"github.com/qcdp/qcdp/shipper/spool"
+)
+
+// restartable is a capture server whose NBD side can die and come back on
+// the same socket while the group's spool and sequencer live on, as when the
+// daemon is restarted.
+type restartable struct {
+	t      *testing.T
+	sock   string
+	cat    nbd.Exports
+	log    *slog.Logger
+	srv    *nbd.Server
+	served chan error
+}
+
+func (r *restartable) start() {
+	r.t.Helper()
+	os.Remove(r.sock)
+	ln, err := net.Listen("unix", r.sock)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.srv = nbd.NewServer(&r.cat, nbd.Options{Logger: r.log})
+	r.served = make(chan error, 1)
+	go func() { r.served <- r.srv.Serve(ln) }()
+}
+
+func (r *restartable) stop() {
+	if r.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.srv.Shutdown(ctx)
+	<-r.served
+	r.srv = nil
+}
+
+// TestFilterLifecycle drives one disk through the whole capture lifecycle
+// with real QEMU: initial-sync → syncing (sync-complete marker) → the
+// capture server dies: the guest's writes go on unharmed and the disk goes
+// to tracking → the server comes back: the job is resumed and resynced,
+// bracketed by markers → detach by cancel. The spool then rebuilds the
+// source byte for byte.
+func TestFilterLifecycle(t *testing.T) {
+	harness.Need(t, "qemu-system-x86_64", "qemu-img")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir := harness.TempDir(t)
+	const size = 16 << 20
+	src := filepath.Join(dir, "disk0.qcow2")
+	if err := harness.CreateImage(ctx, src, "qcow2", size); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.FillPattern(ctx, src, "qcow2", size, 1<<20, 0x10); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "capture.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	sp, err := spool.Open(ctx, spool.Options{Dir: filepath.Join(dir, "spool"), Group: "g", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	seq := shipper.NewSequencer(sp)
+	exp, err := seq.Export("disk0", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &restartable{t: t, sock: filepath.Join(dir, "capture.sock"), log: log}
+	srv.cat.Add("disk0", exp)
+	srv.start()
+	defer srv.stop()
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("QCDP_TEST_LOGS") != "" {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("--- capture and filter log %s:\n%s", logf.Name(), tailLines(string(b), 60))
+		}
+	})
+
+	q := harness.Start(ctx, t, harness.Options{Dir: dir, Disks: []harness.Disk{{Name: "disk0", Path: src, Format: "qcow2"}}})
+	c, err := filter.New(q.QMP, filter.Config{
+		Disk: "disk0", Node: "disk0", Socket: srv.sock, Persistent: true,
+		ResumeBackoff: 50 * time.Millisecond, ConvergePoll: 50 * time.Millisecond, Logger: log,
+	}, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stopRun := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	go func() { ran <- c.Run(runCtx) }()
+	defer func() {
+		stopRun()
+		<-ran
+	}()
+	node := filter.FilterNode("disk0")
+	write := func(cmd string) {
+		t.Helper()
+		start := time.Now()
+		if err := q.QemuIO(ctx, node, cmd); err != nil {
+			t.Fatalf("guest write %q: %v", cmd, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("guest write %q held %v (invariant 1: never over 1 s)", cmd, d)
+		}
+	}
+
+	if _, err := c.WaitState(ctx, filter.Syncing, filter.Error); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.State(); st != filter.Syncing {
+		t.Fatalf("state %s (%v), want syncing after READY", st, err)
+	}
+	write("write -P 0xc1 0 4096")
+	write("write -P 0xc2 8192 512")
+
+	// The daemon's NBD side dies: writes must not fail or stall the guest.
+	srv.stop()
+	write("write -P 0xd1 65536 4096")
+	write("write -P 0xd2 1048576 65536")
+	if _, err := c.WaitState(ctx, filter.Tracking, filter.Resync); err != nil {
+		t.Fatal(err)
+	}
+	write("write -P 0xd3 2097152 4096")
+
+	// It comes back: the lifecycle resumes the job until it runs, the
+	// refused chunks are re-copied, and the disk converges.
+	srv.start()
+	if _, err := c.WaitState(ctx, filter.Syncing, filter.Error); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := c.State(); st != filter.Syncing {
+		t.Fatalf("state %s (%v) after the server came back, want syncing", st, err)
+	}
+	write("write -P 0xe1 4096 4096")
+
+	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer dcancel()
+	if err := c.Detach(dctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ran; err != nil {
+		t.Fatalf("Run after Detach: %v", err)
+	}
+	ran <- nil
+	jobs, err := q.QMP.QueryBlockJobs(ctx)
+	if err != nil || len(jobs) != 0 {
+		t.Fatalf("jobs after detach: %+v %v", jobs, err)
+	}
+
+	// The stream: sync-complete, then a resync bracket around the outage.
+	kinds := markers(t, sp)
+	want := []record.MarkerKind{record.SyncComplete, record.ResyncBegin, record.ResyncEnd}
+	if len(kinds) != len(want) {
+		t.Fatalf("markers %v, want %v", kinds, want)
+	}
+	for i := range want {
+		if kinds[i] != want[i] {
+			t.Fatalf("markers %v, want %v", kinds, want)
+		}
+	}
+
+	srv.stop()
+	if err := sp.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	applied := filepath.Join(dir, "applied.raw")
+	if _, err := spool.Apply(ctx, filepath.Join(dir, "spool"), map[string]string{"disk0": applied}, spool.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Compare(ctx, src, "qcow2", applied, "raw"); err != nil {
+		t.Fatalf("the spool does not rebuild the source after an outage and resync: %v", err)
+	}
+}
+
+// markers returns the marker kinds in the spool, in order.
+func markers(t *testing.T, sp *spool.Spool) []record.MarkerKind {
+	t.Helper()
+	cur := sp.Cursor(1)
+	defer cur.Close()
+	var out []record.MarkerKind
+	for {
+		r, err := cur.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Kind == record.Marker {
+			out = append(out, r.Marker)
+		}
+	}
+}
