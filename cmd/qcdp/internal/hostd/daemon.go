@@ -1,0 +1,429 @@
+package hostd
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/filter"
+	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/qmp"
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/shipper"
+	"github.com/qcdp/qcdp/shipper/spool"
+)
+
+// Source is a hypervisor the daemon finds VMs through.
+type Source interface {
+	ListVMs(ctx context.Context) ([]hypervisor.VM, error)
+	Disks(ctx context.Context, vm hypervisor.VM) ([]hypervisor.Disk, error)
+	QMP(ctx context.Context, vm hypervisor.VM) (*qmp.Client, error)
+}
+
+// Sentinel errors of the control API.
+var (
+	ErrUnknownVM   = errors.New("hostd: no such VM")
+	ErrUnprotected = errors.New("hostd: VM is not protected by the policy")
+)
+
+// rescanEvery is how often QMP socket patterns are looked at again.
+const rescanEvery = 5 * time.Second
+
+// Daemon is the running host daemon.
+type Daemon struct {
+	pol     *configs.Policy
+	log     *slog.Logger
+	sources []Source
+	lv      *hypervisor.Libvirt // also in sources; nil without libvirt
+
+	groups map[string]*group
+
+	mu  sync.Mutex
+	vms map[string]*vmCapture // by VM id
+	wg  sync.WaitGroup        // capture goroutines
+}
+
+// group is one protection group's capture side.
+type group struct {
+	cfg    *configs.Group
+	sp     *spool.Spool
+	seq    *shipper.Sequencer
+	cat    nbd.Exports
+	srv    *nbd.Server
+	sock   string
+	served chan error
+}
+
+// vmCapture is one protected VM: its QMP connection and its disks.
+type vmCapture struct {
+	vm       hypervisor.VM
+	src      Source
+	group    *group
+	q        *qmp.Client
+	disks    []*diskCapture
+	detached bool // by the operator: not re-attached until `qcdp attach`
+}
+
+type diskCapture struct {
+	name   string // stream name
+	disk   hypervisor.Disk
+	cap    *filter.Capture
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // why Run ended; read after done
+	since  time.Time
+}
+
+// New opens every group's spool and starts its capture server. sources are
+// the hypervisors to watch; lv, if not nil, is among them and also gives
+// lifecycle events.
+func New(ctx context.Context, pol *configs.Policy, log *slog.Logger, lv *hypervisor.Libvirt, sources ...Source) (*Daemon, error) {
+	d := &Daemon{pol: pol, log: log, sources: sources, lv: lv, groups: map[string]*group{}, vms: map[string]*vmCapture{}}
+	if err := os.MkdirAll(pol.Host.NBDSocketDir, 0o750); err != nil {
+		return nil, fmt.Errorf("hostd: nbd socket dir: %w", err)
+	}
+	for _, gc := range pol.Groups() {
+		g, err := d.openGroup(ctx, gc)
+		if err != nil {
+			d.closeGroups()
+			return nil, err
+		}
+		d.groups[gc.Name] = g
+	}
+	return d, nil
+}
+
+func (d *Daemon) openGroup(ctx context.Context, gc *configs.Group) (*group, error) {
+	sp, err := spool.Open(ctx, spool.Options{
+		Dir: d.pol.SpoolDir(gc), Group: gc.Name,
+		SegmentBytes: gc.SpoolSegment, MaxBytes: gc.SpoolMax,
+		SyncInterval: gc.SyncInterval, SyncBytes: gc.SyncBytes,
+		Logger: d.log.With("group", gc.Name),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hostd: group %s: %w", gc.Name, err)
+	}
+	g := &group{cfg: gc, sp: sp, seq: shipper.NewSequencer(sp),
+		sock: filepath.Join(d.pol.Host.NBDSocketDir, gc.Name+".sock"), served: make(chan error, 1)}
+	os.Remove(g.sock) // QEMU reconnects to the path; a stale file would block the listener
+	ln, err := net.Listen("unix", g.sock)
+	if err != nil {
+		sp.Close()
+		return nil, fmt.Errorf("hostd: group %s: listen: %w", gc.Name, err)
+	}
+	g.srv = nbd.NewServer(&g.cat, nbd.Options{Logger: d.log.With("group", gc.Name)})
+	go func() { g.served <- g.srv.Serve(ln) }()
+	return g, nil
+}
+
+// Run attaches every protected VM it finds and follows the hypervisors until
+// ctx ends. Capture jobs stay in QEMU when it returns (see the package doc).
+func (d *Daemon) Run(ctx context.Context) error {
+	var events <-chan hypervisor.LifecycleEvent
+	if d.lv != nil {
+		var err error
+		if events, err = d.lv.Events(ctx); err != nil {
+			return fmt.Errorf("hostd: libvirt events: %w", err)
+		}
+	}
+	d.scan(ctx)
+	tick := time.NewTicker(rescanEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.stopAll()
+			return nil
+		case <-tick.C:
+			d.scan(ctx)
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				d.log.Warn("libvirt event stream ended; rescanning only")
+				continue
+			}
+			if ev.Kind == hypervisor.EventStarted || ev.Kind == hypervisor.EventResumed {
+				d.scan(ctx)
+			}
+		}
+	}
+}
+
+// scan attaches protected VMs that run and are not captured yet, and
+// forgets captures whose VM went away.
+func (d *Daemon) scan(ctx context.Context) {
+	d.reap()
+	for _, src := range d.sources {
+		vms, err := src.ListVMs(ctx)
+		if err != nil {
+			d.log.Warn("list VMs", "err", err)
+			continue
+		}
+		for _, vm := range vms {
+			if !vm.Running {
+				continue
+			}
+			d.mu.Lock()
+			_, known := d.vms[vm.ID]
+			d.mu.Unlock()
+			if known {
+				continue
+			}
+			if err := d.attach(ctx, src, vm); err != nil && !errors.Is(err, configs.ErrNotProtected) {
+				d.log.Warn("attach VM", "vm", vm.Name, "id", vm.ID, "err", err)
+			}
+		}
+	}
+}
+
+// reap forgets VMs all of whose captures ended on their own (the VM stopped
+// or its monitor went away), so a restarted VM is attached again.
+func (d *Daemon) reap() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, v := range d.vms {
+		if v.detached {
+			continue
+		}
+		ended := true
+		for _, dc := range v.disks {
+			select {
+			case <-dc.done:
+			default:
+				ended = false
+			}
+		}
+		if ended {
+			d.log.Info("VM capture ended", "vm", v.vm.Name, "id", id)
+			v.q.Close()
+			delete(d.vms, id)
+		}
+	}
+}
+
+func labelsOf(vm hypervisor.VM) []string {
+	out := make([]string, 0, len(vm.Labels))
+	for k, v := range vm.Labels {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// StreamName is a disk's name in its group's stream and its export name.
+func StreamName(disk hypervisor.Disk) string {
+	n := strings.ReplaceAll(disk.ID, "/", ".")
+	if record.ValidDiskName(n) == nil {
+		return n
+	}
+	h := sha256.Sum256([]byte(disk.ID))
+	return "d-" + hex.EncodeToString(h[:12])
+}
+
+// attach protects vm's disks under its group's policy.
+func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error {
+	gc, filt, err := d.pol.GroupFor(configs.VMIdentity{Name: vm.Name, UUID: vm.UUID, Labels: labelsOf(vm)})
+	if err != nil {
+		return err
+	}
+	g := d.groups[gc.Name]
+	disks, err := src.Disks(ctx, vm)
+	if err != nil {
+		return fmt.Errorf("disks of %s: %w", vm.Name, err)
+	}
+	q, err := src.QMP(ctx, vm)
+	if err != nil {
+		return fmt.Errorf("QMP of %s: %w", vm.Name, err)
+	}
+	v := &vmCapture{vm: vm, src: src, group: g, q: q}
+	for _, dk := range disks {
+		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
+			continue
+		}
+		name := StreamName(dk)
+		if _, taken := g.cat.Lookup(name); !taken {
+			exp, err := g.seq.Export(name, dk.Size)
+			if err != nil {
+				d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
+				continue
+			}
+			g.cat.Add(name, exp)
+		}
+		c, err := filter.New(q, filter.Config{
+			Disk: name, Node: dk.Node, Socket: g.sock,
+			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
+			Granularity: uint32(gc.Granularity),
+			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
+		}, g.seq)
+		if err != nil {
+			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
+			continue
+		}
+		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, cap: c, since: time.Now()})
+	}
+	if len(v.disks) == 0 {
+		q.Close()
+		return fmt.Errorf("VM %s (group %s): no disk to protect", vm.Name, gc.Name)
+	}
+	d.mu.Lock()
+	d.vms[vm.ID] = v
+	d.mu.Unlock()
+	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks))
+	for _, dc := range v.disks {
+		d.start(dc)
+	}
+	return nil
+}
+
+// start runs one disk's lifecycle on a goroutine the daemon owns.
+func (d *Daemon) start(dc *diskCapture) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dc.cancel, dc.done = cancel, make(chan struct{})
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(dc.done)
+		dc.err = dc.cap.Run(ctx)
+		if dc.err != nil && !errors.Is(dc.err, context.Canceled) {
+			d.log.Warn("capture ended", "disk", dc.name, "err", dc.err)
+		}
+	}()
+}
+
+// stopAll ends every lifecycle loop, leaving the jobs in QEMU.
+func (d *Daemon) stopAll() {
+	d.mu.Lock()
+	for _, v := range d.vms {
+		for _, dc := range v.disks {
+			if dc.cancel != nil {
+				dc.cancel()
+			}
+		}
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+	d.mu.Lock()
+	for _, v := range d.vms {
+		v.q.Close()
+	}
+	d.mu.Unlock()
+}
+
+// Close stops the capture servers and closes the spools. Call after Run.
+func (d *Daemon) Close() error {
+	return d.closeGroups()
+}
+
+func (d *Daemon) closeGroups() error {
+	var errs []error
+	for _, g := range d.groups {
+		if g.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := g.srv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("group %s: nbd shutdown: %w", g.cfg.Name, err))
+			}
+			cancel()
+			<-g.served
+			os.Remove(g.sock)
+		}
+		if err := g.sp.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// find returns the captured VM by id or name.
+func (d *Daemon) find(vm string) (*vmCapture, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if v, ok := d.vms[vm]; ok {
+		return v, true
+	}
+	for _, v := range d.vms {
+		if v.vm.Name == vm || (v.vm.UUID != "" && strings.EqualFold(v.vm.UUID, vm)) {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+// Detach cleanly ends capture of vm (all its disks, or the one whose target
+// is disk): the jobs are cancelled, never completed, and the VM is not
+// re-attached until Attach.
+func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
+	v, ok := d.find(vm)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
+	}
+	var errs []error
+	found := false
+	for _, dc := range v.disks {
+		if disk != "" && dc.disk.Target != disk {
+			continue
+		}
+		found = true
+		select {
+		case <-dc.done:
+			continue
+		default:
+		}
+		if err := dc.cap.Detach(ctx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		<-dc.done
+	}
+	if !found {
+		return fmt.Errorf("%w: VM %s has no protected disk %q", ErrUnknownVM, vm, disk)
+	}
+	if disk == "" {
+		d.mu.Lock()
+		v.detached = true
+		d.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// Attach protects vm again after a Detach, or at once if the daemon has not
+// seen it yet.
+func (d *Daemon) Attach(ctx context.Context, vm string) error {
+	if v, ok := d.find(vm); ok {
+		d.mu.Lock()
+		if !v.detached {
+			d.mu.Unlock()
+			return nil // protected already
+		}
+		delete(d.vms, v.vm.ID)
+		d.mu.Unlock()
+		for _, dc := range v.disks {
+			<-dc.done
+		}
+		v.q.Close()
+		return d.attach(ctx, v.src, v.vm)
+	}
+	for _, src := range d.sources {
+		vms, err := src.ListVMs(ctx)
+		if err != nil {
+			continue
+		}
+		for _, cand := range vms {
+			if cand.ID == vm || cand.Name == vm || strings.EqualFold(cand.UUID, vm) {
+				return d.attach(ctx, src, cand)
+			}
+		}
+	}
+	return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
+}
