@@ -1,0 +1,466 @@
+package hypervisor
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qcdp/qcdp/qmp"
+)
+
+// daemon is a libvirt daemon the test started in the foreground; it is
+// stopped by its PID in cleanup.
+type daemon struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// reachable reports whether something accepts connections on a unix socket.
+func reachable(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// startDaemon starts argv in the foreground with NOTIFY_SOCKET set and
+// waits for its systemd-style READY=1, which libvirt's daemons send once
+// they listen.
+func startDaemon(t *testing.T, ctx context.Context, dir, name string, argv ...string) (*daemon, error) {
+	t.Helper()
+	notify := filepath.Join(dir, name+".notify")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
+	if err != nil {
+		return nil, err
+	}
+	defer pc.Close()
+	d := &daemon{name: name, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
+	logf, err := os.Create(d.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(argv[0], argv[1:]...)
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify, "LIBVIRT_LOG_OUTPUTS=3:stderr")
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		d.cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(d.stop)
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	go func() { // a daemon that exits never sends READY=1
+		select {
+		case <-d.done:
+			pc.SetReadDeadline(time.Unix(1, 0))
+		case <-ctx.Done():
+		}
+	}()
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return nil, fmt.Errorf("%s (pid %d) did not report READY=1: %v\n%s", name, d.cmd.Process.Pid, err, d.logTail())
+		}
+		if strings.Contains(string(buf[:n]), "READY=1") {
+			return d, nil
+		}
+	}
+}
+
+func (d *daemon) stop() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+}
+
+func (d *daemon) logTail() string {
+	b, _ := os.ReadFile(d.log)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > 30 {
+		lines = lines[len(lines)-30:]
+	}
+	return fmt.Sprintf("%s log %s (last lines):\n%s", d.name, d.log, strings.Join(lines, "\n"))
+}
+
+// needLibvirtd makes sure virtlogd and libvirtd run, starting the ones that
+// do not; it returns where their logs are.
+func needLibvirtd(t *testing.T, ctx context.Context) (logs func() string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to run libvirtd and define domains")
+	}
+	needTools(t, map[string]string{"libvirtd": "libvirt-daemon-system", "virtlogd": "libvirt-daemon-system",
+		"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils"})
+	dir, err := os.MkdirTemp("", "qcdp-libvirtd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started []*daemon
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	})
+	logs = func() string {
+		if len(started) == 0 {
+			return "libvirtd was already running: see its log (journalctl -u libvirtd, or LIBVIRT_LOG_OUTPUTS)"
+		}
+		var b strings.Builder
+		for _, d := range started {
+			b.WriteString(d.logTail() + "\n")
+		}
+		return b.String()
+	}
+	if !reachable("/run/libvirt/virtlogd-sock") {
+		d, err := startDaemon(t, ctx, dir, "virtlogd", "virtlogd")
+		if err != nil {
+			t.Skipf("skipping: cannot start virtlogd: %v", err)
+		}
+		started = append(started, d)
+	}
+	if !reachable(DefaultLibvirtSocket) {
+		d, err := startDaemon(t, ctx, dir, "libvirtd", "libvirtd")
+		if err != nil && !reachable(DefaultLibvirtSocket) { // not another test's libvirtd either
+			t.Skipf("skipping: cannot start libvirtd: %v", err)
+		}
+		if err == nil {
+			started = append(started, d)
+		}
+	}
+	return logs
+}
+
+func randomUUID(t *testing.T) string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return formatUUID(b)
+}
+
+// testDomainXML is a transient TCG domain with no OS and two virtio disks.
+func testDomainXML(name, uuid, qcow2, raw string) string {
+	return `<domain type='qemu'>
+  <name>` + name + `</name>
+  <uuid>` + uuid + `</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <metadata>
+    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1">
+      <qcdp:label key="tier">gold</qcdp:label>
+      <qcdp:label key="group">db</qcdp:label>
+    </qcdp:labels>
+  </metadata>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='` + qcow2 + `'/><target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/><source file='` + raw + `'/><target dev='vdb' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>`
+}
+
+// waitLifecycle reads events until one of kind for the domain uuid.
+func waitLifecycle(ctx context.Context, events <-chan LifecycleEvent, uuid string, kind EventKind) (LifecycleEvent, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return LifecycleEvent{}, fmt.Errorf("waiting for %s of %s: %w", kind, uuid, ctx.Err())
+		case e, ok := <-events:
+			if !ok {
+				return LifecycleEvent{}, fmt.Errorf("waiting for %s of %s: event stream closed", kind, uuid)
+			}
+			if e.VM.UUID == uuid && e.Kind == kind {
+				return e, nil
+			}
+		}
+	}
+}
+
+// TestLibvirt runs a transient TCG domain under a real libvirtd and checks
+// discovery, labels, disks and their node names, QMP passthrough (error
+// classes, monitor events) and lifecycle events across a stop and start.
+func TestLibvirt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	defer cancel()
+	logs := needLibvirtd(t, ctx)
+
+	s, err := Connect(ctx, "")
+	if err != nil {
+		t.Fatalf("Connect: %v\n%s", err, logs())
+	}
+	t.Cleanup(func() { // after the domain is gone: cleanups run last first
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+
+	// libvirt's QEMU runs as libvirt-qemu: it must reach the images (libvirt
+	// chowns the images themselves, dynamic_ownership).
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q2, raw := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.raw")
+	createImage(t, q2, "qcow2", 64<<20, "compat=1.1")
+	createImage(t, raw, "raw", 32<<20)
+	name := fmt.Sprintf("qcdp-test-%d", os.Getpid())
+	uuid := randomUUID(t)
+	domXML := testDomainXML(name, uuid, q2, raw)
+	qemuLog := "/var/log/libvirt/qemu/" + name + ".log"
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(qemuLog)
+			t.Logf("look at:\n%s\nQEMU log %s:\n%s", logs(), qemuLog, b)
+		}
+	})
+
+	ectx, stopEvents := context.WithCancel(ctx)
+	defer stopEvents()
+	events, err := s.Events(ectx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A second stream on the same connection sees the same events.
+	events2, err := s.Events(ectx)
+	if err != nil {
+		t.Fatalf("second Events on one connection: %v", err)
+	}
+
+	start := func() {
+		t.Helper()
+		if _, err := s.l.DomainCreateXML(domXML, 0); err != nil {
+			t.Fatalf("create domain %s: %v", name, err)
+		}
+		if _, err := waitLifecycle(ctx, events, uuid, EventStarted); err != nil {
+			t.Fatal(err)
+		}
+	}
+	destroy := func() error {
+		u, _ := parseUUID(uuid)
+		d, err := s.l.DomainLookupByUUID(u)
+		if err != nil {
+			return err
+		}
+		return s.l.DomainDestroy(d)
+	}
+	start()
+	if _, err := waitLifecycle(ctx, events2, uuid, EventStarted); err != nil {
+		t.Fatalf("second stream: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := destroy(); err != nil && !IsNoDomain(err) {
+			t.Errorf("destroy %s: %v", name, err)
+		}
+	})
+
+	vms, err := s.ListVMs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vm VM
+	for _, v := range vms {
+		if v.ID == uuid {
+			vm = v
+		}
+	}
+	want := VM{ID: uuid, Name: name, UUID: uuid, Labels: map[string]string{"tier": "gold", "group": "db"}, Source: SourceLibvirt, Running: true}
+	if fmt.Sprint(vm) != fmt.Sprint(want) {
+		t.Fatalf("ListVMs has %+v, want %+v (all: %+v)", vm, want, vms)
+	}
+
+	disks, err := s.Disks(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDisks(t, disks, uuid, q2, raw)
+
+	c, err := s.QMP(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if v := c.Greeting(); !v.AtLeast(4, 0) {
+		t.Errorf("QEMU version through passthrough = %v", v)
+	}
+	nodes, err := c.QueryNamedBlockNodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		found := false
+		for _, n := range nodes {
+			if n.NodeName == d.Node && n.Driver == d.Format && n.Image.Filename == d.File && n.Image.VirtualSize == d.Size {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("disk %s: node %s (%s, %s) not in query-named-block-nodes %+v", d.Target, d.Node, d.Format, d.File, nodes)
+		}
+	}
+
+	// An error reply keeps its class through passthrough.
+	err = c.BlockJobCancel(ctx, "no-such-job", false)
+	if !qmp.IsDeviceNotActive(err) {
+		t.Errorf("block-job-cancel of no job: %v (%T), want class DeviceNotActive", err, err)
+	}
+
+	// Monitor events reach subscribers, with their data.
+	sub, err := c.Subscribe(ctx, "STOP", qmp.EventJobStatusChange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second Client of the same domain shares the subscription: both see
+	// the job's events.
+	c2, err := s.QMP(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub2, err := c2.Subscribe(ctx, qmp.EventJobStatusChange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runJob(t, ctx, c, disks[0], sub, sub2)
+	c2.Close()
+
+	// Events without data never arrive through go-libvirt (see
+	// qmp.DialLibvirt); say so when that changes, the doc is then wrong.
+	if err := c.Execute(ctx, "stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, time.Second)
+	if _, err := qmp.Wait(sctx, sub, func(e qmp.Event) bool { return e.Name == "STOP" }); err == nil {
+		t.Log("a STOP event (no data) came through libvirt: update qmp.DialLibvirt's doc")
+	}
+	scancel()
+	if err := c.Execute(ctx, "cont", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stop: a lifecycle event, and the open QMP channel is closed.
+	if err := destroy(); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := waitLifecycle(ctx, events, uuid, EventStopped); err != nil || e.VM.Running || e.VM.Name != name {
+		t.Fatalf("stopped event: %+v, %v", e, err)
+	}
+	if err := c.Execute(ctx, "query-status", nil, nil); !errors.Is(err, qmp.ErrClosed) {
+		t.Errorf("command after the domain stopped: %v, want ErrClosed", err)
+	} else if code, ok := LibvirtCode(err); !ok || !IsNoDomain(err) && !IsOperationInvalid(err) {
+		t.Errorf("command after the domain stopped: libvirt code %v (%v), want no-domain or operation-invalid", code, ok)
+	}
+	if _, err := s.QMP(ctx, vm); !IsNoDomain(err) {
+		t.Errorf("QMP of the stopped transient domain: %v, want IsNoDomain", err)
+	}
+
+	// Start again: same identities, fresh node names confirmed again.
+	start()
+	again, err := s.Disks(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDisks(t, again, uuid, q2, raw)
+	// Disks closed the domain's last Client: a new one subscribes afresh.
+	c3, err := s.QMP(ctx, vm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c3.Close()
+	sub3, err := c3.Subscribe(ctx, qmp.EventJobStatusChange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runJob(t, ctx, c3, again[1], sub3)
+	stopEvents()
+	for range events { // the streams end once ctx does
+	}
+	for range events2 {
+	}
+}
+
+// runJob runs a short mirror job on d and checks that each subscription
+// sees its JOB_STATUS_CHANGE events, data included.
+func runJob(t *testing.T, ctx context.Context, c *qmp.Client, d Disk, subs ...<-chan qmp.Event) {
+	t.Helper()
+	if err := c.BlockdevAdd(ctx, map[string]any{"driver": "null-co", "node-name": "qcdp-test-tgt", "size": d.Size}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.BlockdevMirror(ctx, qmp.MirrorArgs{JobID: "qcdp-test", Device: d.Node, Target: "qcdp-test-tgt",
+		Sync: qmp.SyncNone, CopyMode: qmp.CopyModeWriteBlocking}); err != nil {
+		t.Fatal(err)
+	}
+	for i, sub := range subs {
+		e, err := qmp.Wait(ctx, sub, func(e qmp.Event) bool { return e.Name == qmp.EventJobStatusChange && e.Str("status") == "ready" })
+		if err != nil || e.Str("id") != "qcdp-test" || e.Timestamp.Before(time.Now().Add(-time.Minute)) {
+			t.Fatalf("subscriber %d: JOB_STATUS_CHANGE ready: %+v, %v", i, e, err)
+		}
+	}
+	if err := c.BlockJobCancel(ctx, "qcdp-test", true); err != nil {
+		t.Fatal(err)
+	}
+	for i, sub := range subs {
+		if _, err := qmp.Wait(ctx, sub, func(e qmp.Event) bool { return e.Name == qmp.EventJobStatusChange && e.Str("status") == "null" }); err != nil {
+			t.Fatalf("subscriber %d: JOB_STATUS_CHANGE null: %v", i, err)
+		}
+	}
+	if err := c.BlockdevDel(ctx, "qcdp-test-tgt"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkDisks(t *testing.T, disks []Disk, uuid, q2, raw string) {
+	t.Helper()
+	want := []Disk{
+		{ID: uuid + "/vda", Target: "vda", Format: "qcow2", Qcow2Version: 3, Size: 64 << 20, File: q2},
+		{ID: uuid + "/vdb", Target: "vdb", Format: "raw", Size: 32 << 20, File: raw},
+	}
+	if len(disks) != len(want) {
+		t.Fatalf("Disks = %+v, want %+v", disks, want)
+	}
+	for i, d := range disks {
+		if !strings.HasPrefix(d.Node, "libvirt-") || !strings.HasSuffix(d.Node, "-format") {
+			t.Errorf("disk %s: node %q, want libvirt-N-format", d.Target, d.Node)
+		}
+		d.Node = ""
+		if d != want[i] {
+			t.Errorf("disk %d = %+v, want %+v", i, d, want[i])
+		}
+	}
+}
