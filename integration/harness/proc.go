@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +24,8 @@ type Proc struct {
 	LogPath string
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	waitErr error // valid once exited is closed
+	waitErr error       // valid once exited is closed
+	killed  atomic.Bool // ended by Kill: expected
 }
 
 // StartProc starts argv with its output in dir/name.log.
@@ -127,11 +129,20 @@ func (p *Proc) Stop(grace time.Duration) error {
 	return fmt.Errorf("harness: %s (pid %d) ignored SIGTERM for %v and was killed", p.Name, p.PID(), grace)
 }
 
-// exitStatus is nil for a clean exit or an exit by SIGTERM.
+// Kill sends SIGKILL, as a test's fault injection, and waits for the
+// process to end; its end then counts as expected.
+func (p *Proc) Kill() {
+	p.killed.Store(true)
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// exitStatus is nil for a clean exit, an exit by SIGTERM, or by Kill.
 func (p *Proc) exitStatus() error {
 	var ee *exec.ExitError
 	if errors.As(p.waitErr, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() &&
+			(ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGKILL && p.killed.Load()) {
 			return nil
 		}
 	}

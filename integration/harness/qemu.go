@@ -27,6 +27,9 @@ type Options struct {
 	Dir    string // socket, log and trace go here
 	Disks  []Disk
 	Paused bool     // start with -S
+	// Machine is QEMU's -M; default "none" (no devices, no guest). Disks
+	// that a hypervisor source must find need devices: use "pc".
+	Machine string
 	Extra  []string // more arguments
 }
 
@@ -61,7 +64,11 @@ func (l *lockedFile) Write(p []byte) (int, error) {
 // HMP qemu-io prints its results on QEMU's stdout, which must reach the
 // harness line by line.
 func (o Options) Args(socket string) []string {
-	args := []string{"stdbuf", "-oL", "qemu-system-x86_64", "-M", "none", "-accel", "tcg", "-nodefaults", "-display", "none",
+	machine := o.Machine
+	if machine == "" {
+		machine = "none"
+	}
+	args := []string{"stdbuf", "-oL", "qemu-system-x86_64", "-M", machine, "-accel", "tcg", "-nodefaults", "-display", "none",
 		"-qmp", "unix:" + socket + ",server=on,wait=off"}
 	if o.Paused {
 		args = append(args, "-S")
