@@ -26,11 +26,11 @@ type Disk struct {
 type Options struct {
 	Dir    string // socket, log and trace go here
 	Disks  []Disk
-	Paused bool     // start with -S
+	Paused bool // start with -S
 	// Machine is QEMU's -M; default "none" (no devices, no guest). Disks
 	// that a hypervisor source must find need devices: use "pc".
 	Machine string
-	Extra  []string // more arguments
+	Extra   []string // more arguments
 }
 
 // QEMU is a running qemu-system-x86_64 without a guest: -M none, TCG.
