@@ -67,10 +67,13 @@ type Capture struct {
 	mark Marker
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	state   State
-	lastErr error
-	detach  bool // a Detach is under way: the job's end is expected
+	mu         sync.Mutex
+	state      State
+	lastErr    error
+	detach     bool // a Detach is under way: the job's end is expected
+	userPaused bool // the operator paused capture: no automatic resume
+
+	kick chan struct{} // Resume asks the event loop to resume the job now
 
 	ended     chan struct{} // closed when Run has seen the job end
 	endedOnce sync.Once
@@ -101,7 +104,8 @@ func New(q *qmp.Client, cfg Config, mark Marker) (*Capture, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Capture{q: q, cfg: cfg, mark: mark, log: cfg.Logger.With("disk", cfg.Disk),
-		state: Detached, ended: make(chan struct{}), changed: make(chan struct{})}, nil
+		state: Detached, ended: make(chan struct{}), changed: make(chan struct{}),
+		kick: make(chan struct{}, 1)}, nil
 }
 
 // State returns the disk's state and, in Error, why.
@@ -332,6 +336,10 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 				}
 			case qmp.EventBlockJobError:
 				if ev.Str("action") == "stop" {
+					if c.isUserPaused() {
+						c.setState(Paused, nil)
+						continue
+					}
 					if st, _ := c.State(); st != Tracking {
 						c.beginResync(ctx)
 					}
@@ -351,8 +359,14 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 				c.endedOnce.Do(func() { close(c.ended) })
 				return err
 			}
+		case <-c.kick:
+			backoff = c.cfg.ResumeBackoff
+			scheduleResume()
 		case <-retryC:
 			retryC = nil
+			if c.isUserPaused() {
+				continue
+			}
 			if err := c.q.BlockJobResume(ctx, id); err != nil && !qmp.IsClass(err, "GenericError") {
 				c.log.Warn("resume capture job", "err", err)
 			}
@@ -370,6 +384,11 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 				continue // its end event is on the way
 			}
 			if job.Paused || job.IOStatus != "ok" {
+				if c.isUserPaused() {
+					pollC = nil
+					c.setState(Paused, nil)
+					continue
+				}
 				if retryC == nil {
 					c.setState(Tracking, nil)
 					scheduleResume()
@@ -387,6 +406,40 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 				c.setState(Syncing, nil)
 			}
 		}
+	}
+}
+
+func (c *Capture) isUserPaused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.userPaused
+}
+
+// Pause holds capture for the operator: the disk shows paused and the job,
+// stopped by the capture export's refusals (see shipper.CaptureExport
+// SetPaused), is not resumed until Resume. QEMU tracks what the guest writes
+// meanwhile.
+func (c *Capture) Pause() {
+	c.mu.Lock()
+	c.userPaused = true
+	c.mu.Unlock()
+	c.setState(Paused, nil)
+}
+
+// Resume ends an operator pause: the stream is bracketed as a resync and the
+// job resumed, re-copying what changed during the pause.
+func (c *Capture) Resume(ctx context.Context) {
+	c.mu.Lock()
+	was := c.userPaused
+	c.userPaused = false
+	c.mu.Unlock()
+	if !was {
+		return
+	}
+	c.beginResync(ctx)
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 

@@ -78,7 +78,8 @@ func waitDisks(ctx context.Context, t *testing.T, bin, sock string, want int, st
 // its QMP socket, with two disks (qcow2 v3 and raw): it protects both, is
 // killed with SIGKILL while writes go on (the guest must see no error and
 // no write held over 1 s), adopts and resumes the jobs after a restart,
-// detaches cleanly on `qcdp detach`, and its spool rebuilds both disks.
+// pauses and resumes on the operator's word, detaches cleanly on `qcdp
+// detach`, and its spool rebuilds both disks.
 func TestHostDaemon(t *testing.T) {
 	harness.Need(t, "qemu-system-x86_64", "qemu-img")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -166,6 +167,26 @@ name = "g1"
 	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)
 	write(fa, "write -P 0xa3 12345 100")
 	write(fb, "write -P 0xb3 7340032 1048576")
+
+	// An operator's pause: the guest goes on, capture holds, then resumes
+	// and re-copies what changed.
+	qcdp := func(args ...string) {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, bin, append(args[:1:1], append([]string{"--socket", control}, args[1:]...)...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qcdp %v: %v\n%s\n%s", args, err, out, host.Report())
+		}
+	}
+	qcdp("pause", "vm1")
+	waitDisks(ctx, t, bin, control, 2, filter.Paused, host)
+	write(fa, "write -P 0xa4 3145728 4096")
+	write(fb, "write -P 0xb4 0 4096")
+	if st, err := qcdpStatus(ctx, bin, control); err != nil || st.Groups[0].Disks[0].State != string(filter.Paused) {
+		t.Fatalf("a write during a pause resumed capture: %+v %v", st, err)
+	}
+	qcdp("resume", "vm1")
+	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)
+	write(fa, "write -P 0xa5 5000 3000")
 
 	out, err := exec.CommandContext(ctx, bin, "detach", "--socket", control, "vm1").CombinedOutput()
 	if err != nil {

@@ -2,8 +2,10 @@ package shipper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qcdp/qcdp/nbd"
@@ -71,6 +73,13 @@ func (s *Sequencer) put(r *record.Record) (uint64, error) {
 	}
 	s.next++
 	return r.Seq, nil
+}
+
+// refuse notes that r was refused before it reached the spool.
+func (s *Sequencer) refuse(r *record.Record) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refusedLocked(r)
 }
 
 // refusedLocked notes that a disk's write is missing from the stream.
@@ -151,10 +160,21 @@ func (s *Sequencer) Export(disk string, size int64) (*CaptureExport, error) {
 // a capture export holds no disk image to read from: the replica serves
 // reads of protected data, from its journal.
 type CaptureExport struct {
-	seq  *Sequencer
-	disk string
-	size int64
+	seq    *Sequencer
+	disk   string
+	size   int64
+	paused atomic.Bool
 }
+
+// ErrPaused is why a paused capture export refuses writes.
+var ErrPaused = errors.New("shipper: capture paused by the operator")
+
+// SetPaused makes the export refuse (paused) or take (not paused) writes.
+// A refused write is answered EIO at once, so QEMU's job stops and QEMU keeps
+// tracking the chunk; the stream owes the disk a resync bracket, as for any
+// refused write. Pausing the QEMU job itself would not do: a paused
+// write-blocking mirror still copies every guest write to its target.
+func (e *CaptureExport) SetPaused(paused bool) { e.paused.Store(paused) }
 
 var (
 	_ nbd.Export  = (*CaptureExport)(nil)
@@ -179,6 +199,10 @@ func (e *CaptureExport) check(op string, off, length int64, errno nbd.Errno) err
 
 // put appends r, answering EIO at once when the spool cannot take it.
 func (e *CaptureExport) put(r *record.Record) error {
+	if e.paused.Load() {
+		e.seq.refuse(r)
+		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, ErrPaused)
+	}
 	if _, err := e.seq.append(r); err != nil {
 		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, err)
 	}

@@ -24,10 +24,12 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"attach":  {"protect a VM again after a detach", attachCommand},
+	"attach":  {"protect a VM again after a detach", vmCommand("attach")},
 	"capture": {"serve capture exports into a spool (the NBD target of QEMU's mirror)", captureCommand},
-	"detach":  {"cleanly end capture of a VM (cancel, never complete)", detachCommand},
+	"detach":  {"cleanly end capture of a VM (cancel, never complete)", vmCommand("detach")},
 	"host":    {"the host daemon: protect the VMs a policy names", hostCommand},
+	"pause":   {"hold capture of a VM; QEMU tracks changes meanwhile", vmCommand("pause")},
+	"resume":  {"end a pause; what changed is re-copied", vmCommand("resume")},
 	"spool":   {"inspect, verify and apply a spool (show, verify, apply)", spoolCommand},
 	"status":  {"show protection groups and disk states", statusCommand},
 	"version": {"print the version", versionCommand},

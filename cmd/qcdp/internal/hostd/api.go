@@ -104,6 +104,14 @@ func (d *Daemon) ServeAPI(ctx context.Context, path string) error {
 		q := r.URL.Query()
 		answer(w, d.Detach(r.Context(), q.Get("vm"), q.Get("disk")))
 	})
+	mux.HandleFunc("POST /v1/pause", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		answer(w, d.Pause(r.Context(), q.Get("vm"), q.Get("disk")))
+	})
+	mux.HandleFunc("POST /v1/resume", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		answer(w, d.Resume(r.Context(), q.Get("vm"), q.Get("disk")))
+	})
 	mux.HandleFunc("POST /v1/attach", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, d.Attach(r.Context(), r.URL.Query().Get("vm")))
 	})
@@ -170,6 +178,16 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // Detach asks the daemon to detach vm (disk "" for all its disks).
 func (c *Client) Detach(ctx context.Context, vm, disk string) error {
 	return c.do(ctx, http.MethodPost, "/v1/detach", url.Values{"vm": {vm}, "disk": {disk}}, nil)
+}
+
+// Pause asks the daemon to hold capture of vm (disk "" for all its disks).
+func (c *Client) Pause(ctx context.Context, vm, disk string) error {
+	return c.do(ctx, http.MethodPost, "/v1/pause", url.Values{"vm": {vm}, "disk": {disk}}, nil)
+}
+
+// Resume asks the daemon to end a pause.
+func (c *Client) Resume(ctx context.Context, vm, disk string) error {
+	return c.do(ctx, http.MethodPost, "/v1/resume", url.Values{"vm": {vm}, "disk": {disk}}, nil)
 }
 
 // Attach asks the daemon to protect vm again.

@@ -79,6 +79,7 @@ type vmCapture struct {
 type diskCapture struct {
 	name   string // stream name
 	disk   hypervisor.Disk
+	exp    *shipper.CaptureExport
 	cap    *filter.Capture
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -165,16 +166,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 // forgets captures whose VM went away.
 func (d *Daemon) scan(ctx context.Context) {
 	d.reap()
+	running := map[string]bool{}
+	complete := true
 	for _, src := range d.sources {
 		vms, err := src.ListVMs(ctx)
 		if err != nil {
 			d.log.Warn("list VMs", "err", err)
+			complete = false
 			continue
 		}
 		for _, vm := range vms {
 			if !vm.Running {
 				continue
 			}
+			running[vm.ID] = true
 			d.mu.Lock()
 			_, known := d.vms[vm.ID]
 			d.mu.Unlock()
@@ -184,6 +189,23 @@ func (d *Daemon) scan(ctx context.Context) {
 			if err := d.attach(ctx, src, vm); err != nil && !errors.Is(err, configs.ErrNotProtected) {
 				d.log.Warn("attach VM", "vm", vm.Name, "id", vm.ID, "err", err)
 			}
+		}
+	}
+	if complete {
+		d.forgetStopped(running)
+	}
+}
+
+// forgetStopped drops detached VMs that no longer run: an operator's detach
+// lasts until the VM's next start, when the policy protects it again.
+func (d *Daemon) forgetStopped(running map[string]bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, v := range d.vms {
+		if v.detached && !running[id] {
+			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
+			v.q.Close()
+			delete(d.vms, id)
 		}
 	}
 }
@@ -253,13 +275,10 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			continue
 		}
 		name := StreamName(dk)
-		if _, taken := g.cat.Lookup(name); !taken {
-			exp, err := g.seq.Export(name, dk.Size)
-			if err != nil {
-				d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
-				continue
-			}
-			g.cat.Add(name, exp)
+		exp, err := g.export(name, dk.Size)
+		if err != nil {
+			d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
+			continue
 		}
 		c, err := filter.New(q, filter.Config{
 			Disk: name, Node: dk.Node, Socket: g.sock,
@@ -271,7 +290,7 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
 		}
-		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, cap: c, since: time.Now()})
+		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now()})
 	}
 	if len(v.disks) == 0 {
 		q.Close()
@@ -285,6 +304,23 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		d.start(dc)
 	}
 	return nil
+}
+
+// export returns the group's capture export of a disk, made on first use
+// and kept across VM restarts (its size may not change while served).
+func (g *group) export(name string, size int64) (*shipper.CaptureExport, error) {
+	if e, ok := g.cat.Lookup(name); ok {
+		ce := e.(*shipper.CaptureExport)
+		if ce.Size() == size {
+			return ce, nil
+		}
+	}
+	exp, err := g.seq.Export(name, size)
+	if err != nil {
+		return nil, err
+	}
+	g.cat.Add(name, exp)
+	return exp, nil
 }
 
 // start runs one disk's lifecycle on a goroutine the daemon owns.
@@ -426,4 +462,41 @@ func (d *Daemon) Attach(ctx context.Context, vm string) error {
 		}
 	}
 	return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
+}
+
+// Pause holds capture of vm's disks (or one): writes are refused by the
+// capture export, the jobs stop, QEMU tracks what changes, and nothing is
+// resumed until Resume.
+func (d *Daemon) Pause(ctx context.Context, vm, disk string) error {
+	return d.eachDisk(vm, disk, func(dc *diskCapture) {
+		dc.exp.SetPaused(true)
+		dc.cap.Pause()
+	})
+}
+
+// Resume ends a Pause: the jobs resume and re-copy what changed, bracketed
+// as a resync in the stream.
+func (d *Daemon) Resume(ctx context.Context, vm, disk string) error {
+	return d.eachDisk(vm, disk, func(dc *diskCapture) {
+		dc.exp.SetPaused(false)
+		dc.cap.Resume(ctx)
+	})
+}
+
+func (d *Daemon) eachDisk(vm, disk string, fn func(*diskCapture)) error {
+	v, ok := d.find(vm)
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
+	}
+	found := false
+	for _, dc := range v.disks {
+		if disk == "" || dc.disk.Target == disk {
+			found = true
+			fn(dc)
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: VM %s has no protected disk %q", ErrUnknownVM, vm, disk)
+	}
+	return nil
 }
