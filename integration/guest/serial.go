@@ -32,8 +32,11 @@ type Event struct {
 	Kind  string        // Ready, Synced, Done or Error
 	Seq   uint64        // seq= of Synced and Done
 	Guest time.Duration // t=: the guest's CLOCK_MONOTONIC
-	At    time.Time     // when the host read the line
-	Line  string
+	// MaxWrite and MaxSync (Done only): the longest one write and one
+	// fdatasync of the whole workload took, as the guest measured them.
+	MaxWrite, MaxSync time.Duration
+	At                time.Time // when the host read the line
+	Line              string
 }
 
 // ParseEvent parses a console line holding a QCDP- event. Kernel output
@@ -63,6 +66,10 @@ func ParseEvent(line string) (Event, bool) {
 			ev.Seq = n
 		case "t":
 			ev.Guest = time.Duration(n)
+		case "maxwrite":
+			ev.MaxWrite = time.Duration(n)
+		case "maxsync":
+			ev.MaxSync = time.Duration(n)
 		}
 	}
 	return ev, true

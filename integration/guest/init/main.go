@@ -246,6 +246,7 @@ func write(p workload.Params, disks []*disk, cmds <-chan string) (string, error)
 	pl := workload.NewPlan(p)
 	start := time.Now()
 	var seq uint64
+	var maxWrite, maxSync time.Duration // the longest the host held one write, one sync
 	stop := ""
 	for p.Writes == 0 || seq < p.Writes {
 		if stop = pace(p.Rate, start, seq, cmds); stop != "" {
@@ -254,7 +255,9 @@ func write(p workload.Params, disks []*disk, cmds <-chan string) (string, error)
 		w := pl.Next()
 		d := disks[w.Disk]
 		workload.Encode(buf, w.Header(p.Seed))
+		t0 := time.Now()
 		n, err := unix.Pwrite(d.fd, buf, int64(w.Block)*workload.BlockSize)
+		maxWrite = max(maxWrite, time.Since(t0))
 		if err == nil && n != len(buf) {
 			err = fmt.Errorf("short write of %d bytes", n)
 		}
@@ -264,16 +267,18 @@ func write(p workload.Params, disks []*disk, cmds <-chan string) (string, error)
 		d.dirty = true
 		seq = w.Seq
 		if p.SyncEvery != 0 && seq%p.SyncEvery == 0 {
+			t0 := time.Now()
 			if err := syncAll(disks, seq); err != nil {
 				return "", err
 			}
+			maxSync = max(maxSync, time.Since(t0))
 			report("QCDP-SYNCED seq=%d t=%d", seq, monotonic())
 		}
 	}
 	if err := syncAll(disks, seq); err != nil {
 		return "", err
 	}
-	report("QCDP-DONE seq=%d t=%d", seq, monotonic())
+	report("QCDP-DONE seq=%d t=%d maxwrite=%d maxsync=%d", seq, monotonic(), maxWrite, maxSync)
 	return stop, nil
 }
 
