@@ -22,6 +22,7 @@ type (
 		LogLevel      string   `toml:"log_level"`
 		LibvirtURI    string   `toml:"libvirt_uri,omitempty"`
 		QMPSockets    []string `toml:"qmp_sockets,omitempty"`
+		QEMUGroup     string   `toml:"qemu_group,omitempty"`
 	}
 	fileTuning struct {
 		SpoolMax     string `toml:"spool_max"`
@@ -60,6 +61,7 @@ func (p *Policy) MarshalTOML() ([]byte, error) {
 			LogLevel:      strings.ToLower(p.Host.LogLevel.String()),
 			LibvirtURI:    p.Host.LibvirtURI,
 			QMPSockets:    p.Host.QMPSockets,
+			QEMUGroup:     p.Host.QEMUGroup,
 		},
 		Defaults: fileTuningOf(p.Defaults),
 	}

@@ -107,6 +107,8 @@ func TestParseErrors(t *testing.T) {
 		{"relative state_dir", withHost(`state_dir = "var/lib/qcdp"`), 3, "host.state_dir", configs.ErrInvalid},
 		{"control socket too long", withHost(`control_socket = "/` + strings.Repeat("s", 120) + `"`), 3, "host.control_socket", configs.ErrInvalid},
 		{"log level", withHost(`log_level = "verbose"`), 3, "host.log_level", configs.ErrInvalid},
+		{"qemu group with a slash", withHost(`qemu_group = "../kvm"`), 3, "host.qemu_group", configs.ErrInvalid},
+		{"qemu group not a string", withHost(`qemu_group = 107`), 3, "host.qemu_group", configs.ErrType},
 		{"remote libvirt", doc(`[host]`, `libvirt_uri = "qemu+ssh://kvm1/system"`), 2, "host.libvirt_uri", configs.ErrInvalid},
 		{"relative qmp glob", doc(`[host]`, `qmp_sockets = [`, `  "/run/a.qmp",`, `  "*.qmp",`, `]`), 4, "host.qmp_sockets[1]", configs.ErrInvalid},
 		{"bad qmp glob", doc(`[host]`, `qmp_sockets = ["/run/[.qmp"]`), 2, "host.qmp_sockets[0]", configs.ErrInvalid},
@@ -391,6 +393,24 @@ func roundTrip(t *testing.T, p *configs.Policy) {
 	}
 }
 
+// With libvirt, the NBD sockets default to libvirt's QEMU group; without it
+// they stay root's unless qemu_group says otherwise.
+func TestQEMUGroupDefault(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{doc(`[host]`, `libvirt_uri = "qemu:///system"`, `[[group]]`, `name = "a"`, `vm = [{name = "x"}]`), "libvirt-qemu"},
+		{doc(`[host]`, `qmp_sockets = ["/run/*.qmp"]`, `[[group]]`, `name = "a"`, `vm = [{name = "x"}]`), ""},
+		{doc(`[host]`, `qmp_sockets = ["/run/*.qmp"]`, `qemu_group = "kvm"`, `[[group]]`, `name = "a"`, `vm = [{name = "x"}]`), "kvm"},
+	} {
+		p, err := configs.Parse("host.toml", []byte(c.doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Host.QEMUGroup != c.want {
+			t.Errorf("qemu_group %q, want %q for:\n%s", p.Host.QEMUGroup, c.want, c.doc)
+		}
+	}
+}
+
 func TestExample(t *testing.T) {
 	p, err := configs.Load("examples/host.toml")
 	if err != nil {
@@ -399,7 +419,7 @@ func TestExample(t *testing.T) {
 	want := view{
 		Host: configs.Host{
 			StateDir: "/var/lib/qcdp", ControlSocket: "/run/qcdp/host.sock", NBDSocketDir: "/run/qcdp/nbd",
-			LogLevel: slog.LevelInfo, LibvirtURI: "qemu:///system", QMPSockets: []string{"/var/run/qemu-server/*.qmp"},
+			LogLevel: slog.LevelInfo, LibvirtURI: "qemu:///system", QMPSockets: []string{"/var/run/qemu-server/*.qmp"}, QEMUGroup: "libvirt-qemu",
 		},
 		Defaults: configs.DefaultTuning,
 		Groups: []groupView{

@@ -30,6 +30,10 @@ type Host struct {
 	LogLevel      slog.Level // log_level: debug, info, warn or error
 	LibvirtURI    string     // libvirt_uri; "" means do not use libvirt
 	QMPSockets    []string   // qmp_sockets: absolute glob patterns of QMP sockets
+	// QEMUGroup (qemu_group) is the group QEMU runs as: the NBD sockets are
+	// made reachable by it and by root only. Default with libvirt:
+	// "libvirt-qemu" (Debian's qemu.conf); "" leaves them to root.
+	QEMUGroup string
 }
 
 // Tuning is what [defaults] sets and a [[group]] may override.

@@ -17,6 +17,8 @@ const (
 	DefaultStateDir      = "/var/lib/qcdp"
 	DefaultControlSocket = "/run/qcdp/host.sock"
 	DefaultNBDSocketDir  = "/run/qcdp/nbd"
+	// DefaultLibvirtQEMUGroup is the group libvirt runs QEMU as on Debian.
+	DefaultLibvirtQEMUGroup = "libvirt-qemu"
 )
 
 // DefaultTuning is what [defaults] starts from.
@@ -129,6 +131,15 @@ func (d *decoder) host(t *table) Host {
 			h.LibvirtURI = s
 		}
 	}
+	if s, ok := t.str("qemu_group"); ok {
+		if !validGroupName(s) {
+			d.errorf(t.key("qemu_group"), ErrInvalid, "%q is not a valid group name", s)
+		} else {
+			h.QEMUGroup = s
+		}
+	} else if h.LibvirtURI != "" {
+		h.QEMUGroup = DefaultLibvirtQEMUGroup
+	}
 	globs, paths, _ := t.strs("qmp_sockets")
 	for i, g := range globs {
 		if !filepath.IsAbs(g) {
@@ -146,6 +157,19 @@ func (d *decoder) host(t *table) Host {
 	}
 	t.done()
 	return h
+}
+
+// validGroupName accepts POSIX portable user and group names.
+func validGroupName(s string) bool {
+	if s == "" || len(s) > 32 || s[0] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkLibvirtURI returns what is wrong with a libvirt URI, or "". The host

@@ -2,6 +2,8 @@ package filter
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +32,8 @@ const (
 var (
 	ErrNotAttached = errors.New("filter: disk is not attached")
 	ErrJobVanished = errors.New("filter: capture job ended without a detach")
+	// ErrMonitorGone: the QMP connection closed, as when QEMU exits.
+	ErrMonitorGone = errors.New("filter: QMP connection closed")
 )
 
 // Marker puts a marker for a disk into the group's stream (the sequencer).
@@ -53,11 +57,24 @@ type Config struct {
 	Logger       *slog.Logger
 }
 
-// Names of the QEMU objects of a disk. Never change.
+// Names of the QEMU objects of a disk. Never change: a restarted daemon
+// finds its jobs and nodes by them. QEMU limits node names to 31 bytes, so a
+// node name made from a longer disk name carries a hash of it instead.
 func JobID(disk string) string      { return "qcdp-" + disk }
-func TargetNode(disk string) string { return "qcdp-t-" + disk }
-func FilterNode(disk string) string { return "qcdp-f-" + disk }
+func TargetNode(disk string) string { return nodeName("qcdp-t-", disk) }
+func FilterNode(disk string) string { return nodeName("qcdp-f-", disk) }
 func BitmapName(disk string) string { return "qcdp-" + disk }
+
+// maxNodeName is QEMU's limit on node names (a 32-byte field with its NUL).
+const maxNodeName = 31
+
+func nodeName(prefix, disk string) string {
+	if len(prefix)+len(disk) <= maxNodeName {
+		return prefix + disk
+	}
+	h := sha256.Sum256([]byte(disk))
+	return prefix + "h" + hex.EncodeToString(h[:8])
+}
 
 // Capture drives one disk's mirror job. Run owns its event loop; the other
 // methods are safe to call concurrently with it.
@@ -317,7 +334,10 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 			return ctx.Err()
 		case ev, ok := <-events:
 			if !ok {
-				return fmt.Errorf("filter: disk %s: QMP connection closed", c.cfg.Disk)
+				err := fmt.Errorf("filter: disk %s: %w", c.cfg.Disk, ErrMonitorGone)
+				c.setState(Error, err)
+				c.endedOnce.Do(func() { close(c.ended) })
+				return err
 			}
 			if ev.Str("device") != id && ev.Str("id") != id {
 				continue

@@ -187,13 +187,15 @@ func (b *bench) startQemuNBD(ctx context.Context, name, file string, readOnly bo
 	if readOnly {
 		argv = append(argv, "-r")
 	}
-	return b.startProc(ctx, name, sock, append(argv, file))
+	t, _, err := b.startProc(ctx, name, sock, append(argv, file))
+	return t, err
 }
 
 func (b *bench) startNbdkitMemory(ctx context.Context) (target, error) {
 	sock := b.path("nbdkit.sock")
-	return b.startProc(ctx, "nbdkit-memory", sock,
+	t, _, err := b.startProc(ctx, "nbdkit-memory", sock,
 		[]string{"nbdkit", "-f", "-U", sock, "-e", "disk0", "memory", fmt.Sprintf("size=%d", b.opts.size)})
+	return t, err
 }
 
 // nbdcopy copies src to dst and measures the wall time.

@@ -52,6 +52,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -74,7 +75,7 @@ func main() {
 	opts := options{}
 	flag.StringVar(&opts.suite, "suite", "all", "what to measure: capture, overhead or all")
 	flag.StringVar(&opts.dir, "dir", "", "working directory on the filesystem to measure (default: a new one under $TMPDIR)")
-	flag.Int64Var(&opts.size, "size", 256<<20, "export and disk size in bytes")
+	flag.Int64Var(&opts.size, "size", 256<<20, "export and disk size in bytes, a multiple of 1 MiB")
 	flag.IntVar(&opts.count4k, "count-4k", 40000, "4 KiB writes per qemu-img bench run")
 	flag.IntVar(&opts.count1m, "count-1m", 400, "1 MiB writes per qemu-img bench run")
 	flag.IntVar(&opts.countLat, "count-lat", 5000, "synchronous 4 KiB writes per latency run (overhead suite)")
@@ -84,7 +85,7 @@ func main() {
 	flag.StringVar(&opts.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process qcdp server and clients) to this file")
 	flag.Parse()
 	suites := map[string][]string{"all": {"capture", "overhead"}, "capture": {"capture"}, "overhead": {"overhead"}}[opts.suite]
-	if flag.NArg() != 0 || suites == nil || opts.runs < 1 || opts.size < 16<<20 ||
+	if flag.NArg() != 0 || suites == nil || opts.runs < 1 || opts.size < 16<<20 || opts.size%(1<<20) != 0 ||
 		opts.count4k < 1 || opts.count1m < 1 || opts.countLat < 1 {
 		flag.Usage()
 		os.Exit(2)
@@ -127,7 +128,11 @@ func run(ctx context.Context, opts options, suites []string, out io.Writer) (err
 		if i > 0 {
 			fmt.Fprintln(out)
 		}
-		b := &bench{opts: opts, dir: dir}
+		// Each suite in its own directory, removed after it unless -keep.
+		b := &bench{opts: opts, dir: filepath.Join(dir, s)}
+		if err := os.MkdirAll(b.dir, 0o755); err != nil {
+			return err
+		}
 		switch s {
 		case "capture":
 			err = runCapture(ctx, b, out)
@@ -136,6 +141,9 @@ func run(ctx context.Context, opts options, suites []string, out io.Writer) (err
 		}
 		if err != nil {
 			return fmt.Errorf("%s suite: %w", s, err)
+		}
+		if !opts.keep {
+			os.RemoveAll(b.dir)
 		}
 	}
 	return nil

@@ -37,6 +37,7 @@ type result struct {
 	// meanLat is the mean time a request took; p50 and p99 are set only
 	// by runs that time each request.
 	meanLat, p50, p99 time.Duration
+	cpu               cpuUse // CPU time the run took, where measured
 }
 
 type bench struct {
@@ -74,16 +75,18 @@ func (b *bench) serve(name, sockName string, cat nbd.Catalog, log *slog.Logger) 
 	return target{name: name, sock: sock}, srv, nil
 }
 
-func (b *bench) startProc(ctx context.Context, name, sock string, argv []string) (target, error) {
+// startProc starts an NBD server process serving on sock; the bench's stop
+// stops it by PID.
+func (b *bench) startProc(ctx context.Context, name, sock string, argv []string) (target, *harness.Proc, error) {
 	p, err := harness.StartProc(b.dir, name, argv...)
 	if err != nil {
-		return target{}, err
+		return target{}, nil, err
 	}
 	b.stops = append(b.stops, func() error { return p.Stop(10 * time.Second) })
 	if err := harness.WaitSocket(ctx, sock, p); err != nil {
-		return target{}, err
+		return target{}, nil, err
 	}
-	return target{name: name, sock: sock}, nil
+	return target{name: name, sock: sock}, p, nil
 }
 
 var completed = regexp.MustCompile(`Run completed in ([0-9.]+) seconds`)
@@ -97,10 +100,12 @@ const imgBenchDepth = 16
 func (b *bench) imgBench(ctx context.Context, t target, size, count int) (result, error) {
 	argv := []string{"qemu-img", "bench", "-w", "-t", "none", "-f", "raw", "-s", strconv.Itoa(size),
 		"-d", strconv.Itoa(imgBenchDepth), "-c", strconv.Itoa(count), t.uri()}
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("%v against %s: %w\n%s", argv, t.name, err, out)
 	}
+	client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	m := completed.FindSubmatch(out)
 	if m == nil {
 		return result{}, fmt.Errorf("%v: no \"Run completed\" in %q", argv, out)
@@ -113,6 +118,7 @@ func (b *bench) imgBench(ctx context.Context, t target, size, count int) (result
 		opsPerSec: float64(count) / secs,
 		mbPerSec:  float64(count) * float64(size) / secs / 1e6,
 		meanLat:   time.Duration(secs * imgBenchDepth / float64(count) * float64(time.Second)),
+		cpu:       cpuUse{client: client},
 	}, nil
 }
 
@@ -187,7 +193,10 @@ func printTable(out io.Writer, cols []string, ratios []ratio, rows []row) {
 	for _, r := range ratios {
 		fmt.Fprintf(out, " %11s", r.name)
 	}
-	fmt.Fprintln(out, "  goal")
+	if slices.ContainsFunc(rows, func(r row) bool { return r.goal != "" }) {
+		fmt.Fprint(out, "  goal")
+	}
+	fmt.Fprintln(out)
 	for _, r := range rows {
 		fmt.Fprintf(out, "%-42s %-9s", r.what, r.unit)
 		for _, v := range r.cells {

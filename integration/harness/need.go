@@ -21,6 +21,9 @@ var packages = map[string]string{
 	"nbdcopy":            "libnbd-bin",
 	"nbdinfo":            "libnbd-bin",
 	"nbdsh":              "python3-libnbd",
+	"libvirtd":           "libvirt-daemon-system",
+	"virtlogd":           "libvirt-daemon-system",
+	"virsh":              "libvirt-clients",
 }
 
 // ErrNotRoot is returned by Install when a tool is missing and installing

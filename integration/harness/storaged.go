@@ -2,10 +2,12 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/qcdp/qcdp/qmp"
@@ -91,7 +93,18 @@ func LaunchStorageDaemon(ctx context.Context, opts StorageDaemonOptions) (*Stora
 			return nil, fmt.Errorf("harness: qemu-storage-daemon %s: %w", opts.Name, err)
 		}
 	}
-	s.QMP, err = qmp.Dial(ctx, s.QMPSocket, qmp.WithTrace(s.traceFile))
+	// The socket file exists from bind(2) on; listen(2) follows at once.
+	// A connection refused in between is retried, briefly.
+	for delay := time.Millisecond; ; delay *= 2 {
+		s.QMP, err = qmp.Dial(ctx, s.QMPSocket, qmp.WithTrace(s.traceFile))
+		if !errors.Is(err, syscall.ECONNREFUSED) || delay > 500*time.Millisecond {
+			break
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+		}
+	}
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("harness: qemu-storage-daemon %s (pid %d): QMP: %w", opts.Name, s.PID(), err)

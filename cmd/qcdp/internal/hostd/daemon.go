@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -49,6 +51,7 @@ type Daemon struct {
 	lv      *hypervisor.Libvirt // also in sources; nil without libvirt
 
 	groups map[string]*group
+	gid    int // QEMU's group, owner of the NBD sockets; -1 for root only
 
 	mu  sync.Mutex
 	vms map[string]*vmCapture // by VM id
@@ -91,9 +94,18 @@ type diskCapture struct {
 // the hypervisors to watch; lv, if not nil, is among them and also gives
 // lifecycle events.
 func New(ctx context.Context, pol *configs.Policy, log *slog.Logger, lv *hypervisor.Libvirt, sources ...Source) (*Daemon, error) {
-	d := &Daemon{pol: pol, log: log, sources: sources, lv: lv, groups: map[string]*group{}, vms: map[string]*vmCapture{}}
-	if err := os.MkdirAll(pol.Host.NBDSocketDir, 0o750); err != nil {
-		return nil, fmt.Errorf("hostd: nbd socket dir: %w", err)
+	d := &Daemon{pol: pol, log: log, sources: sources, lv: lv, groups: map[string]*group{}, vms: map[string]*vmCapture{}, gid: -1}
+	if g := pol.Host.QEMUGroup; g != "" {
+		gr, err := user.LookupGroup(g)
+		if err != nil {
+			return nil, fmt.Errorf("hostd: qemu_group %q: %w", g, err)
+		}
+		if d.gid, err = strconv.Atoi(gr.Gid); err != nil {
+			return nil, fmt.Errorf("hostd: qemu_group %q: gid %q: %w", g, gr.Gid, err)
+		}
+	}
+	if err := d.restrict(pol.Host.NBDSocketDir, 0o750, true); err != nil {
+		return nil, err
 	}
 	for _, gc := range pol.Groups() {
 		g, err := d.openGroup(ctx, gc)
@@ -124,9 +136,33 @@ func (d *Daemon) openGroup(ctx context.Context, gc *configs.Group) (*group, erro
 		sp.Close()
 		return nil, fmt.Errorf("hostd: group %s: listen: %w", gc.Name, err)
 	}
+	if err := d.restrict(g.sock, 0o660, false); err != nil {
+		ln.Close()
+		sp.Close()
+		return nil, err
+	}
 	g.srv = nbd.NewServer(&g.cat, nbd.Options{Logger: d.log.With("group", gc.Name)})
 	go func() { g.served <- g.srv.Serve(ln) }()
 	return g, nil
+}
+
+// restrict gives path to root and QEMU's group only: whoever can connect to
+// a capture socket can write into a group's stream.
+func (d *Daemon) restrict(path string, mode os.FileMode, dir bool) error {
+	if dir {
+		if err := os.MkdirAll(path, mode); err != nil {
+			return fmt.Errorf("hostd: %s: %w", path, err)
+		}
+	}
+	if d.gid < 0 {
+		mode &^= 0o070
+	} else if err := os.Chown(path, 0, d.gid); err != nil {
+		return fmt.Errorf("hostd: give %s to QEMU's group: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("hostd: %s: %w", path, err)
+	}
+	return nil
 }
 
 // Run attaches every protected VM it finds and follows the hypervisors until
@@ -155,8 +191,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.log.Warn("libvirt event stream ended; rescanning only")
 				continue
 			}
-			if ev.Kind == hypervisor.EventStarted || ev.Kind == hypervisor.EventResumed {
+			switch ev.Kind {
+			case hypervisor.EventStarted, hypervisor.EventResumed:
 				d.scan(ctx)
+			case hypervisor.EventStopped, hypervisor.EventCrashed:
+				d.forgetDetached(func(id string) bool { return id == ev.VM.ID })
 			}
 		}
 	}
@@ -192,17 +231,17 @@ func (d *Daemon) scan(ctx context.Context) {
 		}
 	}
 	if complete {
-		d.forgetStopped(running)
+		d.forgetDetached(func(id string) bool { return !running[id] })
 	}
 }
 
-// forgetStopped drops detached VMs that no longer run: an operator's detach
+// forgetDetached drops detached VMs that stopped: an operator's detach
 // lasts until the VM's next start, when the policy protects it again.
-func (d *Daemon) forgetStopped(running map[string]bool) {
+func (d *Daemon) forgetDetached(stopped func(id string) bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, v := range d.vms {
-		if v.detached && !running[id] {
+		if v.detached && stopped(id) {
 			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
 			v.q.Close()
 			delete(d.vms, id)
@@ -210,8 +249,10 @@ func (d *Daemon) forgetStopped(running map[string]bool) {
 	}
 }
 
-// reap forgets VMs all of whose captures ended on their own (the VM stopped
-// or its monitor went away), so a restarted VM is attached again.
+// reap forgets VMs all of whose captures ended because the VM went away
+// (its monitor closed, or QEMU ended the jobs as it shut down), so a
+// restarted VM is attached again. A capture that failed for another reason
+// stays in the status with its error until the VM restarts or `qcdp attach`.
 func (d *Daemon) reap() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -219,20 +260,30 @@ func (d *Daemon) reap() {
 		if v.detached {
 			continue
 		}
-		ended := true
-		for _, dc := range v.disks {
-			select {
-			case <-dc.done:
-			default:
-				ended = false
-			}
-		}
-		if ended {
+		if v.ended(func(err error) bool {
+			return errors.Is(err, filter.ErrMonitorGone) || errors.Is(err, filter.ErrJobVanished)
+		}) {
 			d.log.Info("VM capture ended", "vm", v.vm.Name, "id", id)
 			v.q.Close()
 			delete(d.vms, id)
 		}
 	}
+}
+
+// ended reports whether every capture of v has ended, each for a reason
+// gone accepts.
+func (v *vmCapture) ended(gone func(error) bool) bool {
+	for _, dc := range v.disks {
+		select {
+		case <-dc.done:
+			if !gone(dc.err) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func labelsOf(vm hypervisor.VM) []string {
@@ -438,7 +489,7 @@ func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
 func (d *Daemon) Attach(ctx context.Context, vm string) error {
 	if v, ok := d.find(vm); ok {
 		d.mu.Lock()
-		if !v.detached {
+		if !v.detached && !v.ended(func(error) bool { return true }) {
 			d.mu.Unlock()
 			return nil // protected already
 		}
