@@ -1,0 +1,197 @@
+package receiver
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/stream"
+)
+
+// stream runs an authorized connection: it claims the group, welcomes the
+// host with the durable seq, then appends batches and acknowledges them.
+func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.Reader, id stream.Identity, hello stream.HelloMsg, log *slog.Logger) {
+	key := groupKey{id.Tenant, hello.Group}
+	gs, ok := srv.claim(key, s)
+	if !ok {
+		return
+	}
+	defer srv.release(key, gs, s, true)
+	if gs.j == nil {
+		j, err := srv.OpenJournal(srv.baseCtx, id.Tenant, hello.Group)
+		if err != nil {
+			log.Error("receiver: open journal", "err", err)
+			refuse(c, stream.CodeUnavailable, fmt.Sprintf("replica cannot open the journal of group %q", hello.Group))
+			return
+		}
+		gs.j = j
+	}
+	durable := gs.j.LastSeq()
+	if durable > hello.LastSeq {
+		msg := fmt.Sprintf("replica holds group %q up to seq %d, the host only up to %d: the host's spool was lost or belongs to another host; resync needed",
+			hello.Group, durable, hello.LastSeq)
+		log.Error("receiver: refused", "code", stream.CodeDiverged, "err", msg)
+		refuse(c, stream.CodeDiverged, msg)
+		return
+	}
+	c.SetDeadline(time.Time{})
+	if err := srv.write(c, stream.AppendWelcome(nil, durable)); err != nil {
+		log.Warn("receiver: welcome", "err", err)
+		return
+	}
+	log.Info("receiver: stream started", "durable", durable, "host_last", hello.LastSeq)
+	r := &receiving{srv: srv, gs: gs, c: c, br: br, fr: fr, dec: stream.NewBatchDecoder(), log: log}
+	defer r.dec.Close()
+	err := r.run()
+	select {
+	case <-s.killed:
+		log.Info("receiver: stream ended", "durable", gs.j.LastSeq(), "why", "replaced or shut down")
+		return
+	default:
+	}
+	var code stream.Code
+	switch {
+	case err == nil:
+		log.Info("receiver: stream ended", "durable", gs.j.LastSeq())
+		return
+	case errors.Is(err, errJournal):
+		code = stream.CodeInternal
+		log.Error("receiver: stream failed", "err", err)
+		// A journal that failed an append is broken until reopened.
+		if cerr := gs.j.Close(); cerr != nil {
+			log.Warn("receiver: close broken journal", "err", cerr)
+		}
+		gs.j = nil
+	case errors.Is(err, stream.ErrCorrupt), errors.Is(err, stream.ErrProtocol), errors.Is(err, stream.ErrTooLarge),
+		errors.Is(err, stream.ErrVersion), errors.Is(err, stream.ErrTruncated):
+		code = stream.CodeProtocol
+		log.Warn("receiver: stream refused", "err", err)
+	default: // the connection broke or timed out
+		log.Info("receiver: stream ended", "durable", gs.j.LastSeq(), "err", err)
+		return
+	}
+	refuse(c, code, err.Error())
+}
+
+var errJournal = errors.New("receiver: journal append failed")
+
+func (srv *Server) write(c net.Conn, b []byte) error {
+	c.SetWriteDeadline(time.Now().Add(srv.IdleTimeout))
+	_, err := c.Write(b)
+	return err
+}
+
+// receiving is the state of one stream.
+type receiving struct {
+	srv *Server
+	gs  *groupState
+	c   net.Conn
+	br  *bufio.Reader
+	fr  *stream.Reader
+	dec *stream.BatchDecoder
+	log *slog.Logger
+
+	pending []record.Record // decoded, not yet appended
+	bytes   int             // raw bytes of pending
+	bufs    [][]byte        // payload copies of coalesced batches, reused
+	nbuf    int
+	ack     []byte
+}
+
+// run reads frames until the connection ends or fails. It returns nil when
+// the host closed the connection between frames.
+func (r *receiving) run() error {
+	for {
+		r.c.SetReadDeadline(time.Now().Add(r.srv.IdleTimeout))
+		f, err := r.fr.Next()
+		if err != nil {
+			if r.bytes > 0 {
+				// What arrived whole is still worth keeping.
+				if aerr := r.flush(); aerr != nil {
+					return aerr
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		switch f.Type {
+		case stream.Ping:
+		case stream.Batch:
+			if err := r.batch(f); err != nil {
+				return err
+			}
+			// Coalesce: while more has already arrived, read it before
+			// paying for an fsync.
+			if r.br.Buffered() > 0 && r.bytes < maxPending {
+				continue
+			}
+		default:
+			return fmt.Errorf("%w: %v frame from the host", stream.ErrProtocol, f.Type)
+		}
+		if err := r.flush(); err != nil {
+			return err
+		}
+	}
+}
+
+// batch decodes a batch, trims what is durable or pending already, and
+// adds the rest to pending.
+func (r *receiving) batch(f stream.Frame) error {
+	bi, recs, err := r.dec.Decode(f)
+	if err != nil {
+		return err
+	}
+	next := r.gs.j.LastSeq() + uint64(len(r.pending)) + 1
+	if bi.First > next {
+		return fmt.Errorf("%w: batch starts at seq %d, the replica expects %d: a gap", stream.ErrProtocol, bi.First, next)
+	}
+	if skip := next - bi.First; skip >= uint64(len(recs)) {
+		return nil // all of it is a resend
+	} else {
+		recs = recs[skip:]
+	}
+	if len(r.pending) == 0 && r.br.Buffered() == 0 {
+		r.pending = append(r.pending, recs...) // appended before the buffers are reused
+		r.bytes += bi.RawLen
+		return nil
+	}
+	// Coalescing: the decoder's buffers are reused by the next batch, so
+	// keep a copy of the payloads.
+	if r.nbuf == len(r.bufs) {
+		r.bufs = append(r.bufs, nil)
+	}
+	buf := r.bufs[r.nbuf][:0]
+	for i := range recs {
+		buf = append(buf, recs[i].Payload...)
+	}
+	r.bufs[r.nbuf] = buf
+	r.nbuf++
+	for _, rec := range recs {
+		n := len(rec.Payload)
+		rec.Payload, buf = buf[:n:n], buf[n:]
+		r.pending = append(r.pending, rec)
+	}
+	r.bytes += bi.RawLen
+	return nil
+}
+
+// flush appends what is pending and acknowledges the durable seq.
+func (r *receiving) flush() error {
+	if len(r.pending) > 0 {
+		first, last := r.pending[0].Seq, r.pending[len(r.pending)-1].Seq
+		if err := r.gs.j.Append(r.srv.baseCtx, r.pending); err != nil {
+			return fmt.Errorf("%w: seqs %d..%d: %w", errJournal, first, last, err)
+		}
+	}
+	clear(r.pending) // drop payload references
+	r.pending, r.bytes, r.nbuf = r.pending[:0], 0, 0
+	r.ack = stream.AppendAck(r.ack[:0], r.gs.j.LastSeq())
+	return r.srv.write(r.c, r.ack)
+}

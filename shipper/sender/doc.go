@@ -1,0 +1,22 @@
+// Package sender ships one protection group's spool (package
+// shipper/spool) to its replica daemon over the stream protocol (package
+// stream): TLS 1.3 with the host's client certificate, batches of records
+// compressed with zstd, a token-bucket bandwidth limit, and the measured
+// RPO of the group.
+//
+// It owns the connection to the replica, reconnecting with capped
+// exponential backoff, and the acknowledgement of the spool: a seq is
+// acknowledged to the spool (spool.Ack, which lets the spool drop it) only
+// once the replica has said it is durable, in a Welcome or an Ack. After
+// any disconnect it resumes after the replica's durable seq: records the
+// replica holds are never sent again, and records are always sent in seq
+// order from there, so there is never a gap. It does not own the spool,
+// the sequencer, or what the replica does with the records.
+//
+// # RPO
+//
+// Stats.RPO is DESIGN.md's: now minus the capture time of the oldest
+// record not yet durable at the replica, 0 when nothing is pending. It
+// grows while the replica is unreachable, and includes records still in
+// the spool that were never sent.
+package sender

@@ -1,0 +1,215 @@
+package stream
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"slices"
+)
+
+// Type is a frame type. Never change the values.
+type Type uint8
+
+// Frame types.
+const (
+	Hello   Type = 1 // host → replica: the first frame
+	Welcome Type = 2 // replica → host: the handshake succeeded
+	Refuse  Type = 3 // replica → host: the handshake failed, or the stream ends in error
+	Batch   Type = 4 // host → replica: records
+	Ack     Type = 5 // replica → host: records up to a seq are durable
+	Ping    Type = 6 // host → replica: keepalive; answered by an Ack
+)
+
+func (t Type) String() string {
+	switch t {
+	case Hello:
+		return "hello"
+	case Welcome:
+		return "welcome"
+	case Refuse:
+		return "refuse"
+	case Batch:
+		return "batch"
+	case Ack:
+		return "ack"
+	case Ping:
+		return "ping"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Layout constants. Never change.
+const (
+	// Version is the stream protocol version this package speaks.
+	Version = 1
+	// HeaderLen is the length of the frame header.
+	HeaderLen = 16
+	// MaxBatchRaw bounds the uncompressed data of a batch: it holds a
+	// record of the largest payload (record.MaxLen) with room to spare.
+	MaxBatchRaw = 64 << 20
+	// BatchHeaderLen is the fixed part of a Batch payload.
+	BatchHeaderLen = 20
+	// MaxHost bounds the host name in a Hello; MaxMessage a Refuse message.
+	MaxHost    = 255
+	MaxMessage = 1024
+	// maxForeign bounds the payload of a handshake frame of another
+	// version: enough for any Hello or Refuse a future version may write.
+	maxForeign = 64 << 10
+	// readChunk is the step in which a payload buffer grows while reading.
+	readChunk = 1 << 20
+)
+
+// Errors. They are wrapped with the frame type and the offending field.
+var (
+	ErrCorrupt   = errors.New("stream: corrupt frame")            // a checksum or a field is wrong
+	ErrTruncated = errors.New("stream: truncated frame")          // the connection ended inside a frame
+	ErrTooLarge  = errors.New("stream: frame too large")          // a length over its bound
+	ErrProtocol  = errors.New("stream: protocol error")           // a frame out of place, a seq gap
+	ErrVersion   = errors.New("stream: unknown protocol version") // see VersionError
+	ErrRefused   = errors.New("stream: refused")                  // see RefusedError
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// MaxPayload returns the largest payload a frame of type t and version
+// Version may have, and false for a type this version does not know.
+func MaxPayload(t Type) (int, bool) {
+	switch t {
+	case Hello:
+		return helloFixed + MaxName + MaxHost, true
+	case Welcome, Ack:
+		return 8, true
+	case Refuse:
+		return 4 + MaxMessage, true
+	case Batch:
+		return BatchHeaderLen + MaxBatchRaw, true
+	case Ping:
+		return 0, true
+	}
+	return 0, false
+}
+
+// handshake reports whether t is a frame a peer of another version must
+// still be able to read.
+func handshake(t Type) bool { return t == Hello || t == Welcome || t == Refuse }
+
+// Frame is one decoded frame. Payload aliases the Reader's buffer and is
+// valid until the next call to Next.
+type Frame struct {
+	Type    Type
+	Version uint8
+	Payload []byte
+}
+
+// Reader reads frames from a connection. It is not safe for concurrent use.
+type Reader struct {
+	r   io.Reader
+	hdr [HeaderLen]byte
+	buf []byte
+}
+
+// NewReader returns a Reader of r; r should be buffered.
+func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
+
+// Next reads the next frame. It returns io.EOF if the connection ends
+// cleanly between frames, ErrTruncated inside one, ErrCorrupt for a
+// checksum or header mismatch, ErrTooLarge for a length over its type's
+// bound, ErrVersion for a data frame of another version and ErrProtocol for
+// an unknown type. Handshake frames (Hello, Welcome, Refuse) of another
+// version are returned: their decoders report the version.
+func (r *Reader) Next() (Frame, error) {
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return Frame{}, fmt.Errorf("%w: header cut short", ErrTruncated)
+		}
+		return Frame{}, err
+	}
+	t, v, n, err := parseHeader(r.hdr[:])
+	if err != nil {
+		return Frame{}, err
+	}
+	r.buf = r.buf[:0]
+	for len(r.buf) < n {
+		// Grow only as bytes arrive: a length that passed its bound still
+		// costs memory only once the peer has sent that much.
+		step := min(n-len(r.buf), readChunk)
+		r.buf = slices.Grow(r.buf, step)
+		m, err := io.ReadFull(r.r, r.buf[len(r.buf):len(r.buf)+step])
+		r.buf = r.buf[:len(r.buf)+m]
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return Frame{}, fmt.Errorf("%w: %v payload: %d of %d bytes", ErrTruncated, t, len(r.buf), n)
+			}
+			return Frame{}, err
+		}
+	}
+	if got, want := crc32.Update(crc32.Checksum(r.hdr[4:], castagnoli), castagnoli, r.buf), binary.LittleEndian.Uint32(r.hdr[:]); got != want {
+		return Frame{}, fmt.Errorf("%w: %v frame checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+	}
+	return Frame{Type: t, Version: v, Payload: r.buf}, nil
+}
+
+// parseHeader checks a frame header and returns its type, version and
+// payload length, bounded.
+func parseHeader(h []byte) (Type, uint8, int, error) {
+	if got, want := crc32.Checksum(h[8:16], castagnoli), binary.LittleEndian.Uint32(h[4:]); got != want {
+		return 0, 0, 0, fmt.Errorf("%w: header checksum %#08x, want %#08x", ErrCorrupt, got, want)
+	}
+	t, v := Type(h[8]), h[9]
+	if f := binary.LittleEndian.Uint16(h[10:]); f != 0 {
+		return 0, 0, 0, fmt.Errorf("%w: %v frame flags %#x", ErrCorrupt, t, f)
+	}
+	n := binary.LittleEndian.Uint32(h[12:])
+	limit, known := MaxPayload(t)
+	switch {
+	case v != Version && handshake(t):
+		limit = maxForeign
+	case v != Version:
+		return 0, 0, 0, &VersionError{Local: Version, Peer: v, What: t.String()}
+	case !known:
+		return 0, 0, 0, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, uint8(t))
+	}
+	if int64(n) > int64(limit) {
+		return 0, 0, 0, fmt.Errorf("%w: %v payload of %d bytes, at most %d", ErrTooLarge, t, n, limit)
+	}
+	return t, v, int(n), nil
+}
+
+// beginFrame appends room for a frame header to dst; sealFrame fills it in
+// once the payload follows it.
+func beginFrame(dst []byte) []byte { return append(dst, make([]byte, HeaderLen)...) }
+
+// sealFrame writes the header of the frame that starts at f[0] and whose
+// payload is the rest of f.
+func sealFrame(f []byte, t Type) {
+	f[8], f[9] = byte(t), Version
+	binary.LittleEndian.PutUint16(f[10:], 0)
+	binary.LittleEndian.PutUint32(f[12:], uint32(len(f)-HeaderLen))
+	binary.LittleEndian.PutUint32(f[4:], crc32.Checksum(f[8:16], castagnoli))
+	binary.LittleEndian.PutUint32(f[0:], crc32.Checksum(f[4:], castagnoli))
+}
+
+// appendFrame appends a whole frame of type t with payload p.
+func appendFrame(dst []byte, t Type, p []byte) []byte {
+	start := len(dst)
+	dst = beginFrame(dst)
+	dst = append(dst, p...)
+	sealFrame(dst[start:], t)
+	return dst
+}
+
+// VersionError is a peer speaking another protocol version. It wraps
+// ErrVersion; its message names both versions.
+type VersionError struct {
+	Local, Peer uint8
+	What        string // the frame it came in
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("stream: this side speaks stream v%d, the peer sent v%d (%s)", e.Local, e.Peer, e.What)
+}
+
+// Unwrap returns ErrVersion.
+func (e *VersionError) Unwrap() error { return ErrVersion }

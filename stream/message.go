@@ -1,0 +1,184 @@
+package stream
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/qcdp/qcdp/record"
+)
+
+// MaxName bounds a group name on the wire (record.MaxDisk: group names
+// follow the disk name rules).
+const MaxName = record.MaxDisk
+
+const helloFixed = 12
+
+// HelloMsg opens a stream: the host names the group it ships and the last
+// seq its spool holds.
+type HelloMsg struct {
+	Version uint8  // the protocol version the host speaks (the frame's version)
+	Group   string // checked by the receiver before any use (record.ValidDiskName)
+	Host    string // the host's own name, for logs; the certificate is what counts
+	LastSeq uint64 // the last seq the host's spool holds (appended or acknowledged)
+}
+
+// AppendHello appends a Hello frame. It fails if a name is too long.
+func AppendHello(dst []byte, h HelloMsg) ([]byte, error) {
+	if len(h.Group) > MaxName || len(h.Host) > MaxHost {
+		return dst, fmt.Errorf("%w: hello: group of %d bytes or host of %d bytes too long", ErrTooLarge, len(h.Group), len(h.Host))
+	}
+	p := make([]byte, helloFixed, helloFixed+len(h.Group)+len(h.Host))
+	binary.LittleEndian.PutUint64(p, h.LastSeq)
+	p[8], p[9] = byte(len(h.Group)), byte(len(h.Host))
+	p = append(append(p, h.Group...), h.Host...)
+	return appendFrame(dst, Hello, p), nil
+}
+
+// DecodeHello decodes a Hello frame. A Hello of another version fails with
+// a *VersionError (wrapping ErrVersion) whose message names both versions;
+// its group and host are not read.
+func DecodeHello(f Frame) (HelloMsg, error) {
+	if f.Type != Hello {
+		return HelloMsg{}, fmt.Errorf("%w: %v frame where a hello belongs", ErrProtocol, f.Type)
+	}
+	if f.Version != Version {
+		return HelloMsg{Version: f.Version}, &VersionError{Local: Version, Peer: f.Version, What: "hello"}
+	}
+	p := f.Payload
+	if len(p) < helloFixed {
+		return HelloMsg{}, fmt.Errorf("%w: hello of %d bytes", ErrCorrupt, len(p))
+	}
+	gl, hl := int(p[8]), int(p[9])
+	if gl > MaxName || p[10] != 0 || p[11] != 0 || helloFixed+gl+hl != len(p) {
+		return HelloMsg{}, fmt.Errorf("%w: hello: group length %d, host length %d in %d bytes", ErrCorrupt, gl, hl, len(p))
+	}
+	return HelloMsg{
+		Version: f.Version,
+		LastSeq: binary.LittleEndian.Uint64(p),
+		Group:   string(p[helloFixed : helloFixed+gl]),
+		Host:    string(p[helloFixed+gl:]),
+	}, nil
+}
+
+// AppendWelcome appends a Welcome frame: the replica holds every record up
+// to durable.
+func AppendWelcome(dst []byte, durable uint64) []byte {
+	return appendFrame(dst, Welcome, binary.LittleEndian.AppendUint64(nil, durable))
+}
+
+// DecodeWelcome decodes a Welcome frame and returns the durable seq. A
+// Welcome of another version fails with a *VersionError.
+func DecodeWelcome(f Frame) (uint64, error) {
+	if f.Type != Welcome {
+		return 0, fmt.Errorf("%w: %v frame where a welcome belongs", ErrProtocol, f.Type)
+	}
+	if f.Version != Version {
+		return 0, &VersionError{Local: Version, Peer: f.Version, What: "welcome"}
+	}
+	if len(f.Payload) != 8 {
+		return 0, fmt.Errorf("%w: welcome of %d bytes", ErrCorrupt, len(f.Payload))
+	}
+	return binary.LittleEndian.Uint64(f.Payload), nil
+}
+
+// AppendAck appends an Ack frame: every record up to seq is durable.
+func AppendAck(dst []byte, seq uint64) []byte {
+	return appendFrame(dst, Ack, binary.LittleEndian.AppendUint64(nil, seq))
+}
+
+// DecodeAck decodes an Ack frame.
+func DecodeAck(f Frame) (uint64, error) {
+	if f.Type != Ack {
+		return 0, fmt.Errorf("%w: %v frame where an ack belongs", ErrProtocol, f.Type)
+	}
+	if len(f.Payload) != 8 {
+		return 0, fmt.Errorf("%w: ack of %d bytes", ErrCorrupt, len(f.Payload))
+	}
+	return binary.LittleEndian.Uint64(f.Payload), nil
+}
+
+// AppendPing appends a Ping frame.
+func AppendPing(dst []byte) []byte { return appendFrame(dst, Ping, nil) }
+
+// Code says why a replica refused a stream. Never change the values.
+type Code uint16
+
+// Refusal codes.
+const (
+	CodeVersion     Code = 1 // the host speaks another protocol version
+	CodeBadRequest  Code = 2 // a malformed hello, or a group name that is not a valid name
+	CodeDenied      Code = 3 // the host's certificate may not write this group (tenant, host)
+	CodeUnavailable Code = 4 // the replica cannot open the group's journal now
+	CodeDiverged    Code = 5 // the replica holds records the host does not: resync needed
+	CodeProtocol    Code = 6 // a frame out of place, a corrupt batch, a seq gap
+	CodeReplaced    Code = 7 // a newer connection for the same group took over
+	CodeShutdown    Code = 8 // the replica daemon is stopping
+	CodeInternal    Code = 9 // the replica failed (journal write error)
+)
+
+func (c Code) String() string {
+	switch c {
+	case CodeVersion:
+		return "version"
+	case CodeBadRequest:
+		return "bad-request"
+	case CodeDenied:
+		return "denied"
+	case CodeUnavailable:
+		return "unavailable"
+	case CodeDiverged:
+		return "diverged"
+	case CodeProtocol:
+		return "protocol"
+	case CodeReplaced:
+		return "replaced"
+	case CodeShutdown:
+		return "shutdown"
+	case CodeInternal:
+		return "internal"
+	}
+	return fmt.Sprintf("code(%d)", uint16(c))
+}
+
+// RefusedError is a Refuse received from the replica. It wraps ErrRefused.
+type RefusedError struct {
+	Code    Code
+	Message string
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("stream: replica refused (%v): %s", e.Code, e.Message)
+}
+
+// Unwrap returns ErrRefused.
+func (e *RefusedError) Unwrap() error { return ErrRefused }
+
+// AppendRefuse appends a Refuse frame; a message over MaxMessage bytes is
+// cut.
+func AppendRefuse(dst []byte, code Code, msg string) []byte {
+	if len(msg) > MaxMessage {
+		msg = msg[:MaxMessage]
+	}
+	p := make([]byte, 4, 4+len(msg))
+	binary.LittleEndian.PutUint16(p, uint16(code))
+	binary.LittleEndian.PutUint16(p[2:], uint16(len(msg)))
+	return appendFrame(dst, Refuse, append(p, msg...))
+}
+
+// DecodeRefuse decodes a Refuse frame into a *RefusedError. The code and
+// message of a Refuse are laid out the same in every version, so a Refuse
+// of another version is read too.
+func DecodeRefuse(f Frame) (*RefusedError, error) {
+	if f.Type != Refuse {
+		return nil, fmt.Errorf("%w: %v frame where a refuse belongs", ErrProtocol, f.Type)
+	}
+	p := f.Payload
+	if len(p) < 4 {
+		return nil, fmt.Errorf("%w: refuse of %d bytes", ErrCorrupt, len(p))
+	}
+	ml := int(binary.LittleEndian.Uint16(p[2:]))
+	if ml > MaxMessage || 4+ml > len(p) || f.Version == Version && 4+ml != len(p) {
+		return nil, fmt.Errorf("%w: refuse message length %d in %d bytes", ErrCorrupt, ml, len(p))
+	}
+	return &RefusedError{Code: Code(binary.LittleEndian.Uint16(p)), Message: string(p[4 : 4+ml])}, nil
+}
