@@ -42,33 +42,40 @@ func Load(path string) (*Policy, error) {
 // failure the error is an *Error or, when the file has several problems, an
 // errors.Join of them in file order (see Errors); errors.As finds the first.
 func Parse(name string, data []byte) (*Policy, error) {
+	return decodeDoc(name, data, (*decoder).policy)
+}
+
+// decodeDoc is the part of parsing every policy file shares: limits,
+// positions, TOML syntax, then walk, and the errors in file order.
+func decodeDoc[T any](name string, data []byte, walk func(*decoder, map[string]any) T) (T, error) {
+	var zero T
 	if len(data) > MaxFileSize {
-		return nil, &Error{File: name, Msg: fmt.Sprintf("larger than %d bytes", MaxFileSize), Err: ErrTooLarge}
+		return zero, &Error{File: name, Msg: fmt.Sprintf("larger than %d bytes", MaxFileSize), Err: ErrTooLarge}
 	}
 	at, limitPos, limit := scanPositions(string(data))
 	if limit != "" {
-		return nil, &Error{File: name, Line: limitPos.line, Column: limitPos.col, Msg: limit, Err: ErrTooLarge}
+		return zero, &Error{File: name, Line: limitPos.line, Column: limitPos.col, Msg: limit, Err: ErrTooLarge}
 	}
-	// Decoding into a map, not a struct: the walker below then sees every
-	// key with its array indices, so that unknown keys and bad types are
+	// Decoding into a map, not a struct: the walker then sees every key
+	// with its array indices, so that unknown keys and bad types are
 	// reported as group[3].vm[1].nmae rather than MetaData.Undecoded's
 	// group.vm.nmae, and a type error is ours to word and locate.
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &Error{File: name, Line: pe.Position.Line, Column: pe.Position.Col,
+			return zero, &Error{File: name, Line: pe.Position.Line, Column: pe.Position.Col,
 				Key: pe.LastKey, Msg: pe.Message, Err: ErrSyntax}
 		}
-		return nil, &Error{File: name, Msg: err.Error(), Err: ErrSyntax}
+		return zero, &Error{File: name, Msg: err.Error(), Err: ErrSyntax}
 	}
 	d := &decoder{file: name, at: at}
-	p := d.policy(raw)
+	v := walk(d, raw)
 	switch len(d.errs) {
 	case 0:
-		return p, nil
+		return v, nil
 	case 1:
-		return nil, d.errs[0]
+		return zero, d.errs[0]
 	}
 	sort.SliceStable(d.errs, func(i, j int) bool {
 		a, b := d.errs[i], d.errs[j]
@@ -78,7 +85,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 	for i, e := range d.errs {
 		errs[i] = e
 	}
-	return nil, errors.Join(errs...)
+	return zero, errors.Join(errs...)
 }
 
 // decoder walks the decoded document against the schema, collecting errors.

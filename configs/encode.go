@@ -23,6 +23,9 @@ type (
 		LibvirtURI    string   `toml:"libvirt_uri,omitempty"`
 		QMPSockets    []string `toml:"qmp_sockets,omitempty"`
 		QEMUGroup     string   `toml:"qemu_group,omitempty"`
+		TLSCA         string   `toml:"tls_ca,omitempty"`
+		TLSCert       string   `toml:"tls_cert,omitempty"`
+		TLSKey        string   `toml:"tls_key,omitempty"`
 	}
 	fileTuning struct {
 		SpoolMax     string `toml:"spool_max"`
@@ -34,6 +37,8 @@ type (
 	fileGroup struct {
 		Name    string `toml:"name"`
 		Replica string `toml:"replica,omitempty"`
+		// AppConsistentEvery is app_consistent_every, "" when off.
+		AppConsistentEvery string `toml:"app_consistent_every,omitempty"`
 		fileTuning
 		VM []fileVM `toml:"vm"`
 	}
@@ -62,11 +67,17 @@ func (p *Policy) MarshalTOML() ([]byte, error) {
 			LibvirtURI:    p.Host.LibvirtURI,
 			QMPSockets:    p.Host.QMPSockets,
 			QEMUGroup:     p.Host.QEMUGroup,
+			TLSCA:         p.Host.TLSCA,
+			TLSCert:       p.Host.TLSCert,
+			TLSKey:        p.Host.TLSKey,
 		},
 		Defaults: fileTuningOf(p.Defaults),
 	}
 	for _, g := range p.groups {
 		fg := fileGroup{Name: g.Name, Replica: g.Replica, fileTuning: fileTuningOf(g.Tuning)}
+		if g.AppConsistentEvery > 0 {
+			fg.AppConsistentEvery = g.AppConsistentEvery.String()
+		}
 		for _, vm := range g.VMs {
 			fv := fileVM{Name: vm.Name, UUID: vm.UUID, Label: vm.Label}
 			if len(vm.Disks.Include)+len(vm.Disks.Exclude) > 0 {

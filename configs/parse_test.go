@@ -41,7 +41,7 @@ func TestParseErrors(t *testing.T) {
 			11, "group[1].vm[0].nmae", configs.ErrUnknownKey},
 		{"unknown key in disks", withHost(`[[group]]`, `name = "a"`, `[[group.vm]]`, `name = "x"`,
 			`disks = { include = ["vda"], exlude = [] }`), 7, "group[0].vm[0].disks.exlude", configs.ErrUnknownKey},
-		{"group without name", withHost(`[[group]]`, `replica = "dr:1"`, `[[group.vm]]`, `name = "x"`),
+		{"group without name", withHost(`[[group]]`, `spool_max = "1G"`, `[[group.vm]]`, `name = "x"`),
 			3, "group[0].name", configs.ErrMissing},
 		{"group name with slash", withHost(`[[group]]`, `name = "a/b"`, `vm = [{name = "x"}]`), 4, "group[0].name", configs.ErrInvalid},
 		{"group name dot dot slash", withHost(`[[group]]`, `name = "../x"`, `vm = [{name = "x"}]`), 4, "group[0].name", configs.ErrInvalid},
@@ -107,6 +107,9 @@ func TestParseErrors(t *testing.T) {
 		{"relative state_dir", withHost(`state_dir = "var/lib/qcdp"`), 3, "host.state_dir", configs.ErrInvalid},
 		{"control socket too long", withHost(`control_socket = "/` + strings.Repeat("s", 120) + `"`), 3, "host.control_socket", configs.ErrInvalid},
 		{"log level", withHost(`log_level = "verbose"`), 3, "host.log_level", configs.ErrInvalid},
+		{"app-consistent too often", withHost(`[[group]]`, `name = "a"`, `app_consistent_every = "10s"`, `vm = [{name = "x"}]`), 5, "group[0].app_consistent_every", configs.ErrInvalid},
+		{"replica without TLS", withHost(`[[group]]`, `name = "a"`, `replica = "dr1:7443"`, `vm = [{name = "x"}]`), 5, "group[0].replica", configs.ErrMissing},
+		{"relative tls_ca", withHost(`tls_ca = "ca.pem"`), 3, "host.tls_ca", configs.ErrInvalid},
 		{"qemu group with a slash", withHost(`qemu_group = "../kvm"`), 3, "host.qemu_group", configs.ErrInvalid},
 		{"qemu group not a string", withHost(`qemu_group = 107`), 3, "host.qemu_group", configs.ErrType},
 		{"remote libvirt", doc(`[host]`, `libvirt_uri = "qemu+ssh://kvm1/system"`), 2, "host.libvirt_uri", configs.ErrInvalid},
@@ -420,6 +423,7 @@ func TestExample(t *testing.T) {
 		Host: configs.Host{
 			StateDir: "/var/lib/qcdp", ControlSocket: "/run/qcdp/host.sock", NBDSocketDir: "/run/qcdp/nbd",
 			LogLevel: slog.LevelInfo, LibvirtURI: "qemu:///system", QMPSockets: []string{"/var/run/qemu-server/*.qmp"}, QEMUGroup: "libvirt-qemu",
+			TLSCA: "/etc/qcdp/tls/ca.pem", TLSCert: "/etc/qcdp/tls/host.pem", TLSKey: "/etc/qcdp/tls/host-key.pem",
 		},
 		Defaults: configs.DefaultTuning,
 		Groups: []groupView{

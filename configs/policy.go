@@ -34,6 +34,10 @@ type Host struct {
 	// made reachable by it and by root only. Default with libvirt:
 	// "libvirt-qemu" (Debian's qemu.conf); "" leaves them to root.
 	QEMUGroup string
+	// TLSCA, TLSCert, TLSKey (tls_ca, tls_cert, tls_key): PEM files of the
+	// CA and of this host's client certificate (its OU is the tenant), for
+	// the streams to the replicas; required when a group has a replica.
+	TLSCA, TLSCert, TLSKey string
 }
 
 // Tuning is what [defaults] sets and a [[group]] may override.
@@ -49,8 +53,12 @@ type Tuning struct {
 type Group struct {
 	Name    string // safe as a file path element (see ValidName)
 	Replica string // "host:port" of the replica daemon; "" if none yet
-	Tuning         // the group's settings, defaults applied
-	VMs     []*VM  // selectors in file order
+	// AppConsistentEvery (app_consistent_every): how often the host daemon
+	// freezes the group's guests through their agents for an
+	// app-consistent bookmark; 0 for never.
+	AppConsistentEvery time.Duration
+	Tuning                   // the group's settings, defaults applied
+	VMs                []*VM // selectors in file order
 }
 
 // VM selects virtual machines for a group by exactly one of Name, UUID or

@@ -1,7 +1,6 @@
 package configs
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -11,13 +10,10 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
-
-	"github.com/BurntSushi/toml"
 )
 
 // The replica daemon's policy file (/etc/qcdp/replica.toml, `qcdp replica
@@ -101,46 +97,6 @@ func LoadReplica(path string) (*Replica, error) {
 // ParseReplica parses and validates a replica policy; errors are as Parse's.
 func ParseReplica(name string, data []byte) (*Replica, error) {
 	return decodeDoc(name, data, (*decoder).replica)
-}
-
-// decodeDoc is the part of parsing every policy file shares: limits,
-// positions, TOML syntax, then walk, and the errors in file order. (Parse
-// can be written as decodeDoc(name, data, (*decoder).policy).)
-func decodeDoc[T any](name string, data []byte, walk func(*decoder, map[string]any) T) (T, error) {
-	var zero T
-	if len(data) > MaxFileSize {
-		return zero, &Error{File: name, Msg: fmt.Sprintf("larger than %d bytes", MaxFileSize), Err: ErrTooLarge}
-	}
-	at, limitPos, limit := scanPositions(string(data))
-	if limit != "" {
-		return zero, &Error{File: name, Line: limitPos.line, Column: limitPos.col, Msg: limit, Err: ErrTooLarge}
-	}
-	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return zero, &Error{File: name, Line: pe.Position.Line, Column: pe.Position.Col,
-				Key: pe.LastKey, Msg: pe.Message, Err: ErrSyntax}
-		}
-		return zero, &Error{File: name, Msg: err.Error(), Err: ErrSyntax}
-	}
-	d := &decoder{file: name, at: at}
-	v := walk(d, raw)
-	switch len(d.errs) {
-	case 0:
-		return v, nil
-	case 1:
-		return zero, d.errs[0]
-	}
-	sort.SliceStable(d.errs, func(i, j int) bool {
-		a, b := d.errs[i], d.errs[j]
-		return cmp.Or(cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column)) < 0
-	})
-	errs := make([]error, len(d.errs))
-	for i, e := range d.errs {
-		errs[i] = e
-	}
-	return zero, errors.Join(errs...)
 }
 
 func (d *decoder) replica(raw map[string]any) *Replica {

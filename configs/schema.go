@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 )
@@ -99,6 +100,9 @@ func (d *decoder) policy(raw map[string]any) *Policy {
 	seen := map[string]string{} // selector → its path
 	for _, t := range root.subs("group") {
 		if g := d.group(t, p, seen); g != nil {
+			if g.Replica != "" && (p.Host.TLSCA == "" || p.Host.TLSCert == "" || p.Host.TLSKey == "") {
+				d.errorf(t.key("replica"), ErrMissing, "a replica needs [host] tls_ca, tls_cert and tls_key (see `qcdp certs`)")
+			}
 			p.groups = append(p.groups, g)
 		}
 	}
@@ -112,6 +116,9 @@ func (d *decoder) host(t *table) Host {
 		ControlSocket: d.absPath(t, "control_socket", DefaultControlSocket),
 		NBDSocketDir:  d.absPath(t, "nbd_socket_dir", DefaultNBDSocketDir),
 		LogLevel:      slog.LevelInfo,
+		TLSCA:         d.absPath(t, "tls_ca", ""),
+		TLSCert:       d.absPath(t, "tls_cert", ""),
+		TLSKey:        d.absPath(t, "tls_key", ""),
 	}
 	if len(h.ControlSocket) > maxSocketPath {
 		d.errorf(t.key("control_socket"), ErrInvalid, "%d bytes long; a unix socket path has at most %d", len(h.ControlSocket), maxSocketPath)
@@ -280,6 +287,13 @@ func (d *decoder) group(t *table, p *Policy, seen map[string]string) *Group {
 			d.errorf(t.key("replica"), ErrInvalid, "%q: %s", s, err)
 		} else {
 			g.Replica = s
+		}
+	}
+	if v, ok := t.duration("app_consistent_every"); ok {
+		if v < time.Minute {
+			d.errorf(t.key("app_consistent_every"), ErrInvalid, "%s: freezing guests more often than once a minute is not supported", v)
+		} else {
+			g.AppConsistentEvery = v
 		}
 	}
 	g.Tuning = d.tuning(t, p.Defaults)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"github.com/qcdp/qcdp/qmp"
 )
 
 // ErrNoAgent: the VM has no QEMU guest agent, or it does not answer.
@@ -89,11 +90,16 @@ func (s *Sockets) agentFS(ctx context.Context, vm VM, cmd string) (int, error) {
 // query-chardev: the chardev behind the org.qemu.guest_agent.0 port is
 // conventionally labelled qga0 (Proxmox, libvirt) or qga.
 func (s *Sockets) agentSocket(ctx context.Context, vm VM) (string, error) {
-	c, err := s.QMP(ctx, vm)
-	if err != nil {
-		return "", err
+	c := (*qmp.Client)(nil)
+	if h, ok := s.holding(vm.Socket); ok {
+		c = h.c
+	} else {
+		var err error
+		if c, err = s.QMP(ctx, vm); err != nil {
+			return "", err
+		}
+		defer c.Close()
 	}
-	defer c.Close()
 	var devs []struct {
 		Label    string `json:"label"`
 		Filename string `json:"filename"`

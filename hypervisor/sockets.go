@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,6 +33,41 @@ var ErrDuplicateID = errors.New("hypervisor: two QMP sockets with one VM id")
 type Sockets struct {
 	patterns     []string
 	probeTimeout time.Duration
+
+	mu   sync.Mutex
+	held map[string]heldVM // by socket path
+}
+
+// heldVM is a VM whose only QMP connection the caller holds.
+type heldVM struct {
+	vm VM
+	c  *qmp.Client
+}
+
+// Hold tells s that the caller holds c, vm's QMP connection, for a while
+// (QEMU serves one client at a time): until Release, discovery reports vm
+// as it was without dialing its socket, and agent commands use c.
+func (s *Sockets) Hold(vm VM, c *qmp.Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held == nil {
+		s.held = map[string]heldVM{}
+	}
+	s.held[vm.Socket] = heldVM{vm, c}
+}
+
+// Release ends a Hold.
+func (s *Sockets) Release(vm VM) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.held, vm.Socket)
+}
+
+func (s *Sockets) holding(path string) (heldVM, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h, ok := s.held[path]
+	return h, ok
 }
 
 // NewSockets returns the source of the VMs whose QMP sockets match patterns.
@@ -81,6 +117,10 @@ func (s *Sockets) ListVMs(ctx context.Context) ([]VM, error) {
 			continue
 		}
 		seen[id] = path
+		if h, ok := s.holding(path); ok {
+			vms = append(vms, h.vm)
+			continue
+		}
 		vm, err := s.probe(ctx, path)
 		if err != nil {
 			if ctx.Err() != nil {

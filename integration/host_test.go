@@ -188,7 +188,25 @@ name = "g1"
 	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)
 	write(fa, "write -P 0xa5 5000 3000")
 
-	out, err := exec.CommandContext(ctx, bin, "detach", "--socket", control, "vm1").CombinedOutput()
+	// Bookmarks: a named one, and an app-consistent one on a VM without a
+	// guest agent, which must say so and fall back to crash-consistent.
+	qcdp("bookmark", "g1", "before-detach")
+	out, err := exec.CommandContext(ctx, bin, "bookmark", "--socket", control, "--json", "--app", "g1", "app-1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("qcdp bookmark --app: %v\n%s", err, out)
+	}
+	var bm struct {
+		Kind    string   `json:"kind"`
+		NoAgent []string `json:"no_agent"`
+	}
+	if err := json.Unmarshal(out, &bm); err != nil || bm.Kind != "crash-consistent" || len(bm.NoAgent) != 1 || bm.NoAgent[0] != "vm1" {
+		t.Fatalf("app bookmark without an agent: %s (%v), want crash-consistent naming vm1", out, err)
+	}
+	if out, err := exec.CommandContext(ctx, bin, "bookmark", "--socket", control, "nogroup", "x").CombinedOutput(); err == nil {
+		t.Fatalf("a bookmark in an unknown group succeeded: %s", out)
+	}
+
+	out, err = exec.CommandContext(ctx, bin, "detach", "--socket", control, "vm1").CombinedOutput()
 	if err != nil {
 		t.Fatalf("qcdp detach vm1: %v\n%s\n%s", err, out, host.Report())
 	}
@@ -220,6 +238,11 @@ name = "g1"
 	show, _ := exec.CommandContext(ctx, bin, "spool", "show", "--spool", spoolDir).CombinedOutput()
 	if !bytes.Contains(show, []byte("resync-begin")) || !bytes.Contains(show, []byte("resync-end")) {
 		t.Errorf("the restart is not bracketed by resync markers in the stream:\n%s", show)
+	}
+	for _, m := range []string{"before-detach", "app-1"} {
+		if !bytes.Contains(show, []byte(m)) {
+			t.Errorf("bookmark %q is not in the stream:\n%s", m, show)
+		}
 	}
 	if t.Failed() {
 		t.Logf("spool:\n%s\n%s", show, host.Report())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/hostd"
 )
@@ -40,6 +41,17 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 	for _, g := range st.Groups {
 		fmt.Fprintf(out, "group %s: seq %d (acked %d), spool %s of %s, %d NBD writes, %d errors\n",
 			g.Name, g.LastSeq, g.Acked, humanBytes(g.Bytes), humanBytes(g.MaxBytes), g.NBDWrites, g.NBDErrors)
+		if r := g.Replica; r != nil {
+			link := "connected"
+			if !r.Connected {
+				link = "not connected"
+				if r.LastError != "" {
+					link += " (" + r.LastError + ")"
+				}
+			}
+			fmt.Fprintf(out, "  replica %s: RPO %v, acked seq %d, sent %s (%.1fx compressed)\n",
+				link, r.RPO.Round(time.Millisecond), r.LastAcked, humanBytes(r.BytesSent), r.Ratio())
+		}
 		if len(g.Disks) == 0 {
 			fmt.Fprintln(out, "  no disk protected yet")
 			continue

@@ -24,17 +24,18 @@ type command struct {
 }
 
 var commands = map[string]command{
-	"attach":  {"protect a VM again after a detach", vmCommand("attach")},
-	"capture": {"serve capture exports into a spool (the NBD target of QEMU's mirror)", captureCommand},
-	"certs":   {"create a CA and host and replica certificates (a test or small install)", certsCommand},
-	"detach":  {"cleanly end capture of a VM (cancel, never complete)", vmCommand("detach")},
-	"host":    {"the host daemon: protect the VMs a policy names", hostCommand},
-	"replica": {"the replica daemon: receive groups' streams into journals", replicaCommand},
-	"pause":   {"hold capture of a VM; QEMU tracks changes meanwhile", vmCommand("pause")},
-	"resume":  {"end a pause; what changed is re-copied", vmCommand("resume")},
-	"spool":   {"inspect, verify and apply a spool (show, verify, apply)", spoolCommand},
-	"status":  {"show protection groups and disk states", statusCommand},
-	"version": {"print the version", versionCommand},
+	"attach":   {"protect a VM again after a detach", vmCommand("attach")},
+	"bookmark": {"put a named (or app-consistent) restore point into a group's stream", bookmarkCommand},
+	"capture":  {"serve capture exports into a spool (the NBD target of QEMU's mirror)", captureCommand},
+	"certs":    {"create a CA and host and replica certificates (a test or small install)", certsCommand},
+	"detach":   {"cleanly end capture of a VM (cancel, never complete)", vmCommand("detach")},
+	"host":     {"the host daemon: protect the VMs a policy names", hostCommand},
+	"replica":  {"the replica daemon: receive groups' streams into journals", replicaCommand},
+	"pause":    {"hold capture of a VM; QEMU tracks changes meanwhile", vmCommand("pause")},
+	"resume":   {"end a pause; what changed is re-copied", vmCommand("resume")},
+	"spool":    {"inspect, verify and apply a spool (show, verify, apply)", spoolCommand},
+	"status":   {"show protection groups and disk states", statusCommand},
+	"version":  {"print the version", versionCommand},
 }
 
 // usageError marks a wrong command line (exit code 2).

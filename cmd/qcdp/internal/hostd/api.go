@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/qcdp/qcdp/shipper/sender"
 	"io"
 	"net"
 	"net/http"
@@ -31,6 +32,8 @@ type GroupStatus struct {
 	Disks     []DiskStatus `json:"disks"`
 	NBDWrites int64        `json:"nbd_writes"`
 	NBDErrors int64        `json:"nbd_errors"`
+	// Replica is the stream to the group's replica; nil without one.
+	Replica *sender.Stats `json:"replica,omitempty"`
 }
 
 // DiskStatus is one protected disk.
@@ -64,6 +67,10 @@ func (d *Daemon) Status() Status {
 		gs := GroupStatus{Name: n, Socket: g.sock, SpoolDir: d.pol.SpoolDir(g.cfg),
 			LastSeq: g.sp.LastSeq(), Acked: g.sp.Acked(), Bytes: ss.Bytes, MaxBytes: g.cfg.SpoolMax,
 			NBDWrites: ns.Writes, NBDErrors: ns.Errors, Disks: []DiskStatus{}}
+		if g.snd != nil {
+			rs := g.snd.Stats()
+			gs.Replica = &rs
+		}
 		for _, v := range d.vms {
 			if v.group != g {
 				continue
@@ -112,6 +119,15 @@ func (d *Daemon) ServeAPI(ctx context.Context, path string) error {
 		q := r.URL.Query()
 		answer(w, d.Resume(r.Context(), q.Get("vm"), q.Get("disk")))
 	})
+	mux.HandleFunc("POST /v1/bookmark", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		res, err := d.Bookmark(r.Context(), q.Get("group"), q.Get("name"), q.Get("app") == "1")
+		if err != nil {
+			answer(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 	mux.HandleFunc("POST /v1/attach", func(w http.ResponseWriter, r *http.Request) {
 		answer(w, d.Attach(r.Context(), r.URL.Query().Get("vm")))
 	})
@@ -142,6 +158,8 @@ func answer(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusOK, struct{}{})
 	case errors.Is(err, ErrUnknownVM):
 		writeJSON(w, http.StatusNotFound, apiError{err.Error(), "unknown-vm"})
+	case errors.Is(err, ErrUnknownGroup):
+		writeJSON(w, http.StatusNotFound, apiError{err.Error(), "unknown-group"})
 	default:
 		writeJSON(w, http.StatusInternalServerError, apiError{err.Error(), "failed"})
 	}
@@ -190,6 +208,18 @@ func (c *Client) Resume(ctx context.Context, vm, disk string) error {
 	return c.do(ctx, http.MethodPost, "/v1/resume", url.Values{"vm": {vm}, "disk": {disk}}, nil)
 }
 
+// Bookmark asks the daemon for a bookmark in group's stream (app: freeze
+// the guests through their agents first).
+func (c *Client) Bookmark(ctx context.Context, group, name string, app bool) (BookmarkResult, error) {
+	var res BookmarkResult
+	q := url.Values{"group": {group}, "name": {name}}
+	if app {
+		q.Set("app", "1")
+	}
+	err := c.do(ctx, http.MethodPost, "/v1/bookmark", q, &res)
+	return res, err
+}
+
 // Attach asks the daemon to protect vm again.
 func (c *Client) Attach(ctx context.Context, vm string) error {
 	return c.do(ctx, http.MethodPost, "/v1/attach", url.Values{"vm": {vm}}, nil)
@@ -216,8 +246,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, out 
 	if resp.StatusCode != http.StatusOK {
 		var e apiError
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			if e.Code == "unknown-vm" {
+			switch e.Code {
+			case "unknown-vm":
 				return fmt.Errorf("%w: %s", ErrUnknownVM, e.Error)
+			case "unknown-group":
+				return fmt.Errorf("%w: %s", ErrUnknownGroup, e.Error)
 			}
 			return errors.New(e.Error)
 		}

@@ -24,8 +24,17 @@ import (
 	"github.com/qcdp/qcdp/qmp"
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/shipper"
+	"github.com/qcdp/qcdp/shipper/sender"
 	"github.com/qcdp/qcdp/shipper/spool"
+	"github.com/qcdp/qcdp/stream"
 )
+
+// holder is a source that must be told when the daemon holds a VM's only
+// QMP connection (plain QEMU and Proxmox serve one client at a time).
+type holder interface {
+	Hold(vm hypervisor.VM, c *qmp.Client)
+	Release(vm hypervisor.VM)
+}
 
 // Source is a hypervisor the daemon finds VMs through.
 type Source interface {
@@ -67,6 +76,10 @@ type group struct {
 	srv    *nbd.Server
 	sock   string
 	served chan error
+
+	snd     *sender.Sender // nil when the group has no replica
+	sendEnd context.CancelFunc
+	sent    chan error // Run's result
 }
 
 // vmCapture is one protected VM: its QMP connection and its disks.
@@ -143,7 +156,62 @@ func (d *Daemon) openGroup(ctx context.Context, gc *configs.Group) (*group, erro
 	}
 	g.srv = nbd.NewServer(&g.cat, nbd.Options{Logger: d.log.With("group", gc.Name)})
 	go func() { g.served <- g.srv.Serve(ln) }()
+	if gc.Replica != "" {
+		if err := d.startSender(g); err != nil {
+			g.close()
+			return nil, err
+		}
+	}
 	return g, nil
+}
+
+// startSender ships the group's spool to its replica on a goroutine the
+// group owns; it retries by itself until the group closes.
+func (d *Daemon) startSender(g *group) error {
+	host, _, err := net.SplitHostPort(g.cfg.Replica)
+	if err != nil {
+		return fmt.Errorf("hostd: group %s: replica %q: %w", g.cfg.Name, g.cfg.Replica, err)
+	}
+	h := d.pol.Host
+	tlsCfg, err := stream.LoadClientTLS(h.TLSCA, h.TLSCert, h.TLSKey, host)
+	if err != nil {
+		return fmt.Errorf("hostd: group %s: TLS for replica %s: %w", g.cfg.Name, g.cfg.Replica, err)
+	}
+	name, _ := os.Hostname()
+	g.snd, err = sender.New(sender.Options{Spool: g.sp, Addr: g.cfg.Replica, TLS: tlsCfg, Host: name,
+		Logger: d.log.With("group", g.cfg.Name, "replica", g.cfg.Replica)})
+	if err != nil {
+		return fmt.Errorf("hostd: group %s: %w", g.cfg.Name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.sendEnd, g.sent = cancel, make(chan error, 1)
+	go func() { g.sent <- g.snd.Run(ctx) }()
+	return nil
+}
+
+// close stops the group's sender and capture server and closes its spool,
+// in that order: the sender reads the spool until it stops.
+func (g *group) close() error {
+	var errs []error
+	if g.snd != nil {
+		g.sendEnd()
+		if err := <-g.sent; err != nil {
+			errs = append(errs, fmt.Errorf("group %s: sender: %w", g.cfg.Name, err))
+		}
+	}
+	if g.srv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := g.srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("group %s: nbd shutdown: %w", g.cfg.Name, err))
+		}
+		cancel()
+		<-g.served
+		os.Remove(g.sock)
+	}
+	if err := g.sp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.cfg.Name, err))
+	}
+	return errors.Join(errs...)
 }
 
 // restrict gives path to root and QEMU's group only: whoever can connect to
@@ -176,6 +244,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.scan(ctx)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.runSchedules(ctx)
+	}()
 	tick := time.NewTicker(rescanEvery)
 	defer tick.Stop()
 	for {
@@ -243,7 +316,7 @@ func (d *Daemon) forgetDetached(stopped func(id string) bool) {
 	for id, v := range d.vms {
 		if v.detached && stopped(id) {
 			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
-			v.q.Close()
+			v.close()
 			delete(d.vms, id)
 		}
 	}
@@ -264,10 +337,18 @@ func (d *Daemon) reap() {
 			return errors.Is(err, filter.ErrMonitorGone) || errors.Is(err, filter.ErrJobVanished)
 		}) {
 			d.log.Info("VM capture ended", "vm", v.vm.Name, "id", id)
-			v.q.Close()
+			v.close()
 			delete(d.vms, id)
 		}
 	}
+}
+
+// close lets go of the VM's QMP connection.
+func (v *vmCapture) close() {
+	if h, ok := v.src.(holder); ok {
+		h.Release(v.vm)
+	}
+	v.q.Close()
 }
 
 // ended reports whether every capture of v has ended, each for a reason
@@ -321,6 +402,9 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("QMP of %s: %w", vm.Name, err)
 	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
+	if h, ok := src.(holder); ok {
+		h.Hold(vm, q)
+	}
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
@@ -344,7 +428,7 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now()})
 	}
 	if len(v.disks) == 0 {
-		q.Close()
+		v.close()
 		return fmt.Errorf("VM %s (group %s): no disk to protect", vm.Name, gc.Name)
 	}
 	d.mu.Lock()
@@ -403,7 +487,7 @@ func (d *Daemon) stopAll() {
 	d.wg.Wait()
 	d.mu.Lock()
 	for _, v := range d.vms {
-		v.q.Close()
+		v.close()
 	}
 	d.mu.Unlock()
 }
@@ -416,18 +500,7 @@ func (d *Daemon) Close() error {
 func (d *Daemon) closeGroups() error {
 	var errs []error
 	for _, g := range d.groups {
-		if g.srv != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := g.srv.Shutdown(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("group %s: nbd shutdown: %w", g.cfg.Name, err))
-			}
-			cancel()
-			<-g.served
-			os.Remove(g.sock)
-		}
-		if err := g.sp.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.cfg.Name, err))
-		}
+		errs = append(errs, g.close())
 	}
 	return errors.Join(errs...)
 }
@@ -498,7 +571,7 @@ func (d *Daemon) Attach(ctx context.Context, vm string) error {
 		for _, dc := range v.disks {
 			<-dc.done
 		}
-		v.q.Close()
+		v.close()
 		return d.attach(ctx, v.src, v.vm)
 	}
 	for _, src := range d.sources {

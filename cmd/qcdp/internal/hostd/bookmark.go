@@ -1,0 +1,157 @@
+package hostd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/record"
+)
+
+// Freezer is a source that can quiesce a guest's filesystems through its
+// QEMU guest agent.
+type Freezer interface {
+	FreezeFS(ctx context.Context, vm hypervisor.VM) (int, error)
+	ThawFS(ctx context.Context, vm hypervisor.VM) (int, error)
+}
+
+// ErrUnknownGroup: no group of that name in the policy.
+var ErrUnknownGroup = errors.New("hostd: no such group")
+
+// freezeTimeout bounds how long a guest may stay frozen for a bookmark:
+// applications stall while it is.
+const freezeTimeout = 10 * time.Second
+
+// BookmarkResult says what a bookmark became.
+type BookmarkResult struct {
+	Seq     uint64   `json:"seq"`
+	Kind    string   `json:"kind"`               // app-consistent, crash-consistent or user-bookmark
+	Frozen  []string `json:"frozen,omitempty"`   // VMs whose filesystems were frozen
+	NoAgent []string `json:"no_agent,omitempty"` // VMs with no answering guest agent
+	Failed  []string `json:"failed,omitempty"`   // VMs whose freeze or thaw failed, with why
+}
+
+// Bookmark puts a named point into the group's stream. A plain bookmark is
+// a user bookmark at the current seq. With app, every protected VM of the
+// group is frozen through its guest agent first and thawed right after the
+// marker: the point is app-consistent when every VM froze, else it is
+// recorded crash-consistent and the VMs without an agent are reported.
+func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (BookmarkResult, error) {
+	var res BookmarkResult
+	g, ok := d.groups[group]
+	if !ok {
+		return res, fmt.Errorf("%w: %q", ErrUnknownGroup, group)
+	}
+	if name == "" || len(name) > record.MaxName {
+		return res, fmt.Errorf("hostd: bookmark name must be 1 to %d bytes", record.MaxName)
+	}
+	if !app {
+		seq, err := g.seq.Mark(record.UserBookmark, name)
+		res.Seq, res.Kind = seq, record.UserBookmark.String()
+		return res, err
+	}
+	type target struct {
+		v *vmCapture
+		f Freezer
+	}
+	var vms []target
+	d.mu.Lock()
+	for _, v := range d.vms {
+		if v.group != g || v.detached {
+			continue
+		}
+		f, _ := v.src.(Freezer)
+		vms = append(vms, target{v, f})
+	}
+	d.mu.Unlock()
+
+	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	defer cancel()
+	var frozen []target
+	for _, t := range vms {
+		if t.f == nil {
+			res.NoAgent = append(res.NoAgent, t.v.vm.Name)
+			continue
+		}
+		if _, err := t.f.FreezeFS(fctx, t.v.vm); err != nil {
+			if errors.Is(err, hypervisor.ErrNoAgent) {
+				res.NoAgent = append(res.NoAgent, t.v.vm.Name)
+			} else {
+				res.Failed = append(res.Failed, fmt.Sprintf("%s: freeze: %v", t.v.vm.Name, err))
+			}
+			continue
+		}
+		frozen = append(frozen, t)
+		res.Frozen = append(res.Frozen, t.v.vm.Name)
+	}
+	kind := record.AppConsistent
+	if len(frozen) != len(vms) {
+		kind = record.CrashConsistent
+	}
+	seq, markErr := g.seq.Mark(kind, name)
+	// Thaw whatever happens, with a context of its own: a guest must not
+	// stay frozen because the caller went away.
+	tctx, tcancel := context.WithTimeout(context.Background(), freezeTimeout)
+	defer tcancel()
+	for _, t := range frozen {
+		if _, err := t.f.ThawFS(tctx, t.v.vm); err != nil {
+			res.Failed = append(res.Failed, fmt.Sprintf("%s: thaw: %v", t.v.vm.Name, err))
+			d.log.Error("guest left frozen", "vm", t.v.vm.Name, "err", err)
+		}
+	}
+	res.Seq, res.Kind = seq, kind.String()
+	if markErr != nil {
+		return res, fmt.Errorf("hostd: group %s: bookmark %q: %w", group, name, markErr)
+	}
+	d.log.Info("bookmark", "group", group, "name", name, "kind", res.Kind, "seq", seq,
+		"frozen", len(res.Frozen), "no_agent", res.NoAgent)
+	return res, nil
+}
+
+// runSchedules takes the app-consistent bookmarks the policy schedules
+// until ctx ends.
+func (d *Daemon) runSchedules(ctx context.Context) {
+	var tickers []*time.Ticker
+	cases := make(chan string)
+	for _, g := range d.groups {
+		if every := g.cfg.AppConsistentEvery; every > 0 {
+			t := time.NewTicker(every)
+			tickers = append(tickers, t)
+			name := g.cfg.Name
+			d.wg.Add(1)
+			go func() {
+				defer d.wg.Done()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-t.C:
+						select {
+						case cases <- name:
+						case <-ctx.Done():
+							return
+						}
+					}
+				}
+			}()
+		}
+	}
+	defer func() {
+		for _, t := range tickers {
+			t.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case group := <-cases:
+			name := "scheduled-" + time.Now().UTC().Format("20060102T150405Z")
+			if _, err := d.Bookmark(ctx, group, name, true); err != nil {
+				d.log.Warn("scheduled app-consistent bookmark", "group", group, "err", err)
+			}
+		}
+	}
+}
