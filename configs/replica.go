@@ -30,6 +30,10 @@ import (
 const (
 	DefaultReplicaListen = ":7443"
 	DefaultStorageRoot   = "/var/lib/qcdp/replica"
+	// DefaultReplicaControlSocket and DefaultReplicaNBDSocket are the replica
+	// daemon's local sockets.
+	DefaultReplicaControlSocket = "/run/qcdp/replica.sock"
+	DefaultReplicaNBDSocket     = "/run/qcdp/replica-nbd.sock"
 )
 
 // DefaultRetention is what [defaults] starts from: a day of any-point-in-
@@ -52,8 +56,12 @@ type Replica struct {
 	Cert, Key   string     // cert, key: the replica's server certificate and key
 	StorageRoot string     // storage_root: journals live in <storage_root>/<tenant>/<group>
 	LogLevel    slog.Level // log_level
-	Defaults    Retention  // [defaults]
-	Tenants     []*Tenant  // in file order
+	// ControlSocket (control_socket) serves `qcdp points`, `export`,
+	// `restore` and `verify`; NBDSocket (nbd_socket) serves the exported
+	// point-in-time views to local NBD clients (QEMU, qemu-img, nbdcopy).
+	ControlSocket, NBDSocket string
+	Defaults                 Retention // [defaults]
+	Tenants                  []*Tenant // in file order
 }
 
 // Retention is how long a group's history is kept (see journal.Retention).
@@ -124,6 +132,13 @@ func (d *decoder) replica(raw map[string]any) *Replica {
 		*k.dst = d.absPath(rt, k.key, "")
 	}
 	c.StorageRoot = d.absPath(rt, "storage_root", DefaultStorageRoot)
+	c.ControlSocket = d.absPath(rt, "control_socket", DefaultReplicaControlSocket)
+	c.NBDSocket = d.absPath(rt, "nbd_socket", DefaultReplicaNBDSocket)
+	for _, k := range []string{"control_socket", "nbd_socket"} {
+		if p := map[string]string{"control_socket": c.ControlSocket, "nbd_socket": c.NBDSocket}[k]; len(p) > maxSocketPath {
+			d.errorf(rt.key(k), ErrInvalid, "%d bytes long; a unix socket path has at most %d", len(p), maxSocketPath)
+		}
+	}
 	c.LogLevel = d.logLevel(rt)
 	rt.done()
 	if t, ok := root.sub("defaults"); ok {

@@ -6,14 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
-	"time"
 
+	"github.com/qcdp/qcdp/cmd/qcdp/internal/replicad"
 	"github.com/qcdp/qcdp/configs"
-	"github.com/qcdp/qcdp/replica/journal"
-	"github.com/qcdp/qcdp/replica/receiver"
-	"github.com/qcdp/qcdp/stream"
 )
 
 // replicaOptions are the flags of `qcdp replica`.
@@ -43,58 +39,18 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 		return err // names the file, line and key
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	tlsCfg, err := stream.LoadServerTLS(cfg.CA, cfg.Cert, cfg.Key)
+	d, err := replicad.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.StorageRoot, 0o750); err != nil {
-		return fmt.Errorf("replica: storage root: %w", err)
-	}
-	srv := &receiver.Server{
-		TLS:    tlsCfg,
-		Config: cfg,
-		Logger: log,
-		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
-			dir, err := cfg.JournalDir(tenant, group)
-			if err != nil {
-				return nil, err
-			}
-			return journal.Open(ctx, journal.Options{
-				Dir: dir, Group: group, Retention: journalRetention(cfg.RetentionFor(tenant)),
-				Logger: log.With("tenant", tenant),
-			})
-		},
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("replica: %w", err)
-	}
-	fmt.Fprintf(out, "qcdp replica: policy %s, %d tenant(s), listening on %s, journals in %s\n",
-		opts.config, len(cfg.Tenants), ln.Addr(), cfg.StorageRoot)
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-served:
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	shutErr := srv.Shutdown(sctx)
-	if serveErr == nil {
-		serveErr = <-served
-	}
-	if errors.Is(serveErr, receiver.ErrServerClosed) {
-		serveErr = nil
-	}
+	apiCtx, stopAPI := context.WithCancel(ctx)
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- d.ServeAPI(apiCtx, cfg.ControlSocket) }()
+	fmt.Fprintf(out, "qcdp replica: policy %s, %d tenant(s), listening on %s, journals in %s, views on %s, control socket %s\n",
+		opts.config, len(cfg.Tenants), d.Addr(), cfg.StorageRoot, cfg.NBDSocket, cfg.ControlSocket)
+	serveErr := d.Serve(ctx)
+	stopAPI()
+	apiErr := <-apiDone
 	fmt.Fprintln(out, "qcdp replica: stopped")
-	return errors.Join(serveErr, shutErr)
-}
-
-func journalRetention(r configs.Retention) journal.Retention {
-	jr := journal.Retention{Window: r.Window, WindowBytes: r.WindowBytes, Bookmarks: r.Bookmarks}
-	for _, s := range r.LongTerm {
-		jr.Schedules = append(jr.Schedules, journal.Schedule{Every: s.Every, Keep: s.Keep})
-	}
-	return jr
+	return errors.Join(serveErr, apiErr)
 }

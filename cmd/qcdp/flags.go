@@ -8,6 +8,9 @@ import (
 	"strings"
 )
 
+// flagSet is the standard library's, named for the commands' signatures.
+type flagSet = flag.FlagSet
+
 // newFlags returns a FlagSet that reports errors instead of exiting and
 // prints its usage to out.
 func newFlags(name string, out io.Writer) *flag.FlagSet {

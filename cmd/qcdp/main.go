@@ -28,13 +28,18 @@ var commands = map[string]command{
 	"bookmark": {"put a named (or app-consistent) restore point into a group's stream", bookmarkCommand},
 	"capture":  {"serve capture exports into a spool (the NBD target of QEMU's mirror)", captureCommand},
 	"certs":    {"create a CA and host and replica certificates (a test or small install)", certsCommand},
+	"export":   {"serve a group's restore point over NBD (read-only, or writable into an overlay)", exportCommand},
 	"detach":   {"cleanly end capture of a VM (cancel, never complete)", vmCommand("detach")},
 	"host":     {"the host daemon: protect the VMs a policy names", hostCommand},
 	"replica":  {"the replica daemon: receive groups' streams into journals", replicaCommand},
+	"points":   {"list a group's restore points on the replica", pointsCommand},
 	"pause":    {"hold capture of a VM; QEMU tracks changes meanwhile", vmCommand("pause")},
+	"restore":  {"write a disk at a restore point into a raw image", restoreCommand},
 	"resume":   {"end a pause; what changed is re-copied", vmCommand("resume")},
 	"spool":    {"inspect, verify and apply a spool (show, verify, apply)", spoolCommand},
 	"status":   {"show protection groups and disk states", statusCommand},
+	"unexport": {"withdraw an exported view", unexportCommand},
+	"verify":   {"check every record of a group's journal", verifyCommand},
 	"version":  {"print the version", versionCommand},
 }
 

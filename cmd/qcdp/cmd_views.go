@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/qcdp/qcdp/cmd/qcdp/internal/replicad"
+	"github.com/qcdp/qcdp/replica/journal"
+)
+
+// The replica operator's commands on one group's journal: points, export,
+// unexport, restore and verify. They share how a group and a restore point
+// are named, so they live together.
+
+// viewOptions are the flags the view commands share.
+type viewOptions struct {
+	socket   string
+	tenant   string
+	json     bool
+	seq      uint64
+	at       string        // RFC 3339 time
+	ago      time.Duration // or that long before now
+	bookmark string
+}
+
+func (o *viewOptions) flags(name string, out io.Writer, withTarget bool) *flagSet {
+	fs := newFlags(name, out)
+	fs.StringVar(&o.socket, "socket", "/run/qcdp/replica.sock", "control socket of `qcdp replica`")
+	fs.StringVar(&o.tenant, "tenant", "", "the group's tenant (needed only when several tenants have the group)")
+	fs.BoolVar(&o.json, "json", false, "print JSON")
+	if withTarget {
+		fs.Uint64Var(&o.seq, "seq", 0, "restore point: the state after this seq")
+		fs.StringVar(&o.at, "time", "", "restore point: the newest at or before this RFC 3339 time")
+		fs.DurationVar(&o.ago, "ago", 0, "restore point: the newest at or before this long ago")
+		fs.StringVar(&o.bookmark, "bookmark", "", "restore point: the newest bookmark of this name")
+	}
+	return fs
+}
+
+// target is the restore point the flags name.
+func (o *viewOptions) target() (journal.Target, error) {
+	var t journal.Target
+	n := 0
+	if o.seq != 0 {
+		t.Seq, n = o.seq, n+1
+	}
+	if o.at != "" {
+		v, err := time.Parse(time.RFC3339Nano, o.at)
+		if err != nil {
+			return t, usagef("--time %q: want RFC 3339, e.g. 2026-11-21T22:15:00Z", o.at)
+		}
+		t.Time, n = v, n+1
+	}
+	if o.ago != 0 {
+		t.Time, n = time.Now().Add(-o.ago), n+1
+	}
+	if o.bookmark != "" {
+		t.Bookmark, n = o.bookmark, n+1
+	}
+	if n != 1 {
+		return t, usagef("name exactly one restore point: --seq, --time, --ago or --bookmark")
+	}
+	return t, nil
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func pointsCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	fs := o.flags("points", out, false)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 1 {
+		return usagef("want GROUP")
+	}
+	p, err := replicad.NewClient(o.socket).Points(ctx, o.tenant, fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(out, p)
+	}
+	w := p.Window
+	if w.LastSeq == 0 {
+		fmt.Fprintf(out, "group %s/%s: no restore point yet (waiting for every disk's sync-complete)\n", p.Tenant, p.Group)
+	} else {
+		fmt.Fprintf(out, "group %s/%s: any point from seq %d (%s) to seq %d (%s)\n", p.Tenant, p.Group,
+			w.FirstSeq, w.FirstTime.UTC().Format(time.RFC3339), w.LastSeq, w.LastTime.UTC().Format(time.RFC3339))
+		for _, g := range w.Gaps {
+			fmt.Fprintf(out, "  except seq %d to %d (resync or initial sync)\n", g.FromSeq, g.ToSeq)
+		}
+	}
+	sort.Slice(p.Points, func(i, j int) bool { return p.Points[i].Seq < p.Points[j].Seq })
+	tw := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tNAME")
+	for _, pt := range p.Points {
+		kind := pt.Kind.String()
+		if pt.Kind == 0 {
+			kind = "point"
+		}
+		if pt.LongTerm {
+			kind += " (long-term)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", pt.Seq, pt.Time.UTC().Format(time.RFC3339Nano), kind, pt.Name)
+	}
+	return tw.Flush()
+}
+
+func exportCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	var writable bool
+	fs := o.flags("export", out, true)
+	fs.BoolVar(&writable, "writable", false, "writes go to an overlay, never to the journal (for test failover)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 1 {
+		return usagef("want GROUP")
+	}
+	at, err := o.target()
+	if err != nil {
+		return err
+	}
+	e, err := replicad.NewClient(o.socket).Export(ctx, o.tenant, fs.Arg(0), at, writable)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(out, e)
+	}
+	fmt.Fprintf(out, "export %s: %s/%s at seq %d (%s)\n", e.ID, e.Tenant, e.Group, e.Point.Seq, e.Point.Time.UTC().Format(time.RFC3339Nano))
+	disks := make([]string, 0, len(e.URIs))
+	for d := range e.URIs {
+		disks = append(disks, d)
+	}
+	sort.Strings(disks)
+	for _, d := range disks {
+		fmt.Fprintf(out, "  %s  %s\n", d, e.URIs[d])
+	}
+	fmt.Fprintf(out, "withdraw with: qcdp unexport %s\n", e.ID)
+	return nil
+}
+
+func unexportCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	fs := o.flags("unexport", out, false)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 1 {
+		return usagef("want an export id (qcdp export prints it)")
+	}
+	return replicad.NewClient(o.socket).Unexport(ctx, fs.Arg(0))
+}
+
+func restoreCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	var disk, path string
+	fs := o.flags("restore", out, true)
+	fs.StringVar(&disk, "disk", "", "the disk to restore (its name in the stream)")
+	fs.StringVar(&path, "out", "", "raw image to create on the replica host (never overwritten); for qcow2, qemu-img convert an export")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 1 || disk == "" || path == "" {
+		return usagef("want GROUP, --disk and --out")
+	}
+	at, err := o.target()
+	if err != nil {
+		return err
+	}
+	r, err := replicad.NewClient(o.socket).Restore(ctx, o.tenant, fs.Arg(0), at, disk, path)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(out, r)
+	}
+	fmt.Fprintf(out, "restored %s at seq %d (%s) into %s (%d bytes of data)\n", r.Disk, r.Point.Seq,
+		r.Point.Time.UTC().Format(time.RFC3339Nano), r.Path, r.Bytes)
+	return nil
+}
+
+func verifyCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	fs := o.flags("verify", out, false)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 1 {
+		return usagef("want GROUP")
+	}
+	rep, err := replicad.NewClient(o.socket).Verify(ctx, o.tenant, fs.Arg(0))
+	if err != nil {
+		return err // names the file, offset and seq of what is corrupt
+	}
+	if o.json {
+		_, err := fmt.Fprintf(out, "%s\n", rep)
+		return err
+	}
+	fmt.Fprintf(out, "group %s: journal verified: %s\n", fs.Arg(0), rep)
+	return nil
+}

@@ -1,0 +1,153 @@
+// Package ctlapi is the plumbing both qcdp daemons' local control APIs
+// share: JSON over HTTP on a unix socket that only root may open, errors
+// carried as {error, code} so a client tells them apart by code, never by
+// text.
+package ctlapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+)
+
+// maxReply bounds what a client reads of one reply.
+const maxReply = 16 << 20
+
+// Error is an error reply: Code is stable and meant for programs, Msg for
+// people.
+type Error struct {
+	Status int    `json:"-"`
+	Msg    string `json:"error"`
+	Code   string `json:"code"`
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Codes of errors every API uses.
+const (
+	CodeNotFound = "not-found"
+	CodeInvalid  = "invalid"
+	CodeFailed   = "failed"
+)
+
+// Is reports whether err is an error reply with code.
+func Is(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Serve serves h on a unix socket at path (mode 0600) until ctx ends.
+func Serve(ctx context.Context, path string, h http.Handler) error {
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("control API on %s: %w", path, err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+		os.Remove(path)
+		return nil
+	}
+}
+
+// WriteJSON writes v as the reply.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// Reply writes v, or err as an error reply: codes maps sentinel errors to
+// their codes (404 for CodeNotFound, 400 for CodeInvalid); any other error
+// is a 500 "failed".
+func Reply(w http.ResponseWriter, v any, err error, codes map[error]string) {
+	if err == nil {
+		if v == nil {
+			v = struct{}{}
+		}
+		WriteJSON(w, http.StatusOK, v)
+		return
+	}
+	code, status := CodeFailed, http.StatusInternalServerError
+	for sentinel, c := range codes {
+		if errors.Is(err, sentinel) {
+			code, status = c, http.StatusBadRequest
+			if c == CodeNotFound {
+				status = http.StatusNotFound
+			}
+			break
+		}
+	}
+	WriteJSON(w, status, &Error{Msg: err.Error(), Code: code})
+}
+
+// Client talks to a control API.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// NewClient returns a client of the control socket at path.
+func NewClient(path string) *Client {
+	return &Client{path: path, hc: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var dl net.Dialer
+			return dl.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+// Do sends one request and decodes the reply into out (nil to discard). An
+// error reply comes back as *Error.
+func (c *Client) Do(ctx context.Context, method, path string, q url.Values, out any) error {
+	u := "http://qcdp" + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("control socket %s: %w (is the daemon running?)", c.path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	if err != nil {
+		return fmt.Errorf("control API %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(body, e) != nil || e.Msg == "" {
+			return fmt.Errorf("control API %s: %s", path, resp.Status)
+		}
+		return e
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("control API %s: decode: %w", path, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,466 @@
+// Package replicad is the replica daemon behind `qcdp replica`: the
+// receiver of the hosts' streams (package replica/receiver) writing into one
+// journal per tenant's group (package replica/journal), the NBD server that
+// serves exported point-in-time views, retention on a timer, and the local
+// control API of `qcdp points`, `export`, `unexport`, `restore` and
+// `verify` (JSON over HTTP on a unix socket, root only).
+//
+// The journals are shared: the receiver appends to the same *Journal that
+// views read, so a view of a point taken a second ago opens at once. A
+// journal is opened when a host first streams into it or when the operator
+// first asks about it, and stays open until the daemon stops.
+package replicad
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/replica/journal"
+	"github.com/qcdp/qcdp/replica/receiver"
+	"github.com/qcdp/qcdp/stream"
+)
+
+// compactEvery is how often retention runs over every open journal.
+const compactEvery = time.Minute
+
+// Sentinel errors of the control API.
+var (
+	ErrUnknownGroup  = errors.New("replicad: no such group")
+	ErrUnknownExport = errors.New("replicad: no such export")
+)
+
+// Daemon is the running replica daemon.
+type Daemon struct {
+	cfg *configs.Replica
+	log *slog.Logger
+
+	recv     *receiver.Server
+	recvLn   net.Listener
+	recvDone chan error
+
+	nbdSrv  *nbd.Server
+	nbdDone chan error
+	exports nbd.Exports
+
+	mu       sync.Mutex
+	journals map[string]*journal.Journal // by tenant/group
+	// broken holds the groups whose journal is corrupt: quarantined, no
+	// stream is taken and no view served, until an operator repairs them.
+	broken map[string]error
+	views  map[string]*export // by export id
+	nextID int
+
+	wg sync.WaitGroup
+}
+
+// export is one exported point-in-time view: an NBD export per disk.
+type export struct {
+	ID       string
+	Tenant   string
+	Group    string
+	Point    journal.Point
+	Writable bool
+	Disks    map[string]string // disk → NBD export name
+	view     *journal.View
+	closers  []func() error
+}
+
+// New loads TLS, opens the journals already on disk and starts listening:
+// the stream port, the NBD socket of views. Serve starts the work.
+func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, error) {
+	tlsCfg, err := stream.LoadServerTLS(cfg.CA, cfg.Cert, cfg.Key)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.StorageRoot, 0o750); err != nil {
+		return nil, fmt.Errorf("replicad: storage root: %w", err)
+	}
+	d := &Daemon{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
+		views: map[string]*export{}}
+	if err := d.openExisting(ctx); err != nil {
+		d.closeJournals()
+		return nil, err
+	}
+	d.recv = &receiver.Server{
+		TLS: tlsCfg, Config: cfg, Logger: log,
+		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
+			j, err := d.journal(ctx, tenant, group)
+			if err != nil {
+				return nil, err
+			}
+			return &shared{d: d, key: tenant + "/" + group, Journal: j}, nil
+		},
+	}
+	if d.recvLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+		d.closeJournals()
+		return nil, fmt.Errorf("replicad: listen %s: %w", cfg.Listen, err)
+	}
+	os.MkdirAll(filepath.Dir(cfg.NBDSocket), 0o755)
+	os.Remove(cfg.NBDSocket)
+	nbdLn, err := net.Listen("unix", cfg.NBDSocket)
+	if err != nil {
+		d.recvLn.Close()
+		d.closeJournals()
+		return nil, fmt.Errorf("replicad: NBD socket: %w", err)
+	}
+	os.Chmod(cfg.NBDSocket, 0o660)
+	d.nbdSrv = nbd.NewServer(&d.exports, nbd.Options{Logger: log.With("part", "views")})
+	d.recvDone, d.nbdDone = make(chan error, 1), make(chan error, 1)
+	go func() { d.nbdDone <- d.nbdSrv.Serve(nbdLn) }()
+	return d, nil
+}
+
+// Addr is the stream listener's address.
+func (d *Daemon) Addr() net.Addr { return d.recvLn.Addr() }
+
+// shared is the receiver's handle on a journal the daemon shares with the
+// views: closing it (the receiver does after a failed write, to reopen)
+// drops the journal from the daemon, which reopens it on next use.
+type shared struct {
+	d   *Daemon
+	key string
+	*journal.Journal
+}
+
+func (s *shared) Close() error {
+	s.d.mu.Lock()
+	defer s.d.mu.Unlock()
+	if s.d.journals[s.key] != s.Journal {
+		return nil
+	}
+	delete(s.d.journals, s.key)
+	return s.Journal.Close()
+}
+
+// openExisting opens the journals of the configured tenants found on disk.
+func (d *Daemon) openExisting(ctx context.Context) error {
+	for _, t := range d.cfg.Tenants {
+		entries, err := os.ReadDir(filepath.Join(d.cfg.StorageRoot, t.Name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("replicad: %w", err)
+		}
+		for _, e := range entries {
+			if !e.IsDir() || configs.ValidName(e.Name()) != nil {
+				continue
+			}
+			if _, err := d.journal(ctx, t.Name, e.Name()); err != nil {
+				if !errors.Is(err, journal.ErrCorrupt) {
+					return err
+				}
+				d.log.Error("journal quarantined: corrupt; its group takes no stream and serves no view",
+					"tenant", t.Name, "group", e.Name(), "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+// journal returns the open journal of a tenant's group, opening it.
+func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Journal, error) {
+	key := tenant + "/" + group
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if j, ok := d.journals[key]; ok {
+		return j, nil
+	}
+	if err, ok := d.broken[key]; ok {
+		return nil, err
+	}
+	dir, err := d.cfg.JournalDir(tenant, group) // checks both names
+	if err != nil {
+		return nil, err
+	}
+	j, err := journal.Open(ctx, journal.Options{
+		Dir: dir, Group: group, Retention: Retention(d.cfg.RetentionFor(tenant)),
+		Logger: d.log.With("tenant", tenant, "group", group),
+	})
+	if err != nil {
+		err = fmt.Errorf("replicad: journal of %s: %w", key, err)
+		if errors.Is(err, journal.ErrCorrupt) {
+			d.broken[key] = err
+		}
+		return nil, err
+	}
+	d.journals[key] = j
+	return j, nil
+}
+
+// existing returns a journal that exists on disk, without creating one.
+func (d *Daemon) existing(ctx context.Context, tenant, group string) (*journal.Journal, error) {
+	dir, err := d.cfg.JournalDir(tenant, group)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnknownGroup, err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("%w: %s/%s has no journal", ErrUnknownGroup, tenant, group)
+	}
+	return d.journal(ctx, tenant, group)
+}
+
+// Retention converts the policy's retention into the journal's.
+func Retention(r configs.Retention) journal.Retention {
+	jr := journal.Retention{Window: r.Window, WindowBytes: r.WindowBytes, Bookmarks: r.Bookmarks}
+	for _, s := range r.LongTerm {
+		jr.Schedules = append(jr.Schedules, journal.Schedule{Every: s.Every, Keep: s.Keep})
+	}
+	return jr
+}
+
+// Serve receives streams and runs retention until ctx ends, then stops
+// everything it started.
+func (d *Daemon) Serve(ctx context.Context) error {
+	go func() { d.recvDone <- d.recv.Serve(d.recvLn) }()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.compactLoop(ctx)
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-d.recvDone:
+		d.recvDone <- nil
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := []error{err, d.recv.Shutdown(sctx)}
+	if rerr := <-d.recvDone; rerr != nil && !errors.Is(rerr, receiver.ErrServerClosed) {
+		errs = append(errs, rerr)
+	}
+	errs = append(errs, d.nbdSrv.Shutdown(sctx))
+	<-d.nbdDone
+	os.Remove(d.cfg.NBDSocket)
+	d.wg.Wait()
+	d.mu.Lock()
+	for id, e := range d.views {
+		errs = append(errs, e.close())
+		delete(d.views, id)
+	}
+	d.mu.Unlock()
+	errs = append(errs, d.closeJournals())
+	if errors.Is(errs[0], receiver.ErrServerClosed) {
+		errs[0] = nil
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) closeJournals() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for k, j := range d.journals {
+		errs = append(errs, j.Close())
+		delete(d.journals, k)
+	}
+	return errors.Join(errs...)
+}
+
+// compactLoop applies retention to every open journal on a timer.
+func (d *Daemon) compactLoop(ctx context.Context) {
+	t := time.NewTicker(compactEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			d.mu.Lock()
+			js := make([]*journal.Journal, 0, len(d.journals))
+			for _, j := range d.journals {
+				js = append(js, j)
+			}
+			d.mu.Unlock()
+			for _, j := range js {
+				if err := j.Compact(ctx, now); err != nil && ctx.Err() == nil {
+					d.log.Warn("retention", "group", j.Group(), "err", err)
+				}
+			}
+		}
+	}
+}
+
+// GroupInfo is one journal the replica holds.
+type GroupInfo struct {
+	Tenant  string         `json:"tenant"`
+	Group   string         `json:"group"`
+	LastSeq uint64         `json:"last_seq"`
+	Window  journal.Window `json:"window"`
+	Error   string         `json:"error,omitempty"` // why the group is quarantined
+}
+
+// Groups lists the open journals.
+func (d *Daemon) Groups(ctx context.Context) ([]GroupInfo, error) {
+	d.mu.Lock()
+	keys := make([]string, 0, len(d.journals))
+	js := map[string]*journal.Journal{}
+	for k, j := range d.journals {
+		keys = append(keys, k)
+		js[k] = j
+	}
+	broken := map[string]error{}
+	for k, err := range d.broken {
+		broken[k] = err
+	}
+	d.mu.Unlock()
+	sort.Strings(keys)
+	var out []GroupInfo
+	for k, err := range broken {
+		tenant, group, _ := cutKey(k)
+		out = append(out, GroupInfo{Tenant: tenant, Group: group, Error: err.Error()})
+	}
+	for _, k := range keys {
+		_, w, err := js[k].Points(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tenant, group, _ := cutKey(k)
+		out = append(out, GroupInfo{Tenant: tenant, Group: group, LastSeq: js[k].LastSeq(), Window: w})
+	}
+	return out, nil
+}
+
+func cutKey(k string) (string, string, bool) {
+	i := len(k) - 1
+	for i >= 0 && k[i] != '/' {
+		i--
+	}
+	if i < 0 {
+		return "", k, false
+	}
+	return k[:i], k[i+1:], true
+}
+
+// Points lists a group's restore points and window.
+func (d *Daemon) Points(ctx context.Context, tenant, group string) ([]journal.Point, journal.Window, error) {
+	j, err := d.existing(ctx, tenant, group)
+	if err != nil {
+		return nil, journal.Window{}, err
+	}
+	return j.Points(ctx)
+}
+
+// Export opens a view of a group at target and serves each of its disks
+// over NBD, read-only or (writable) with writes kept in an overlay that
+// never touches the journal. Nothing is copied.
+func (d *Daemon) Export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (*export, error) {
+	j, err := d.existing(ctx, tenant, group)
+	if err != nil {
+		return nil, err
+	}
+	v, err := j.View(ctx, at)
+	if err != nil {
+		return nil, fmt.Errorf("replicad: %s/%s at %v: %w", tenant, group, at, err)
+	}
+	d.mu.Lock()
+	d.nextID++
+	id := fmt.Sprintf("%s.%s.%d", tenant, group, d.nextID)
+	d.mu.Unlock()
+	e := &export{ID: id, Tenant: tenant, Group: group, Point: v.Point(), Writable: writable,
+		Disks: map[string]string{}, view: v}
+	for _, disk := range v.Disks() {
+		var exp nbd.Export
+		if writable {
+			o, err := v.Writable(disk)
+			if err != nil {
+				e.close()
+				return nil, fmt.Errorf("replicad: writable view of %s: %w", disk, err)
+			}
+			exp = o // the view's Close deletes its overlays
+		} else {
+			dv, err := v.Disk(disk)
+			if err != nil {
+				e.close()
+				return nil, fmt.Errorf("replicad: view of %s: %w", disk, err)
+			}
+			exp = dv
+		}
+		name := id + "." + disk
+		d.exports.Add(name, exp)
+		e.Disks[disk] = name
+		e.closers = append(e.closers, func() error { d.exports.Remove(name); return nil })
+	}
+	d.mu.Lock()
+	d.views[id] = e
+	d.mu.Unlock()
+	d.log.Info("exported view", "id", id, "seq", e.Point.Seq, "writable", writable, "disks", len(e.Disks))
+	return e, nil
+}
+
+// close withdraws the exports (last first) and closes the view.
+func (e *export) close() error {
+	var errs []error
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		errs = append(errs, e.closers[i]())
+	}
+	errs = append(errs, e.view.Close())
+	return errors.Join(errs...)
+}
+
+// Unexport withdraws an export. Connections already open keep their view
+// until they close.
+func (d *Daemon) Unexport(id string) error {
+	d.mu.Lock()
+	e, ok := d.views[id]
+	delete(d.views, id)
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownExport, id)
+	}
+	return e.close()
+}
+
+// URI is the NBD URI of an export name on the daemon's socket.
+func (d *Daemon) URI(name string) string {
+	return "nbd+unix:///" + name + "?socket=" + d.cfg.NBDSocket
+}
+
+// Restore writes one disk of a group at target into a raw file at path
+// (created, never overwritten).
+func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (journal.Point, int64, error) {
+	j, err := d.existing(ctx, tenant, group)
+	if err != nil {
+		return journal.Point{}, 0, err
+	}
+	v, err := j.View(ctx, at)
+	if err != nil {
+		return journal.Point{}, 0, fmt.Errorf("replicad: %s/%s at %v: %w", tenant, group, at, err)
+	}
+	defer v.Close()
+	dv, err := v.Disk(disk)
+	if err != nil {
+		return journal.Point{}, 0, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return journal.Point{}, 0, fmt.Errorf("replicad: restore target: %w", err)
+	}
+	if err := f.Truncate(dv.Size()); err != nil {
+		f.Close()
+		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s: %w", path, err)
+	}
+	n, err := journal.Restore(ctx, dv, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return journal.Point{}, 0, fmt.Errorf("replicad: restore %s of %s/%s into %s: %w", disk, tenant, group, path, err)
+	}
+	return v.Point(), n, nil
+}
