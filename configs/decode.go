@@ -26,6 +26,16 @@ const (
 
 // Load reads and parses the policy file at path. Errors name path as given.
 func Load(path string) (*Policy, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// readFile reads a policy file, at most one byte past MaxFileSize so that
+// Parse can refuse a bigger one.
+func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("configs: %w", err)
@@ -35,7 +45,7 @@ func Load(path string) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("configs: %w", err)
 	}
-	return Parse(path, data)
+	return data, nil
 }
 
 // Parse parses and validates a policy. name is used in errors only. On

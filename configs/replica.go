@@ -3,10 +3,8 @@ package configs
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -90,14 +88,9 @@ type Tenant struct {
 
 // LoadReplica reads and parses the replica policy at path.
 func LoadReplica(path string) (*Replica, error) {
-	f, err := os.Open(path)
+	data, err := readFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("configs: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("configs: %w", err)
+		return nil, err
 	}
 	return ParseReplica(path, data)
 }

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,42 +42,15 @@ func TestGuestUnderHostDaemon(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	vms := filepath.Join(dir, "vms")
-	for _, sub := range []string{vms, filepath.Join(dir, "guest")} {
-		if err := os.MkdirAll(sub, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	control := filepath.Join(dir, "host.sock")
-	config := filepath.Join(dir, "host.toml")
-	policy := fmt.Sprintf(`[host]
-state_dir = %q
-control_socket = %q
-nbd_socket_dir = %q
-log_level = "debug"
-qmp_sockets = [%q]
-
-[[group]]
-name = "g1"
-  [[group.vm]]
-  name = "vm1"
-`, filepath.Join(dir, "state"), control, filepath.Join(dir, "nbd"), filepath.Join(vms, "*.qmp"))
-	if err := os.WriteFile(config, []byte(policy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startHost := func(name string) *harness.Proc {
-		p := harness.StartProcT(t, dir, name, bin, "host", "--config", config)
-		if err := harness.WaitSocket(ctx, control, p); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	h := newHost(t, bin, dir, "", "")
+	control := h.Control
+	startHost := func(name string) *harness.Proc { return h.start(ctx, t, name) }
 
 	params := workload.Params{Seed: 7, Blocks: blocks, Disks: 2, SyncEvery: 10, Rate: 200, Hold: true}
 	host := startHost("host-1")
 	vm := guest.Boot(ctx, t, art, guest.Options{
 		Workload: &params, Disks: images, Dir: filepath.Join(dir, "guest"),
-		QMPSocket: filepath.Join(vms, "vm1.qmp"),
+		QMPSocket: h.QMPSocket(),
 	})
 	if _, err := vm.Serial.Wait(ctx, guest.Ready, 0); err != nil {
 		t.Fatalf("guest: %v\n%s", err, vm.Report())
@@ -124,7 +96,7 @@ name = "g1"
 		t.Fatalf("guest power-off: %v\n%s", err, vm.Report())
 	}
 
-	spoolDir := filepath.Join(dir, "state", "spool", "g1")
+	spoolDir := h.SpoolDir
 	hist, err := workload.Replay(params, done.Seq)
 	if err != nil {
 		t.Fatal(err)

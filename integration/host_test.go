@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -101,45 +100,20 @@ func TestHostDaemon(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	vms := filepath.Join(dir, "vms")
-	if err := os.MkdirAll(vms, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	h := newHost(t, bin, dir, "", "")
 	q := harness.Start(ctx, t, harness.Options{
 		Dir: dir, Machine: "pc", Paused: true,
 		Disks: []harness.Disk{{Name: "disk0", Path: vda, Format: "qcow2"}, {Name: "disk1", Path: vdb, Format: "raw"}},
 		Extra: []string{
 			"-m", "64", // share-rw: the test writes beside the device with HMP qemu-io
-			"-qmp", "unix:" + filepath.Join(vms, "vm1.qmp") + ",server=on,wait=off", // the daemon's monitor
+			"-qmp", "unix:" + h.QMPSocket() + ",server=on,wait=off", // the daemon's monitor
 			"-device", "virtio-blk-pci,drive=disk0,id=vda,share-rw=on",
 			"-device", "virtio-blk-pci,drive=disk1,id=vdb,share-rw=on",
 		},
 	})
 
-	control := filepath.Join(dir, "host.sock")
-	config := filepath.Join(dir, "host.toml")
-	policy := fmt.Sprintf(`[host]
-state_dir = %q
-control_socket = %q
-nbd_socket_dir = %q
-log_level = "debug"
-qmp_sockets = [%q]
-
-[[group]]
-name = "g1"
-  [[group.vm]]
-  name = "vm1"
-`, filepath.Join(dir, "state"), control, filepath.Join(dir, "nbd"), filepath.Join(vms, "*.qmp"))
-	if err := os.WriteFile(config, []byte(policy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	startHost := func(name string) *harness.Proc {
-		p := harness.StartProcT(t, dir, name, bin, "host", "--config", config)
-		if err := harness.WaitSocket(ctx, control, p); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	control := h.Control
+	startHost := func(name string) *harness.Proc { return h.start(ctx, t, name) }
 	write := func(node, cmd string) {
 		t.Helper()
 		start := time.Now()
@@ -222,7 +196,7 @@ name = "g1"
 	}
 	q.Close()
 
-	spoolDir := filepath.Join(dir, "state", "spool", "g1")
+	spoolDir := h.SpoolDir
 	ra, rb := filepath.Join(dir, "applied-vda.raw"), filepath.Join(dir, "applied-vdb.raw")
 	out, err = exec.CommandContext(ctx, bin, "spool", "apply", "--spool", spoolDir,
 		"--disk", "vm1.vda="+ra, "--disk", "vm1.vdb="+rb).CombinedOutput()

@@ -109,11 +109,7 @@ groups = ["g1"]
 `, port, filepath.Join(tls, "ca.pem"), filepath.Join(tls, "dr1.pem"), filepath.Join(tls, "dr1-key.pem"),
 		filepath.Join(dir, "journals"), rctl, filepath.Join(dir, "views.sock")))
 	startReplica := func(name string) *harness.Proc {
-		p := harness.StartProcT(t, dir, name, bin, "replica", "--config", rcfg)
-		if err := harness.WaitSocket(ctx, rctl, p); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return startDaemon(ctx, t, dir, name, rctl, bin, "replica", "--config", rcfg)
 	}
 
 	images := []guest.Disk{
@@ -125,45 +121,18 @@ groups = ["g1"]
 			t.Fatal(err)
 		}
 	}
-	vms := filepath.Join(dir, "vms")
-	for _, sub := range []string{vms, filepath.Join(dir, "guest")} {
-		if err := os.MkdirAll(sub, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	hctl := filepath.Join(dir, "host.sock")
-	hcfg := filepath.Join(dir, "host.toml")
-	writeFile(t, hcfg, fmt.Sprintf(`[host]
-state_dir = %q
-control_socket = %q
-nbd_socket_dir = %q
-log_level = "debug"
-qmp_sockets = [%q]
-tls_ca = %q
-tls_cert = %q
-tls_key = %q
-
-[[group]]
-name = "g1"
-replica = "127.0.0.1:%d"
-  [[group.vm]]
-  name = "vm1"
-`, filepath.Join(dir, "state"), hctl, filepath.Join(dir, "nbd"), filepath.Join(vms, "*.qmp"),
-		filepath.Join(tls, "ca.pem"), filepath.Join(tls, "kvm1.pem"), filepath.Join(tls, "kvm1-key.pem"), port))
-	startHost := func(name string) *harness.Proc {
-		p := harness.StartProcT(t, dir, name, bin, "host", "--config", hcfg)
-		if err := harness.WaitSocket(ctx, hctl, p); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	h := newHost(t, bin, dir, fmt.Sprintf("tls_ca = %q\ntls_cert = %q\ntls_key = %q",
+		filepath.Join(tls, "ca.pem"), filepath.Join(tls, "kvm1.pem"), filepath.Join(tls, "kvm1-key.pem")),
+		fmt.Sprintf("replica = \"127.0.0.1:%d\"", port))
+	hctl := h.Control
+	startHost := func(name string) *harness.Proc { return h.start(ctx, t, name) }
 
 	replica := startReplica("replica-1")
 	host := startHost("host-1")
 	params := workload.Params{Seed: 11, Blocks: 512, Disks: 2, SyncEvery: 10, Rate: 200, Hold: true}
 	vm := guest.Boot(ctx, t, art, guest.Options{
 		Workload: &params, Disks: images, Dir: filepath.Join(dir, "guest"),
-		QMPSocket: filepath.Join(vms, "vm1.qmp"),
+		QMPSocket: h.QMPSocket(),
 	})
 	defer func() {
 		if t.Failed() {
