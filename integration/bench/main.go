@@ -1,9 +1,10 @@
 // Command bench measures qcdp on this machine against baselines run in the
 // same process, and prints a table of ratios per suite:
 //
-//	go run ./integration/bench                   # both suites
+//	go run ./integration/bench                   # every suite
 //	go run ./integration/bench -suite capture    # the NBD capture server
 //	go run ./integration/bench -suite overhead   # protection overhead in QEMU
+//	go run ./integration/bench -suite replica    # stream, replica ingest, RPO, views
 //
 // Capture suite: our capture export against qemu-nbd and nbdkit. Writes come
 // from QEMU's own NBD client (qemu-img bench, 16 requests in flight as the
@@ -40,6 +41,26 @@
 // The goals are protected/unprotected >= 0.90 for 1 MiB writes and >= 0.75
 // for 4 KiB writes.
 //
+// Replica suite: the stream and the recovery site, all in this process
+// with the daemons' own parts (shipper.Sequencer, spool, sender; the
+// receiver.Server over real journals; mTLS from an in-process CA):
+//
+//   - ingest: a spool pre-filled with -ingest-mb MB of 4 KiB writes (each
+//     half random, half a repeating pattern: about 2:1 with zstd) shipped
+//     into a new replica on loopback, zstd and raw taking turns: MB/s wall,
+//     and MB per CPU-second of the whole process (sender included, so a
+//     lower bound for the replica). Goal: >= 300 MB/s per core.
+//   - RPO: a writer appends 4 KiB writes at 50 MB/s for -rpo-time while
+//     sender.Stats().RPO is sampled every 10 ms; p50, p99 and max, on
+//     loopback and with a 20 ms one-way delay (netem in a network namespace
+//     when the kernel has it, else a userspace delaying proxy: said in the
+//     output). Goal: p99 <= 1 s on loopback.
+//   - views: one journal grown through -view-records sizes (1 KiB records,
+//     one fsync per 4096); at each, the time to open a view of a random seq
+//     and read one 4 KiB block, and to reopen the journal. Goal: <= 1 s with
+//     a million records. The appends get -view-budget in all; a size not
+//     reached in it is reported as not measured.
+//
 // Exit status: 0 when the measurements ran (goals missed are reported, not
 // failed), 1 when a measurement could not run or the capture check failed,
 // 2 on a wrong command line.
@@ -54,6 +75,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -69,11 +93,16 @@ type options struct {
 	aio        string
 	keep       bool
 	cpuprofile string
+	// replica suite
+	ingestMB   float64
+	rpoTime    time.Duration
+	viewSizes  []int
+	viewBudget time.Duration
 }
 
 func main() {
 	opts := options{}
-	flag.StringVar(&opts.suite, "suite", "all", "what to measure: capture, overhead or all")
+	flag.StringVar(&opts.suite, "suite", "all", "what to measure: capture, overhead, replica or all")
 	flag.StringVar(&opts.dir, "dir", "", "working directory on the filesystem to measure (default: a new one under $TMPDIR)")
 	flag.Int64Var(&opts.size, "size", 256<<20, "export and disk size in bytes, a multiple of 1 MiB")
 	flag.IntVar(&opts.count4k, "count-4k", 40000, "4 KiB writes per qemu-img bench run")
@@ -82,10 +111,22 @@ func main() {
 	flag.IntVar(&opts.runs, "runs", 3, "runs per cell; the median is reported")
 	flag.StringVar(&opts.aio, "aio", "auto", "qemu-storage-daemon's aio mode (overhead suite): auto (io_uring if it works, else threads), io_uring, threads")
 	flag.BoolVar(&opts.keep, "keep", false, "keep the working directory")
+	flag.Float64Var(&opts.ingestMB, "ingest-mb", 256, "MB of 4 KiB writes per ingest run (replica suite)")
+	flag.DurationVar(&opts.rpoTime, "rpo-time", 10*time.Second, "how long the writer runs per RPO run (replica suite)")
+	viewSizes := flag.String("view-records", "10000,100000,1000000", "journal sizes, in records, at which views are opened (replica suite)")
+	flag.DurationVar(&opts.viewBudget, "view-budget", 2*time.Minute, "time the journal appends of the view rows may take in all (replica suite)")
 	flag.StringVar(&opts.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the in-process qcdp server and clients) to this file")
 	flag.Parse()
-	suites := map[string][]string{"all": {"capture", "overhead"}, "capture": {"capture"}, "overhead": {"overhead"}}[opts.suite]
-	if flag.NArg() != 0 || suites == nil || opts.runs < 1 || opts.size < 16<<20 || opts.size%(1<<20) != 0 ||
+	suites := map[string][]string{"all": {"capture", "overhead", "replica"}, "capture": {"capture"}, "overhead": {"overhead"},
+		"replica": {"replica"}}[opts.suite]
+	badSizes := false
+	for _, f := range strings.Split(*viewSizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		badSizes = badSizes || err != nil || n < 2
+		opts.viewSizes = append(opts.viewSizes, n)
+	}
+	if flag.NArg() != 0 || suites == nil || badSizes || opts.ingestMB <= 0 || opts.rpoTime <= 0 ||
+		!slices.IsSorted(opts.viewSizes) || opts.runs < 1 || opts.size < 16<<20 || opts.size%(1<<20) != 0 ||
 		opts.count4k < 1 || opts.count1m < 1 || opts.countLat < 1 {
 		flag.Usage()
 		os.Exit(2)
@@ -138,6 +179,8 @@ func run(ctx context.Context, opts options, suites []string, out io.Writer) (err
 			err = runCapture(ctx, b, out)
 		case "overhead":
 			err = runOverhead(ctx, b, out)
+		case "replica":
+			err = runReplica(ctx, b, out)
 		}
 		if err != nil {
 			return fmt.Errorf("%s suite: %w", s, err)
