@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -28,16 +30,21 @@ import (
 // replica site (receiver.Server over real journals, mTLS) and a host side
 // (spool, sequencer, sender). The replica's goroutines carry the pprof
 // label side=replica and the sender's side=host, so a -cpuprofile splits
-// the CPU between them (go tool pprof -tagfocus side=replica).
+// the CPU between them (go tool pprof -tagfocus side=replica). The ingest
+// rows fill the spool here but send it from a child process
+// (ingest_sender.go).
 
 var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // pki is an in-process CA with the replica's server certificate and one
-// host certificate of tenant "bench".
+// host certificate of tenant "bench". The PEM forms of the host's side are
+// kept for a sender in another process (writeHost).
 type pki struct {
 	server *tls.Config
 	pool   *x509.CertPool
 	host   tls.Certificate
+
+	caPEM, hostPEM, hostKeyPEM []byte
 }
 
 // newPKI issues a replica certificate valid for ips.
@@ -50,22 +57,39 @@ func newPKI(ips ...net.IP) (*pki, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caCert)
-	pair := func(req stream.CertRequest) (tls.Certificate, error) {
+	pair := func(req stream.CertRequest) (tls.Certificate, []byte, []byte, error) {
 		c, k, err := stream.Issue(caCert, caKey, req)
 		if err != nil {
-			return tls.Certificate{}, err
+			return tls.Certificate{}, nil, nil, err
 		}
-		return tls.X509KeyPair(c, k)
+		pair, err := tls.X509KeyPair(c, k)
+		return pair, c, k, err
 	}
-	srv, err := pair(stream.CertRequest{CommonName: "replica", Server: true, IPs: ips, NotBefore: nb, NotAfter: na})
+	srv, _, _, err := pair(stream.CertRequest{CommonName: "replica", Server: true, IPs: ips, NotBefore: nb, NotAfter: na})
 	if err != nil {
 		return nil, err
 	}
-	host, err := pair(stream.CertRequest{CommonName: "bench-host", Tenant: "bench", NotBefore: nb, NotAfter: na})
+	host, hostPEM, hostKeyPEM, err := pair(stream.CertRequest{CommonName: "bench-host", Tenant: "bench", NotBefore: nb, NotAfter: na})
 	if err != nil {
 		return nil, err
 	}
-	return &pki{server: stream.ServerTLS(pool, srv), pool: pool, host: host}, nil
+	return &pki{server: stream.ServerTLS(pool, srv), pool: pool, host: host,
+		caPEM: caCert, hostPEM: hostPEM, hostKeyPEM: hostKeyPEM}, nil
+}
+
+// writeHost writes the CA certificate and the host's certificate and key
+// as PEM files into dir, for stream.LoadClientTLS.
+func (p *pki) writeHost(dir string) (ca, cert, key string, err error) {
+	ca, cert, key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "host.pem"), filepath.Join(dir, "host-key.pem")
+	for _, f := range []struct {
+		path string
+		pem  []byte
+	}{{ca, p.caPEM}, {cert, p.hostPEM}, {key, p.hostKeyPEM}} {
+		if err := os.WriteFile(f.path, f.pem, 0o600); err != nil {
+			return "", "", "", err
+		}
+	}
+	return ca, cert, key, nil
 }
 
 // client is the host's TLS configuration for a replica at ip.
