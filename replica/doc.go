@@ -1,8 +1,11 @@
-// Package replica is the recovery site: the receiver of each group's stream
-// (mTLS, one stream per protection group), the journal of checksummed
-// segments with its index, base images, restore points, retention and
-// point-in-time views served read-only over NBD (package nbd).
+// Package replica is the recovery site. It owns, per protection group: the
+// receiver of the group's stream (package replica/receiver: mTLS, one
+// stream per group, acknowledging a seq once it is durable), the journal
+// (package replica/journal: checksummed segments, the index, base and
+// long-term layers, restore points, retention), and the point-in-time views
+// the journal opens and the replica daemon serves read-only or writable over
+// NBD (package nbd).
 //
-// Status: planned (issue "The replica"); nothing here yet. The record format
-// it will journal is package record, shared with the host's spool.
+// It does not own the record format (package record, shared with the host's
+// spool), the NBD protocol, nor failover.
 package replica

@@ -1,0 +1,105 @@
+// Package journal is one protection group's journal at the recovery site:
+// the durable, checksummed log of the group's records (package record), the
+// index that finds the newest version of every byte of every disk at any
+// seq, the layers (a base image and long-term restore points) that records
+// are folded into as they age, the restore points, retention, and the
+// point-in-time views served over NBD (package nbd).
+//
+// It does not own the stream (the receiver hands it batches of records in
+// seq order), the NBD server, nor the storage root's layout: the receiver
+// creates <root>/<tenant>/<group> and validates the names it takes from the
+// wire; the journal validates its group and every disk name again
+// (record.ValidDiskName) before any path use.
+//
+// # Files
+//
+//	DIR/MANIFEST                          root: layers, first retained seq, stream state (vfs.Publish)
+//	DIR/00000000000000000001.seg          a segment, named by its first seq
+//	DIR/00000000000000000001.seg.idx      its index file, written when the segment is sealed
+//	DIR/00000000000000000007.lay          a layer, named by its id
+//	DIR/00000000000000000007.lay.idx      its index file
+//	DIR/<segment>.torn-<offset>           a torn tail cut off by recovery, kept for inspection
+//	DIR/overlays/                         scratch files of writable views, removed at Close and Open
+//
+// A segment or layer file is a header followed by encoded records (package
+// record: frame, CRC32C over header and payload):
+//
+//	0      4      6   7   8           16          16+g   20+g
+//	+------+------+---+---+-----------+-----------+------+---------+---------+--
+//	|magic | vers |g  | 0 | first/id  | group (g) |CRC32C| record  | record  | ...
+//	+------+------+---+---+-----------+-----------+------+---------+---------+--
+//
+// magic is "QCJS" for a segment (records of consecutive seqs from the
+// header's first seq) and "QCJL" for a layer (Data, Zero and Trim records
+// sorted by disk and offset, not overlapping; each keeps the seq and time of
+// the newest write it holds). The header CRC32C covers bytes [0, 16+g).
+//
+// An index file ("QCJI") lists, for every record of its segment or layer,
+// seq, time, offset, length, file offset, disk, kind, marker and name, with
+// one CRC32C over the whole file; it also says which file size it covers.
+// It is a cache: when it is missing, stale or damaged, Open scans the file
+// (checking every checksum) and writes it again. The manifest ("QCJM") is
+// laid out in manifest.go. Integers are little-endian. All these layouts
+// are on disk: never change them; a new layout takes a new version.
+//
+// # Promises
+//
+// Append returns once the records are written and fsync'd (and the
+// directory too when a segment was created): nothing it acknowledged is
+// lost by a crash. The index lives in memory: for each disk, the records
+// touching each 64 KiB chunk (16 MiB chunks for records of 4 MiB and more,
+// one list for records of 1 GiB and more), by seq. Open rebuilds it from
+// the index files (about 1 s for a million records); opening a view is a
+// binary search (well under a millisecond) and reading it walks back from
+// the view's seq through the chunk's records, then the layers, newest
+// first. Nothing is copied.
+//
+// A record is checked whole (both CRCs, and that it is the record the index
+// names) the first time any of its bytes is served; a damaged record fails
+// the read with ErrCorrupt, never serves wrong bytes. Verify checks every
+// record of every file.
+//
+// # Restore points
+//
+// A record boundary (the state after seq S) is a restore point when every
+// disk the stream has named has completed its initial sync (its first
+// sync-complete marker; one without a disk counts for every disk seen so
+// far) and no disk is inside a resync bracket (ResyncBegin .. ResyncEnd of
+// that disk). Inside the short-term window every such boundary is one;
+// markers (crash-consistent, app-consistent, bookmarks) are listed by
+// Points. A target (seq, time or bookmark) inside the window that is no
+// restore point is refused with ErrNoPoint naming why; one before the
+// window resolves to the newest long-term point at or before it.
+//
+// # Retention and crash safety
+//
+// Compact moves the window start to what Retention allows, keeps the
+// long-term points its schedules and bookmark rule pick (and the point of
+// every open view), and rebuilds the layers: layer i holds, as a sparse
+// delta, the newest version of every byte written in (point i-1, point i];
+// the oldest layer is the base (the state at the oldest retained point).
+// A layer whose range is unchanged is kept as it is; a layer whose point
+// expired is merged with its newer neighbour. New layer files are written
+// and fsync'd under new names, then the manifest naming them and the new
+// first retained seq is published; only then are the old layers and the
+// wholly folded segments removed. A crash at any step leaves either the old
+// or the new journal, never a half-applied base; Open removes the files the
+// manifest does not name.
+//
+// # Recovery
+//
+// Open tells three things apart: a clean end; a torn tail in the newest
+// segment (a record cut short, or zeroes; the bytes are saved beside the
+// segment, the segment is truncated, and the journal goes on); and
+// corruption anywhere else (ErrCorrupt naming file, offset and seq: Open
+// refuses the journal). A bit flip in the newest record of the newest
+// segment cannot be told from a torn write and is treated as one.
+//
+// # Limits
+//
+// The stream carries no disk sizes: a view's disk is as large as its
+// highest written byte, rounded up to 512 bytes. Folding rewrites only the
+// layers whose range changes, but merging an expired point into the base
+// rewrites the base. A chunk written by very many small, disjoint writes
+// makes a read of its unwritten part walk back through all of them.
+package journal

@@ -1,0 +1,624 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/vfs"
+)
+
+// Errors.
+var (
+	ErrCorrupt = errors.New("journal: corrupt")
+	ErrTorn    = errors.New("journal: torn record")
+	ErrGroup   = errors.New("journal: file of another group")
+	ErrSeq     = errors.New("journal: seq out of order")
+	ErrClosed  = errors.New("journal: closed")
+	ErrBroken  = errors.New("journal: broken")
+	// ErrNoPoint: the target is not a restore point (before the first
+	// sync-complete of every disk, inside a resync bracket, outside the
+	// retained range, or an unknown bookmark). The wrapping error says why.
+	ErrNoPoint = errors.New("journal: no restore point")
+	ErrNoDisk  = errors.New("journal: no such disk")
+)
+
+// DefaultSegmentBytes is the segment size when Options.SegmentBytes is 0.
+const DefaultSegmentBytes = 64 << 20
+
+// Options configure a Journal.
+type Options struct {
+	Dir       string    // the group's journal directory, created if missing
+	Group     string    // the protection group; checked against every file
+	Retention Retention // zero value: keep everything
+	// SegmentBytes is the size from which Append starts a new segment
+	// (default 64 MiB).
+	SegmentBytes int64
+	FS           vfs.FS       // default vfs.Default
+	Logger       *slog.Logger // default slog.Default()
+}
+
+type segment struct {
+	path  string
+	first uint64
+	last  uint64 // first-1 when empty
+	size  int64  // end of the last complete record
+	file  blob
+}
+
+func newSegment(path string, first, last uint64, size int64) *segment {
+	return &segment{path: path, first: first, last: last, size: size, file: blob{path: path}}
+}
+
+// Journal is one protection group's journal at the recovery site. Its
+// methods are safe for concurrent use.
+type Journal struct {
+	opts Options
+	fs   vfs.FS
+	log  *slog.Logger
+
+	appendMu  sync.Mutex // serialises Append, Close; owns wf and buf
+	compactMu sync.Mutex // serialises Compact
+	wf        vfs.File   // the active segment's write handle
+	buf       []byte
+	iov       [][]byte
+
+	mu      sync.RWMutex
+	closed  bool
+	broken  error
+	segs    []*segment // oldest first; the last one is appended to
+	man     *manifest  // as published
+	layers  []*layer   // loaded layers of man, oldest first
+	first   uint64     // first retained seq (man.first)
+	last    uint64
+	recs    []entry // recs[i].seq == first+i
+	disks   []string
+	diskID  map[string]uint16
+	index   []*diskIndex // by disk id
+	names   map[uint64]string
+	start   map[string]uint8 // stream state as of first-1
+	state   map[string]uint8 // stream state as of last
+	valid   bool             // validState(state)
+	invalid []span           // boundaries in [first-1, last] that are no restore point
+	marks   []uint64         // seqs of marker records in [first, last]
+	pins    map[uint64]int   // seqs of open views
+	gen     uint64           // bumped whenever layers change
+	overlay uint64           // counter for overlay file names
+}
+
+// Open opens (creating if need be) the journal in opts.Dir and recovers it:
+// the manifest names the layers and the first retained seq; every segment is
+// checked (through its index file when it has a valid one); a torn tail of
+// the newest segment is kept beside it and cut off; corruption anywhere else
+// fails with ErrCorrupt.
+func Open(ctx context.Context, opts Options) (*Journal, error) {
+	if err := record.ValidDiskName(opts.Group); err != nil {
+		return nil, fmt.Errorf("journal: group: %w", err)
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	j := &Journal{
+		opts:   opts,
+		fs:     opts.FS,
+		log:    opts.Logger.With("group", opts.Group, "journal", opts.Dir),
+		diskID: map[string]uint16{},
+		names:  map[uint64]string{},
+		pins:   map[uint64]int{},
+	}
+	if err := j.fs.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	if err := j.recover(ctx); err != nil {
+		j.closeFiles()
+		return nil, err
+	}
+	return j, nil
+}
+
+func (j *Journal) path(name string) string { return filepath.Join(j.opts.Dir, name) }
+
+func (j *Journal) recover(ctx context.Context) error {
+	man, err := readManifest(j.fs, j.opts.Dir, j.opts.Group)
+	if err != nil {
+		return err
+	}
+	j.man = man
+	j.first, j.last = man.first, man.first-1
+	j.start = cloneState(man.state)
+	j.state = cloneState(man.state)
+	j.valid = validState(j.state)
+	if !validState(j.start) {
+		j.invalid = []span{{man.first - 1, man.first - 1}}
+	}
+	names, err := j.fs.ReadDir(j.opts.Dir)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	inMan := map[uint64]bool{}
+	for _, l := range man.layers {
+		inMan[l.id] = true
+	}
+	var segNames []string
+	for _, n := range names {
+		switch {
+		case strings.HasSuffix(n, ".tmp"):
+			j.removeQuiet(n)
+		case strings.HasSuffix(n, layerSuffix) || strings.HasSuffix(n, layerSuffix+idxSuffix):
+			// Layers of a compaction that never published its manifest,
+			// or of one whose clean-up a crash cut short.
+			if id, ok := parseLayerName(strings.TrimSuffix(n, idxSuffix)); !ok || !inMan[id] {
+				j.removeQuiet(n)
+			}
+		case n == overlayDir:
+			j.removeOverlays()
+		default:
+			if _, ok := parseSegName(n); ok {
+				segNames = append(segNames, n)
+			}
+		}
+	}
+	for _, l := range man.layers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var prev *layer
+		if n := len(j.layers); n > 0 {
+			prev = j.layers[n-1]
+		}
+		ly, err := j.loadLayer(l, prev)
+		if err != nil {
+			return err
+		}
+		j.layers = append(j.layers, ly)
+	}
+	sort.Strings(segNames)
+	for i, n := range segNames {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		first, _ := parseSegName(n)
+		isLast := i == len(segNames)-1
+		if !isLast {
+			next, _ := parseSegName(segNames[i+1])
+			if next <= man.first {
+				// Wholly folded into the layers: a crash cut the clean-up short.
+				j.removeQuiet(n)
+				j.removeQuiet(n + idxSuffix)
+				continue
+			}
+		}
+		if err := j.loadSegment(n, first, isLast); err != nil {
+			return err
+		}
+	}
+	if n := len(j.segs); n > 0 && j.segs[n-1].last < j.segs[n-1].first && j.segs[n-1].first != j.last+1 {
+		seg := j.segs[n-1]
+		if err := j.fs.Remove(seg.path); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		j.segs = j.segs[:n-1]
+	}
+	if n := len(j.segs); n > 0 {
+		f, err := j.fs.OpenFile(j.segs[n-1].path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		j.wf = f
+	}
+	return nil
+}
+
+func (j *Journal) removeQuiet(name string) {
+	if err := j.fs.Remove(j.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		j.log.Warn("journal: remove leftover file", "file", name, "err", err)
+	}
+}
+
+// loadSegment adds the segment file name to the journal: from its index
+// file when that is valid and covers the whole file, else by scanning it.
+func (j *Journal) loadSegment(name string, first uint64, isLast bool) error {
+	path := j.path(name)
+	fi, err := j.fs.Stat(path)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	if !isLast {
+		if x := j.readIndex(path+idxSuffix, idxKindSeg); x != nil && x.covered == fi.Size() && j.useIndex(x, first) {
+			j.segs = append(j.segs, newSegment(path, first, first+uint64(len(x.entries))-1, fi.Size()))
+			return nil
+		}
+	}
+	f, err := j.fs.Open(path)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	defer f.Close()
+	next := first
+	if first > j.last+1 && j.last+1 >= j.first {
+		return fmt.Errorf("%w: %s: first seq %d, but the journal ends at %d: records missing", ErrCorrupt, path, first, j.last)
+	}
+	sc, err := scanFile(f, path, fi.Size(), segMagic, j.opts.Group, first, isLast, func(r *record.Record, pos int64) error {
+		next = r.Seq + 1
+		if r.Seq < j.first {
+			return nil // folded into the layers
+		}
+		if r.Seq != j.last+1 {
+			return fmt.Errorf("%w: %s offset %d: seq %d, but the journal ends at %d", ErrCorrupt, path, pos, r.Seq, j.last)
+		}
+		j.addLocked(r, pos)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if sc.torn != nil {
+		if err := j.cutTorn(path, sc); err != nil {
+			return err
+		}
+		if sc.hdr.len == 0 {
+			return nil
+		}
+	}
+	j.segs = append(j.segs, newSegment(path, first, next-1, sc.end))
+	if !isLast && sc.n > 0 {
+		// The index file was missing or stale: write it for the next Open.
+		j.writeIndex(j.segs[len(j.segs)-1])
+	}
+	return nil
+}
+
+// useIndex adds the entries of a segment's index file, checking that they
+// continue the journal.
+func (j *Journal) useIndex(x *idxFile, first uint64) bool {
+	if len(x.entries) == 0 {
+		return false
+	}
+	j.recs = slices.Grow(j.recs, len(x.entries))
+	for i := range x.entries {
+		if x.entries[i].seq != first+uint64(i) {
+			return false
+		}
+	}
+	if first > j.last+1 && j.last+1 >= j.first {
+		return false
+	}
+	for i := range x.entries {
+		e := x.entries[i]
+		if e.seq < j.first {
+			continue
+		}
+		if e.seq != j.last+1 {
+			return false // cannot happen after the check above; be safe
+		}
+		disk := ""
+		if e.disk != noDisk {
+			disk = x.disks[e.disk]
+		}
+		j.addEntryLocked(e, disk, x.names[e.seq])
+	}
+	return true
+}
+
+func (j *Journal) readIndex(path string, kind byte) *idxFile {
+	f, err := j.fs.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() > 1<<30 {
+		return nil
+	}
+	b := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil
+	}
+	x, err := decodeIndex(b)
+	if err != nil || x.kind != kind {
+		j.log.Warn("journal: index file unusable; rescanning", "file", path, "err", err)
+		return nil
+	}
+	return x
+}
+
+// writeIndex publishes the index file of a sealed segment. It is a cache:
+// a failure costs a scan at the next Open, so it is logged, not returned.
+func (j *Journal) writeIndex(seg *segment) {
+	x := &idxFile{kind: idxKindSeg, covered: seg.size, names: map[uint64]string{}}
+	ids := map[uint16]uint16{}
+	for s := max(seg.first, j.first); s <= seg.last; s++ {
+		e := j.recs[s-j.first]
+		if e.disk != noDisk {
+			id, ok := ids[e.disk]
+			if !ok {
+				id = uint16(len(x.disks))
+				ids[e.disk] = id
+				x.disks = append(x.disks, j.disks[e.disk])
+			}
+			e.disk = id
+		}
+		if n, ok := j.names[s]; ok {
+			x.names[s] = n
+		}
+		x.entries = append(x.entries, e)
+	}
+	if seg.first < j.first {
+		return // partly folded: the next Open scans it
+	}
+	if err := vfs.Publish(j.fs, seg.path+idxSuffix, encodeIndex(x)); err != nil {
+		j.log.Warn("journal: write segment index", "segment", seg.path, "err", err)
+	}
+}
+
+// cutTorn saves the torn tail of the segment beside it, then truncates the
+// segment to its last complete record (or removes it when even its header
+// is torn).
+func (j *Journal) cutTorn(path string, sc scanResult) error {
+	f, err := j.fs.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	defer f.Close()
+	var tail []byte
+	if sc.size-sc.end <= record.MaxLen+readChunk {
+		tail = make([]byte, sc.size-sc.end)
+		if _, err := f.ReadAt(tail, sc.end); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("journal: read torn tail: %w", err)
+		}
+	}
+	keep := fmt.Sprintf("%s%s%d", path, tornInfix, sc.end)
+	if err := vfs.Publish(j.fs, keep, tail); err != nil {
+		return fmt.Errorf("journal: keep torn tail: %w", err)
+	}
+	if sc.hdr.len == 0 {
+		if err := j.fs.Remove(path); err != nil {
+			return fmt.Errorf("journal: remove torn segment: %w", err)
+		}
+		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+	} else {
+		if err := f.Truncate(sc.end); err != nil {
+			return fmt.Errorf("journal: cut torn tail: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("journal: cut torn tail: %w", err)
+		}
+	}
+	j.log.Warn("journal: cut a torn tail", "err", sc.torn, "bytes", sc.size-sc.end, "kept", keep)
+	return nil
+}
+
+// writevMin is the payload size from which Append writes the payload with
+// writev instead of copying it behind its header.
+const writevMin = 64 << 10
+
+// Append makes recs durable (written and fsync'd) before it returns. recs
+// must be in seq order with recs[0].Seq == LastSeq()+1, else ErrSeq and
+// nothing is written. Payloads are written before Append returns: the
+// caller may reuse its buffers at once. After a failed write the segment is
+// cut back to its last complete record; if that fails too, or an fsync
+// fails, the journal is broken (ErrBroken) until reopened. A batch that
+// spans segments is made durable segment by segment: after an error a
+// prefix of recs may be durable, and LastSeq says how far.
+func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	j.appendMu.Lock()
+	defer j.appendMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j.mu.RLock()
+	closed, broken, last := j.closed, j.broken, j.last
+	j.mu.RUnlock()
+	switch {
+	case closed:
+		return ErrClosed
+	case broken != nil:
+		return fmt.Errorf("%w: %w", ErrBroken, broken)
+	}
+	for i := range recs {
+		r := &recs[i]
+		if r.Seq != last+1+uint64(i) {
+			return fmt.Errorf("%w: seq %d at position %d, want %d", ErrSeq, r.Seq, i, last+1+uint64(i))
+		}
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("journal: append seq %d: %w", r.Seq, err)
+		}
+	}
+	var segNew bool
+	for len(recs) > 0 {
+		// Fill the active segment up to its size, then start the next.
+		seg := j.active()
+		if seg == nil || seg.size >= j.opts.SegmentBytes && seg.last >= seg.first {
+			if err := j.rotate(recs[0].Seq); err != nil {
+				return err
+			}
+			seg, segNew = j.active(), true
+		}
+		n, room := 0, j.opts.SegmentBytes-seg.size
+		for n < len(recs) && (n == 0 || room > 0) {
+			room -= int64(record.EncodedLen(&recs[n]))
+			n++
+		}
+		if err := j.write(seg, recs[:n]); err != nil {
+			return err
+		}
+		if err := j.wf.Sync(); err != nil {
+			return j.breakOn(fmt.Errorf("fsync %s: %w", seg.path, err))
+		}
+		if segNew {
+			if err := j.fs.SyncDir(j.opts.Dir); err != nil {
+				return j.breakOn(fmt.Errorf("fsync directory %s: %w", j.opts.Dir, err))
+			}
+			segNew = false
+		}
+		j.mu.Lock()
+		pos := seg.size
+		for i := range recs[:n] {
+			j.addLocked(&recs[i], pos)
+			pos += int64(record.EncodedLen(&recs[i]))
+		}
+		seg.size, seg.last = pos, recs[n-1].Seq
+		j.mu.Unlock()
+		recs = recs[n:]
+	}
+	return nil
+}
+
+func (j *Journal) active() *segment {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	if len(j.segs) == 0 || j.wf == nil {
+		return nil
+	}
+	return j.segs[len(j.segs)-1]
+}
+
+func (j *Journal) breakOn(err error) error {
+	j.mu.Lock()
+	j.broken = err
+	j.mu.Unlock()
+	return fmt.Errorf("%w: %w", ErrBroken, err)
+}
+
+// write writes recs at the end of seg (without fsync), cutting the segment
+// back on failure. Headers and small records are copied into one buffer,
+// large payloads are written from the caller's memory with writev.
+func (j *Journal) write(seg *segment, recs []record.Record) error {
+	need := 0
+	for i := range recs {
+		need += record.EncodedLen(&recs[i])
+		if len(recs[i].Payload) >= writevMin {
+			need -= len(recs[i].Payload)
+		}
+	}
+	if cap(j.buf) < need {
+		j.buf = make([]byte, 0, need) // no append below reallocates: iov may alias it
+	}
+	b, start, total := j.buf[:0], 0, 0
+	j.iov = j.iov[:0]
+	for i := range recs {
+		r := &recs[i]
+		if len(r.Payload) >= writevMin {
+			b = record.AppendHeader(b, r)
+			j.iov = append(j.iov, b[start:], r.Payload)
+			total += len(b) - start + len(r.Payload)
+			start = len(b)
+		} else {
+			b = record.AppendEncode(b, r)
+		}
+	}
+	if len(b) > start {
+		j.iov = append(j.iov, b[start:])
+		total += len(b) - start
+	}
+	w, err := vfs.Writev(j.wf, j.iov)
+	clear(j.iov)
+	if err == nil && w != total {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		if terr := j.wf.Truncate(seg.size); terr != nil {
+			return j.breakOn(fmt.Errorf("%s: cut back to %d after a failed write: %w (write: %w)", seg.path, seg.size, terr, err))
+		}
+		return fmt.Errorf("journal: append seq %d to %s at offset %d: %w", recs[0].Seq, seg.path, seg.size, err)
+	}
+	return nil
+}
+
+// rotate seals the active segment (its index file is published) and starts
+// a new one whose first record will be first.
+func (j *Journal) rotate(first uint64) error {
+	if old := j.active(); old != nil {
+		j.mu.RLock()
+		j.writeIndex(old)
+		j.mu.RUnlock()
+		if err := j.wf.Close(); err != nil {
+			j.log.Warn("journal: close sealed segment", "segment", old.path, "err", err)
+		}
+		j.wf = nil
+	}
+	path := j.path(segName(first))
+	f, err := j.fs.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("journal: new segment for seq %d: %w", first, err)
+	}
+	hdr := appendFileHeader(nil, segMagic, j.opts.Group, first)
+	if _, err := f.Write(hdr); err != nil {
+		f.Close()
+		if rerr := j.fs.Remove(path); rerr != nil {
+			return j.breakOn(fmt.Errorf("remove %s after a failed header write: %w", path, rerr))
+		}
+		return fmt.Errorf("journal: new segment %s: %w", path, err)
+	}
+	j.wf = f
+	j.mu.Lock()
+	j.segs = append(j.segs, newSegment(path, first, first-1, int64(len(hdr))))
+	j.mu.Unlock()
+	return nil
+}
+
+// LastSeq returns the highest durable seq, 0 when the journal is empty.
+func (j *Journal) LastSeq() uint64 {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return j.last
+}
+
+// Group returns the protection group of the journal.
+func (j *Journal) Group() string { return j.opts.Group }
+
+// Close closes the journal's files. Everything Append returned for is
+// already durable. Views opened from the journal fail after Close.
+func (j *Journal) Close() error {
+	j.appendMu.Lock()
+	defer j.appendMu.Unlock()
+	j.compactMu.Lock()
+	defer j.compactMu.Unlock()
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return ErrClosed
+	}
+	j.closed = true
+	j.mu.Unlock()
+	return j.closeFiles()
+}
+
+func (j *Journal) closeFiles() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	var errs []error
+	if j.wf != nil {
+		if err := j.wf.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("journal: %w", err))
+		}
+		j.wf = nil
+	}
+	for _, s := range j.segs {
+		s.file.closeReader()
+	}
+	for _, l := range j.layers {
+		l.close()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,383 @@
+package journal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/record"
+)
+
+// View is the state of every disk of the group at one restore point. Opening
+// one copies nothing: reads look the newest version of each byte up in the
+// index. A view pins its point: Compact keeps it until the view is closed.
+type View struct {
+	j      *Journal
+	point  Point
+	mu     sync.Mutex
+	closed bool
+	ovs    []*Overlay
+}
+
+// View opens the view of the restore point target resolves to.
+func (j *Journal) View(ctx context.Context, at Target) (*View, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil, ErrClosed
+	}
+	s, err := j.resolveLocked(at)
+	if err != nil {
+		return nil, err
+	}
+	j.pins[s]++
+	p := Point{Seq: s, Time: time.Unix(0, j.timeOfLocked(s))}
+	if s >= j.first && s <= j.last && j.recs[s-j.first].kind == record.Marker {
+		p.Kind, p.Name = j.recs[s-j.first].marker, j.names[s]
+	}
+	for _, l := range j.layers {
+		if l.ref.to == s && s+1 < j.first {
+			p.Kind, p.Name, p.LongTerm = l.ref.marker, l.ref.name, true
+		}
+	}
+	return &View{j: j, point: p}, nil
+}
+
+// Point returns the restore point the view shows.
+func (v *View) Point() Point { return v.point }
+
+// Close releases the view's point and removes the overlays of its writable
+// disks.
+func (v *View) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	var errs []error
+	for _, o := range v.ovs {
+		errs = append(errs, o.close())
+	}
+	v.j.mu.Lock()
+	if v.j.pins[v.point.Seq]--; v.j.pins[v.point.Seq] <= 0 {
+		delete(v.j.pins, v.point.Seq)
+	}
+	v.j.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// layersLocked returns how many layers the view sees, checking that they
+// reach its seq: the records after them up to the seq are all retained.
+func (v *View) layersLocked() (int, error) {
+	j, s := v.j, v.point.Seq
+	if j.closed {
+		return 0, ErrClosed
+	}
+	n := sort.Search(len(j.layers), func(i int) bool { return j.layers[i].ref.to > s })
+	top := uint64(0)
+	if n > 0 {
+		top = j.layers[n-1].ref.to
+	}
+	if top != min(s, j.first-1) {
+		return 0, fmt.Errorf("journal: view of seq %d: layers end at %d, records start at %d", s, top, j.first)
+	}
+	return n, nil
+}
+
+// Disks returns the names of the disks the view has data for, sorted.
+func (v *View) Disks() []string {
+	j := v.j
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	var names []string
+	for _, d := range j.disksLocked() {
+		if v.sizeLocked(d) > 0 {
+			names = append(names, d)
+		}
+	}
+	return names
+}
+
+func (j *Journal) disksLocked() []string {
+	set := map[string]bool{}
+	for _, d := range j.disks {
+		set[d] = true
+	}
+	for _, l := range j.layers {
+		for d := range l.ends {
+			set[d] = true
+		}
+	}
+	return sortedKeys(set)
+}
+
+// sizeLocked is the disk's size as the view shows it: the end of the
+// highest byte written at or before the view's point, in 512-byte sectors.
+// The stream does not carry disk sizes.
+func (v *View) sizeLocked(disk string) int64 {
+	j, s := v.j, v.point.Seq
+	var end uint64
+	n := sort.Search(len(j.layers), func(i int) bool { return j.layers[i].ref.to > s })
+	if n > 0 {
+		end = j.layers[n-1].ends[disk]
+	}
+	if id, ok := j.diskID[disk]; ok && s >= j.first {
+		end = max(end, j.index[id].endAt(s))
+	}
+	end = (end + 511) &^ 511
+	return int64(min(end, 1<<62))
+}
+
+// Disk returns the read-only export of one disk of the view.
+func (v *View) Disk(name string) (*DiskView, error) {
+	if err := record.ValidDiskName(name); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	v.j.mu.RLock()
+	size := v.sizeLocked(name)
+	v.j.mu.RUnlock()
+	if size == 0 {
+		return nil, fmt.Errorf("%w: %q at seq %d", ErrNoDisk, name, v.point.Seq)
+	}
+	return &DiskView{v: v, disk: name, size: size}, nil
+}
+
+// DiskView is one disk of a view, served read-only over NBD: it implements
+// nbd.Export, nbd.Reader and nbd.Extenter.
+type DiskView struct {
+	v    *View
+	disk string
+	size int64
+}
+
+var (
+	_ nbd.Reader   = (*DiskView)(nil)
+	_ nbd.Extenter = (*DiskView)(nil)
+)
+
+// Size implements nbd.Export.
+func (d *DiskView) Size() int64 { return d.size }
+
+// Name returns the disk's name.
+func (d *DiskView) Name() string { return d.disk }
+
+func (d *DiskView) check(off, n int64) error {
+	if off < 0 || n < 0 || off+n > d.size || off+n < off {
+		return fmt.Errorf("journal: range [%d, +%d) outside disk %s of %d bytes", off, n, d.disk, d.size)
+	}
+	d.v.mu.Lock()
+	closed := d.v.closed
+	d.v.mu.Unlock()
+	if closed {
+		return fmt.Errorf("journal: view of seq %d is closed", d.v.point.Seq)
+	}
+	return nil
+}
+
+// ReadAt implements nbd.Reader. A record whose checksum does not match
+// fails the read with ErrCorrupt: corruption is never served.
+func (d *DiskView) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	j := d.v.j
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	nl, err := d.v.layersLocked()
+	if err != nil {
+		return err
+	}
+	pieces := j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(len(p)))
+	for i := range pieces {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pc := &pieces[i]
+		dst := p[pc.off-uint64(off) : pc.off-uint64(off)+pc.n]
+		if pc.kind != record.Data {
+			clear(dst)
+			continue
+		}
+		if err := j.readPayload(pc.b, pc.bit, &pc.e, d.disk, dst, pc.delta); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxExtentQuery bounds the range one Extents call resolves.
+const maxExtentQuery = 256 << 20
+
+// Extents implements nbd.Extenter for base:allocation: data is allocated;
+// a zero record reads as zeroes and is allocated; a trimmed or never
+// written range is a hole that reads as zeroes.
+func (d *DiskView) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+	length = min(length, maxExtentQuery)
+	if err := d.check(off, length); err != nil {
+		return nil, err
+	}
+	j := d.v.j
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	nl, err := d.v.layersLocked()
+	if err != nil {
+		return nil, err
+	}
+	return extentsOf(j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(length))), ctx.Err()
+}
+
+func extentsOf(pieces []piece) []nbd.Extent {
+	var out []nbd.Extent
+	for _, pc := range pieces {
+		x := nbd.Extent{Length: int64(pc.n)}
+		switch pc.kind {
+		case record.Zero:
+			x.Zero = true
+		case record.Trim, 0:
+			x.Hole, x.Zero = true, true
+		}
+		if n := len(out); n > 0 && out[n-1].Hole == x.Hole && out[n-1].Zero == x.Zero {
+			out[n-1].Length += x.Length
+		} else {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// piece is a run of a disk and where its bytes come from.
+type piece struct {
+	off, n uint64
+	kind   record.Kind // Data, Zero, Trim, or 0 for never written
+	b      *blob
+	bit    int
+	e      entry
+	delta  uint64 // offset of the run in the record's payload
+}
+
+// piecesLocked returns the pieces that make up [off, off+n) of disk at
+// seq s seeing the first nl layers, sorted by offset.
+func (j *Journal) piecesLocked(disk string, s uint64, nl int, off, n uint64) []piece {
+	var out, gaps []piece
+	id, ok := j.diskID[disk]
+	if ok && s >= j.first {
+		var w walker
+		di := j.index[id]
+		for a := off; a < off+n; {
+			b := min((a>>fineShift+1)<<fineShift, off+n)
+			w.init(s, di.fine[a>>fineShift], di.coarse[a>>coarseShift], di.huge)
+			unc := []span{{a, b}} // [from, to) here
+			for len(unc) > 0 {
+				q, more := w.next()
+				if !more || q < j.first {
+					break
+				}
+				e := j.recs[q-j.first]
+				unc = j.cover(unc, &e, &out)
+			}
+			for _, u := range unc {
+				gaps = append(gaps, piece{off: u.from, n: u.to - u.from})
+			}
+			a = b
+		}
+	} else {
+		gaps = []piece{{off: off, n: n}}
+	}
+	for li := nl - 1; li >= 0 && len(gaps) > 0; li-- {
+		ext := j.layers[li].disks[disk]
+		if len(ext) == 0 {
+			continue
+		}
+		var next []piece
+		for _, g := range gaps {
+			a, end := g.off, g.off+g.n
+			for i := findExt(ext, a); i < len(ext) && a < end && ext[i].off < end; i++ {
+				x := &ext[i]
+				if x.off > a {
+					next = append(next, piece{off: a, n: x.off - a})
+					a = x.off
+				}
+				b := min(end, x.off+x.length)
+				out = append(out, piece{off: a, n: b - a, kind: x.kind, b: &j.layers[li].file, bit: x.bit, e: x.entry, delta: a - x.off})
+				a = b
+			}
+			if a < end {
+				next = append(next, piece{off: a, n: end - a})
+			}
+		}
+		gaps = next
+	}
+	out = append(out, gaps...)
+	sort.Slice(out, func(a, b int) bool { return out[a].off < out[b].off })
+	return out
+}
+
+// cover takes from the uncovered runs unc what record e covers, appending
+// those pieces to out, and returns what stays uncovered.
+func (j *Journal) cover(unc []span, e *entry, out *[]piece) []span {
+	lo, hi := e.off, e.off+e.length
+	var rest []span
+	for _, u := range unc {
+		if hi <= u.from || lo >= u.to {
+			rest = append(rest, u)
+			continue
+		}
+		a, b := max(lo, u.from), min(hi, u.to)
+		pc := piece{off: a, n: b - a, kind: e.kind, e: *e, delta: a - lo}
+		if e.kind == record.Data {
+			seg := j.segmentOfLocked(e.seq)
+			pc.b, pc.bit = &seg.file, int(e.seq-seg.first)
+		}
+		*out = append(*out, pc)
+		if u.from < a {
+			rest = append(rest, span{u.from, a})
+		}
+		if b < u.to {
+			rest = append(rest, span{b, u.to})
+		}
+	}
+	return rest
+}
+
+func (j *Journal) segmentOfLocked(seq uint64) *segment {
+	i := sort.Search(len(j.segs), func(i int) bool { return j.segs[i].first > seq })
+	return j.segs[i-1]
+}
+
+// Restore writes the disk as the view shows it into w, which must read as
+// zeroes where nothing is written (a new or truncated raw file): holes and
+// zero ranges are skipped. It returns the number of data bytes written.
+func Restore(ctx context.Context, d *DiskView, w io.WriterAt) (int64, error) {
+	const step = 4 << 20
+	buf := make([]byte, step)
+	var written int64
+	for off := int64(0); off < d.size; {
+		xs, err := d.Extents(ctx, off, min(step, d.size-off))
+		if err != nil {
+			return written, err
+		}
+		for _, x := range xs {
+			if !x.Hole && !x.Zero {
+				p := buf[:x.Length]
+				if err := d.ReadAt(ctx, p, off); err != nil {
+					return written, err
+				}
+				if _, err := w.WriteAt(p, off); err != nil {
+					return written, fmt.Errorf("journal: restore %s: %w", d.disk, err)
+				}
+				written += x.Length
+			}
+			off += x.Length
+		}
+	}
+	return written, nil
+}
