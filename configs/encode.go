@@ -35,8 +35,9 @@ type (
 		Granularity  int64  `toml:"granularity"`
 	}
 	fileGroup struct {
-		Name    string `toml:"name"`
-		Replica string `toml:"replica,omitempty"`
+		Name      string `toml:"name"`
+		Replica   string `toml:"replica,omitempty"`
+		Bandwidth string `toml:"bandwidth,omitempty"`
 		// AppConsistentEvery is app_consistent_every, "" when off.
 		AppConsistentEvery string `toml:"app_consistent_every,omitempty"`
 		fileTuning
@@ -75,6 +76,9 @@ func (p *Policy) MarshalTOML() ([]byte, error) {
 	}
 	for _, g := range p.groups {
 		fg := fileGroup{Name: g.Name, Replica: g.Replica, fileTuning: fileTuningOf(g.Tuning)}
+		if g.Bandwidth > 0 {
+			fg.Bandwidth = formatSize(g.Bandwidth)
+		}
 		if g.AppConsistentEvery > 0 {
 			fg.AppConsistentEvery = g.AppConsistentEvery.String()
 		}

@@ -107,6 +107,7 @@ func TestParseErrors(t *testing.T) {
 		{"relative state_dir", withHost(`state_dir = "var/lib/qcdp"`), 3, "host.state_dir", configs.ErrInvalid},
 		{"control socket too long", withHost(`control_socket = "/` + strings.Repeat("s", 120) + `"`), 3, "host.control_socket", configs.ErrInvalid},
 		{"log level", withHost(`log_level = "verbose"`), 3, "host.log_level", configs.ErrInvalid},
+		{"bandwidth too small", withHost(`[[group]]`, `name = "a"`, `bandwidth = "1K"`, `vm = [{name = "x"}]`), 5, "group[0].bandwidth", configs.ErrInvalid},
 		{"app-consistent too often", withHost(`[[group]]`, `name = "a"`, `app_consistent_every = "10s"`, `vm = [{name = "x"}]`), 5, "group[0].app_consistent_every", configs.ErrInvalid},
 		{"replica without TLS", withHost(`[[group]]`, `name = "a"`, `replica = "dr1:7443"`, `vm = [{name = "x"}]`), 5, "group[0].replica", configs.ErrMissing},
 		{"relative tls_ca", withHost(`tls_ca = "ca.pem"`), 3, "host.tls_ca", configs.ErrInvalid},

@@ -53,6 +53,9 @@ type Tuning struct {
 type Group struct {
 	Name    string // safe as a file path element (see ValidName)
 	Replica string // "host:port" of the replica daemon; "" if none yet
+	// Bandwidth (bandwidth) bounds the bytes per second the group's stream
+	// puts on the wire to its replica; 0 is no limit.
+	Bandwidth int64
 	// AppConsistentEvery (app_consistent_every): how often the host daemon
 	// freezes the group's guests through their agents for an
 	// app-consistent bookmark; 0 for never.

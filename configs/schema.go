@@ -289,6 +289,13 @@ func (d *decoder) group(t *table, p *Policy, seen map[string]string) *Group {
 			g.Replica = s
 		}
 	}
+	if n, ok := t.size("bandwidth"); ok {
+		if n > 0 && n < 64<<10 {
+			d.errorf(t.key("bandwidth"), ErrInvalid, "%s per second is less than the minimum 64K (0 is no limit)", formatSize(n))
+		} else {
+			g.Bandwidth = n
+		}
+	}
 	if v, ok := t.duration("app_consistent_every"); ok {
 		if v < time.Minute {
 			d.errorf(t.key("app_consistent_every"), ErrInvalid, "%s: freezing guests more often than once a minute is not supported", v)

@@ -178,6 +178,13 @@ groups = ["g1"]
 	}
 	// The replica catches up: everything the host sequenced is durable there.
 	waitReplicated(ctx, t, bin, hctl, host)
+	metrics := string(run(ctx, t, bin, "status", "--socket", hctl, "--metrics"))
+	for _, want := range []string{`qcdp_rpo_seconds{group="g1"} 0` + "\n", `qcdp_replica_connected{group="g1"} 1`,
+		`qcdp_disk_state{group="g1",vm="vm1",disk="vda-dev",state="syncing"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics after the replica caught up lack %q:\n%s", want, metrics)
+		}
+	}
 
 	var pts pointsJSON
 	if err := json.Unmarshal(run(ctx, t, bin, "points", "--socket", rctl, "--json", "g1"), &pts); err != nil {
@@ -281,6 +288,21 @@ groups = ["g1"]
 			t.Errorf("restore point seq %d (guest %d..%d) is older than seq %d (guest %d..%d)",
 				got[i].seq, got[i].lo, got[i].hi, got[i-1].seq, got[i-1].lo, got[i-1].hi)
 		}
+	}
+
+	// qcdp restore materializes the last point as raw and as qcow2.
+	for _, format := range []string{"raw", "qcow2"} {
+		dst := filepath.Join(dir, "restored-vda."+format)
+		run(ctx, t, bin, "restore", "--socket", rctl, "--seq", fmt.Sprint(w.LastSeq), "--disk", "vm1.vda-dev",
+			"--format", format, "--out", dst, "g1")
+		out, err := exec.CommandContext(ctx, "qemu-img", "compare", "-U", "-f", "qcow2", "-F", format, images[0].Path, dst).CombinedOutput()
+		if err != nil {
+			t.Errorf("qcdp restore --format %s differs from the source at the quiesce point: %v\n%s", format, err, out)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, bin, "restore", "--socket", rctl, "--seq", fmt.Sprint(w.LastSeq), "--disk", "vm1.vda-dev",
+		"--out", filepath.Join(dir, "restored-vda.raw"), "g1").CombinedOutput(); err == nil {
+		t.Errorf("qcdp restore overwrote an existing file: %s", out)
 	}
 
 	// A flipped bit in the journal is found and named, never served.

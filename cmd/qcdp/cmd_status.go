@@ -13,8 +13,9 @@ import (
 
 // statusOptions are the flags of `qcdp status`.
 type statusOptions struct {
-	socket string
-	json   bool
+	socket  string
+	json    bool
+	metrics bool
 }
 
 func statusCommand(ctx context.Context, args []string, out io.Writer) error {
@@ -22,6 +23,7 @@ func statusCommand(ctx context.Context, args []string, out io.Writer) error {
 	fs := newFlags("status", out)
 	fs.StringVar(&opts.socket, "socket", "/run/qcdp/host.sock", "control socket of `qcdp host`")
 	fs.BoolVar(&opts.json, "json", false, "print JSON")
+	fs.BoolVar(&opts.metrics, "metrics", false, "print Prometheus metrics (RPO per group, disk states), e.g. for node_exporter's textfile collector")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -32,6 +34,9 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 	st, err := hostd.NewClient(opts.socket).Status(ctx)
 	if err != nil {
 		return err
+	}
+	if opts.metrics {
+		return hostd.WriteMetrics(out, st)
 	}
 	if opts.json {
 		enc := json.NewEncoder(out)

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -165,21 +168,31 @@ func unexportCommand(ctx context.Context, args []string, out io.Writer) error {
 
 func restoreCommand(ctx context.Context, args []string, out io.Writer) error {
 	var o viewOptions
-	var disk, path string
+	var disk, path, format string
 	fs := o.flags("restore", out, true)
 	fs.StringVar(&disk, "disk", "", "the disk to restore (its name in the stream)")
-	fs.StringVar(&path, "out", "", "raw image to create on the replica host (never overwritten); for qcow2, qemu-img convert an export")
+	fs.StringVar(&path, "out", "", "image to create on the replica host (never overwritten)")
+	fs.StringVar(&format, "format", "raw", "raw or qcow2")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
 	if fs.NArg() != 1 || disk == "" || path == "" {
 		return usagef("want GROUP, --disk and --out")
 	}
+	if format != "raw" && format != "qcow2" {
+		return usagef("--format %q: want raw or qcow2", format)
+	}
 	at, err := o.target()
 	if err != nil {
 		return err
 	}
-	r, err := replicad.NewClient(o.socket).Restore(ctx, o.tenant, fs.Arg(0), at, disk, path)
+	c := replicad.NewClient(o.socket)
+	var r replicad.RestoreInfo
+	if format == "raw" {
+		r, err = c.Restore(ctx, o.tenant, fs.Arg(0), at, disk, path)
+	} else {
+		r, err = restoreQcow2(ctx, c, o.tenant, fs.Arg(0), at, disk, path)
+	}
 	if err != nil {
 		return err
 	}
@@ -210,4 +223,32 @@ func verifyCommand(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "group %s: journal verified: %s\n", fs.Arg(0), rep)
 	return nil
+}
+
+// restoreQcow2 writes a qcow2 image of one disk at a restore point by
+// converting the point's NBD export with qemu-img (holes stay holes).
+func restoreQcow2(ctx context.Context, c *replicad.Client, tenant, group string, at journal.Target, disk, path string) (replicad.RestoreInfo, error) {
+	var r replicad.RestoreInfo
+	if _, err := os.Lstat(path); err == nil {
+		return r, fmt.Errorf("restore: %s exists; it is never overwritten", path)
+	}
+	e, err := c.Export(ctx, tenant, group, at, false)
+	if err != nil {
+		return r, err
+	}
+	defer c.Unexport(context.WithoutCancel(ctx), e.ID)
+	uri, ok := e.URIs[disk]
+	if !ok {
+		return r, fmt.Errorf("restore: group %s has no disk %q at seq %d", group, disk, e.Point.Seq)
+	}
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", uri, path)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(path)
+		return r, fmt.Errorf("restore: qemu-img convert %s: %w: %s", uri, err, strings.TrimSpace(string(b)))
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return r, err
+	}
+	return replicad.RestoreInfo{Point: e.Point, Disk: disk, Path: path, Bytes: st.Size()}, nil
 }

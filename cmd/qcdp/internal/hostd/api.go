@@ -98,6 +98,10 @@ func (d *Daemon) ServeAPI(ctx context.Context, path string) error {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		ctlapi.WriteJSON(w, http.StatusOK, d.Status())
 	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		WriteMetrics(w, d.Status())
+	})
 	vmAction := func(do func(ctx context.Context, vm, disk string) error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			q := r.URL.Query()

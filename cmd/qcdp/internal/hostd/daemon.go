@@ -179,7 +179,7 @@ func (d *Daemon) startSender(g *group) error {
 	}
 	name, _ := os.Hostname()
 	g.snd, err = sender.New(sender.Options{Spool: g.sp, Addr: g.cfg.Replica, TLS: tlsCfg, Host: name,
-		Logger: d.log.With("group", g.cfg.Name, "replica", g.cfg.Replica)})
+		RateLimit: g.cfg.Bandwidth, Logger: d.log.With("group", g.cfg.Name, "replica", g.cfg.Replica)})
 	if err != nil {
 		return fmt.Errorf("hostd: group %s: %w", g.cfg.Name, err)
 	}

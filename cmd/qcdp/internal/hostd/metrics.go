@@ -1,0 +1,65 @@
+package hostd
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// diskStates are the states a disk can be in, each exported as a 0/1 gauge.
+var diskStates = []string{"initial-sync", "syncing", "tracking", "resync", "paused", "error", "detached"}
+
+// WriteMetrics writes st in the Prometheus text exposition format: per
+// group the measured RPO (DESIGN.md "Words"), the spool's use and the
+// stream's progress; per disk its state.
+func WriteMetrics(w io.Writer, st Status) error {
+	var b strings.Builder
+	help := func(name, typ, text string) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, typ)
+	}
+	help("qcdp_rpo_seconds", "gauge", "Now minus the capture time of the oldest write not yet durable at the replica; 0 when nothing is pending.")
+	for _, g := range st.Groups {
+		if g.Replica != nil {
+			fmt.Fprintf(&b, "qcdp_rpo_seconds{group=%q} %g\n", g.Name, g.Replica.RPO.Seconds())
+		}
+	}
+	help("qcdp_replica_connected", "gauge", "1 while the group's stream to its replica is up.")
+	for _, g := range st.Groups {
+		if g.Replica != nil {
+			fmt.Fprintf(&b, "qcdp_replica_connected{group=%q} %d\n", g.Name, boolInt(g.Replica.Connected))
+		}
+	}
+	help("qcdp_spool_bytes", "gauge", "Bytes the group's spool holds.")
+	for _, g := range st.Groups {
+		fmt.Fprintf(&b, "qcdp_spool_bytes{group=%q} %d\n", g.Name, g.Bytes)
+	}
+	help("qcdp_spool_max_bytes", "gauge", "The spool's bound; at it, writes are refused and disks go to tracking.")
+	for _, g := range st.Groups {
+		fmt.Fprintf(&b, "qcdp_spool_max_bytes{group=%q} %d\n", g.Name, g.MaxBytes)
+	}
+	help("qcdp_last_seq", "counter", "The last seq the group's sequencer assigned.")
+	for _, g := range st.Groups {
+		fmt.Fprintf(&b, "qcdp_last_seq{group=%q} %d\n", g.Name, g.LastSeq)
+	}
+	help("qcdp_acked_seq", "counter", "The last seq the replica holds durably.")
+	for _, g := range st.Groups {
+		fmt.Fprintf(&b, "qcdp_acked_seq{group=%q} %d\n", g.Name, g.Acked)
+	}
+	help("qcdp_disk_state", "gauge", "1 for the state a protected disk is in.")
+	for _, g := range st.Groups {
+		for _, d := range g.Disks {
+			for _, s := range diskStates {
+				fmt.Fprintf(&b, "qcdp_disk_state{group=%q,vm=%q,disk=%q,state=%q} %d\n", g.Name, d.VM, d.Target, s, boolInt(d.State == s))
+			}
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
