@@ -376,7 +376,7 @@ func (j *Journal) cutTorn(path string, sc scanResult) error {
 	}
 	defer f.Close()
 	var tail []byte
-	if sc.size-sc.end <= record.MaxLen+readChunk {
+	if sc.size-sc.end <= record.MaxLen+vfs.WindowChunk {
 		tail = make([]byte, sc.size-sc.end)
 		if _, err := f.ReadAt(tail, sc.end); err != nil && !errors.Is(err, io.EOF) {
 			return fmt.Errorf("journal: read torn tail: %w", err)

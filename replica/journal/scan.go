@@ -3,68 +3,10 @@ package journal
 import (
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
 )
-
-// reader reads a file through a window buffer, never past a limit.
-type reader struct {
-	f     vfs.File
-	buf   []byte
-	start int64
-	n     int
-}
-
-const readChunk = 256 << 10
-
-// window returns the bytes [off, off+want) clipped at limit. It allocates at
-// most min(want, limit-off) bytes beyond its chunk, so a length read off the
-// disk cannot make it allocate more than the file holds.
-func (r *reader) window(off int64, want int, limit int64) ([]byte, error) {
-	if rest := limit - off; int64(want) > rest {
-		want = int(max(rest, 0))
-	}
-	if off >= r.start && off+int64(want) <= r.start+int64(r.n) {
-		i := int(off - r.start)
-		return r.buf[i : i+want], nil
-	}
-	size := max(want, readChunk)
-	if rest := limit - off; int64(size) > rest {
-		size = int(max(rest, 0))
-	}
-	if cap(r.buf) < size {
-		r.buf = make([]byte, size)
-	}
-	r.buf = r.buf[:size]
-	n, err := r.f.ReadAt(r.buf, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		r.n = 0
-		return nil, err
-	}
-	r.start, r.n = off, n
-	return r.buf[:min(n, want)], nil
-}
-
-func (r *reader) allZero(off, limit int64) (bool, error) {
-	for off < limit {
-		b, err := r.window(off, readChunk, limit)
-		if err != nil {
-			return false, err
-		}
-		if len(b) == 0 {
-			return true, nil
-		}
-		for _, c := range b {
-			if c != 0 {
-				return false, nil
-			}
-		}
-		off += int64(len(b))
-	}
-	return true, nil
-}
 
 // scanResult is what scanning one segment or layer file found.
 type scanResult struct {
@@ -84,14 +26,14 @@ type scanResult struct {
 // file, offset and seq.
 func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirst uint64, mayTear bool, visit func(r *record.Record, pos int64) error) (scanResult, error) {
 	sc := scanResult{size: size}
-	rd := reader{f: f}
-	b, err := rd.window(0, fileFixedLen+255+4, size)
+	rd := vfs.NewWindow(f)
+	b, err := rd.At(0, fileFixedLen+255+4, size)
 	if err != nil {
 		return sc, fmt.Errorf("journal: read %s: %w", path, err)
 	}
 	hdr, herr := parseFileHeader(b, magic)
 	if herr != nil {
-		zero, err := rd.allZero(0, size)
+		zero, err := rd.AllZero(0, size)
 		if err != nil {
 			return sc, fmt.Errorf("journal: read %s: %w", path, err)
 		}
@@ -113,14 +55,14 @@ func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirs
 	next := hdr.first
 	off := hdr.len
 	for off < size {
-		b, err := rd.window(off, record.FrameLen, size)
+		b, err := rd.At(off, record.FrameLen, size)
 		if err != nil {
 			return sc, fmt.Errorf("journal: read %s offset %d: %w", path, off, err)
 		}
 		n, derr := record.PeekLen(b)
 		var r record.Record
 		if derr == nil {
-			if b, err = rd.window(off, n, size); err != nil {
+			if b, err = rd.At(off, n, size); err != nil {
 				return sc, fmt.Errorf("journal: read %s offset %d: %w", path, off, err)
 			}
 			r, n, derr = record.Decode(b)
@@ -131,7 +73,7 @@ func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirs
 			sc.end = off
 			continue
 		case derr != nil:
-			return sc, sc.bad(&rd, path, off, next, mayTear, derr)
+			return sc, sc.bad(rd, path, off, next, mayTear, derr)
 		case seg && r.Seq != next:
 			return sc, fmt.Errorf("%w: %s offset %d: seq %d, want %d", ErrCorrupt, path, off, r.Seq, next)
 		}
@@ -152,20 +94,20 @@ func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirs
 // bad classifies a record that does not decode at off: a torn tail when the
 // file may tear and nothing but zeroes or the record's own bytes follow it,
 // else corruption.
-func (sc *scanResult) bad(rd *reader, path string, off int64, seq uint64, mayTear bool, derr error) error {
+func (sc *scanResult) bad(rd *vfs.Window, path string, off int64, seq uint64, mayTear bool, derr error) error {
 	if mayTear {
 		torn := errors.Is(derr, record.ErrShort)
 		if !torn {
 			// An intact frame whose record ends exactly at the end of the
 			// file was the last write: its pages were lost.
-			if b, err := rd.window(off, record.FrameLen, sc.size); err == nil {
+			if b, err := rd.At(off, record.FrameLen, sc.size); err == nil {
 				if n, err := record.PeekLen(b); err == nil && off+int64(n) == sc.size {
 					torn = true
 				}
 			}
 		}
 		if !torn {
-			zero, err := rd.allZero(off, sc.size)
+			zero, err := rd.AllZero(off, sc.size)
 			if err != nil {
 				return fmt.Errorf("journal: read %s offset %d: %w", path, off, err)
 			}

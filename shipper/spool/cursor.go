@@ -18,7 +18,7 @@ type Cursor struct {
 	seg  *segment
 	f    vfs.File
 	off  int64
-	rd   reader
+	rd   vfs.Window
 }
 
 // Cursor returns a cursor whose first record is seq from, or the oldest
@@ -49,14 +49,14 @@ func (c *Cursor) Next() (record.Record, error) {
 			c.closeFile()
 			continue
 		}
-		b, err := c.rd.window(c.off, record.FrameLen, end)
+		b, err := c.rd.At(c.off, record.FrameLen, end)
 		if err != nil {
 			return record.Record{}, fmt.Errorf("spool: read %s offset %d: %w", c.seg.path, c.off, err)
 		}
 		n, err := record.PeekLen(b)
 		var r record.Record
 		if err == nil {
-			if b, err = c.rd.window(c.off, n, end); err != nil {
+			if b, err = c.rd.At(c.off, n, end); err != nil {
 				return record.Record{}, fmt.Errorf("spool: read %s offset %d: %w", c.seg.path, c.off, err)
 			}
 			r, n, err = record.Decode(b)
@@ -118,7 +118,7 @@ func (c *Cursor) open() error {
 		return fmt.Errorf("spool: %w", err)
 	}
 	c.seg, c.f, c.off = seg, f, seg.hdrLen
-	c.rd = reader{f: f, buf: c.rd.buf}
+	c.rd.Reset(f)
 	return nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"strconv"
 	"strings"
 
@@ -116,65 +115,6 @@ func decodeAcked(b []byte) (uint64, error) {
 	return binary.LittleEndian.Uint64(b[8:]), nil
 }
 
-// reader reads a file through a window buffer, never past a limit.
-type reader struct {
-	f     vfs.File
-	buf   []byte
-	start int64 // file offset of buf[0]
-	n     int   // valid bytes in buf
-}
-
-const readChunk = 256 << 10
-
-// window returns the file's bytes [off, off+want) clipped at limit; it is
-// shorter than want only when limit (or the file) ends first. It allocates
-// at most min(want, limit-off) bytes beyond its chunk, so a length read off
-// the disk cannot make it allocate more than the file holds.
-func (r *reader) window(off int64, want int, limit int64) ([]byte, error) {
-	if rest := limit - off; int64(want) > rest {
-		want = int(max(rest, 0))
-	}
-	if off >= r.start && off+int64(want) <= r.start+int64(r.n) {
-		i := int(off - r.start)
-		return r.buf[i : i+want], nil
-	}
-	size := max(want, readChunk)
-	if rest := limit - off; int64(size) > rest {
-		size = int(max(rest, 0))
-	}
-	if cap(r.buf) < size {
-		r.buf = make([]byte, size)
-	}
-	r.buf = r.buf[:size]
-	n, err := r.f.ReadAt(r.buf, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		r.n = 0
-		return nil, err
-	}
-	r.start, r.n = off, n
-	return r.buf[:min(n, want)], nil
-}
-
-// allZero reports whether the file's bytes [off, limit) are all zero.
-func (r *reader) allZero(off, limit int64) (bool, error) {
-	for off < limit {
-		b, err := r.window(off, readChunk, limit)
-		if err != nil {
-			return false, err
-		}
-		if len(b) == 0 {
-			return true, nil
-		}
-		for _, c := range b {
-			if c != 0 {
-				return false, nil
-			}
-		}
-		off += int64(len(b))
-	}
-	return true, nil
-}
-
 // scan is what scanning one segment found.
 type scan struct {
 	path    string
@@ -198,14 +138,14 @@ type scan struct {
 // scan.hdr.len is 0).
 func scanSegment(f vfs.File, path string, size int64, group string, nameFirst uint64, isLast bool, visit func(r *record.Record) error) (scan, error) {
 	sc := scan{path: path, size: size}
-	rd := reader{f: f}
-	b, err := rd.window(0, segFixedLen+255+4, size)
+	rd := vfs.NewWindow(f)
+	b, err := rd.At(0, segFixedLen+255+4, size)
 	if err != nil {
 		return sc, fmt.Errorf("spool: read %s: %w", path, err)
 	}
 	hdr, herr := parseSegHeader(b)
 	if herr != nil {
-		zero, err := rd.allZero(0, size)
+		zero, err := rd.AllZero(0, size)
 		if err != nil {
 			return sc, fmt.Errorf("spool: read %s: %w", path, err)
 		}
@@ -226,14 +166,14 @@ func scanSegment(f vfs.File, path string, size int64, group string, nameFirst ui
 	next := hdr.first
 	off := hdr.len
 	for off < size {
-		b, err := rd.window(off, record.FrameLen, size)
+		b, err := rd.At(off, record.FrameLen, size)
 		if err != nil {
 			return sc, fmt.Errorf("spool: read %s offset %d: %w", path, off, err)
 		}
 		n, derr := record.PeekLen(b)
 		var r record.Record
 		if derr == nil {
-			if b, err = rd.window(off, n, size); err != nil {
+			if b, err = rd.At(off, n, size); err != nil {
 				return sc, fmt.Errorf("spool: read %s offset %d: %w", path, off, err)
 			}
 			r, n, derr = record.Decode(b)
@@ -244,7 +184,7 @@ func scanSegment(f vfs.File, path string, size int64, group string, nameFirst ui
 			sc.end = off
 			continue
 		case derr != nil:
-			return sc, sc.bad(&rd, off, next, isLast, derr)
+			return sc, sc.bad(rd, off, next, isLast, derr)
 		case r.Seq != next:
 			return sc, fmt.Errorf("%w: %s offset %d: seq %d, want %d", ErrCorrupt, path, off, r.Seq, next)
 		}
@@ -268,20 +208,20 @@ func scanSegment(f vfs.File, path string, size int64, group string, nameFirst ui
 // bad classifies a record that does not decode at off: a torn tail when it
 // is in the last segment and nothing but zeroes or its own bytes follow it,
 // else corruption.
-func (sc *scan) bad(rd *reader, off int64, seq uint64, isLast bool, derr error) error {
+func (sc *scan) bad(rd *vfs.Window, off int64, seq uint64, isLast bool, derr error) error {
 	if isLast {
 		torn := errors.Is(derr, record.ErrShort)
 		if !torn {
 			// A record whose frame is intact and which ends exactly at the
 			// end of the file was the last write: its pages were lost.
-			if b, err := rd.window(off, record.FrameLen, sc.size); err == nil {
+			if b, err := rd.At(off, record.FrameLen, sc.size); err == nil {
 				if n, err := record.PeekLen(b); err == nil && off+int64(n) == sc.size {
 					torn = true
 				}
 			}
 		}
 		if !torn {
-			zero, err := rd.allZero(off, sc.size)
+			zero, err := rd.AllZero(off, sc.size)
 			if err != nil {
 				return fmt.Errorf("spool: read %s offset %d: %w", sc.path, off, err)
 			}

@@ -270,7 +270,7 @@ func (s *Spool) cutTorn(path string, sc scan) error {
 	}
 	defer f.Close()
 	tail := make([]byte, sc.size-sc.end) // bounded by the torn record: at most record.MaxLen
-	if sc.size-sc.end > record.MaxLen+readChunk {
+	if sc.size-sc.end > record.MaxLen+vfs.WindowChunk {
 		tail = tail[:0] // zeroes from a crash: not worth keeping
 	} else if _, err := f.ReadAt(tail, sc.end); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("spool: read torn tail: %w", err)
