@@ -89,6 +89,10 @@ type Capture struct {
 	lastErr    error
 	detach     bool // a Detach is under way: the job's end is expected
 	userPaused bool // the operator paused capture: no automatic resume
+	// syncDone: this job's sync-complete marker is in the stream. Until it
+	// is, the replica has no restore point for the disk, so a job that
+	// reaches READY only through a resync writes it when it converges.
+	syncDone bool
 
 	kick chan struct{} // Resume asks the event loop to resume the job now
 
@@ -170,6 +174,19 @@ func (c *Capture) WaitState(ctx context.Context, states ...State) (State, error)
 // after a Detach, ctx.Err() when cancelled (the job stays in QEMU, tracking
 // or mirroring, for the next daemon to adopt), or why capture failed.
 func (c *Capture) Run(ctx context.Context) error {
+	err := c.run(ctx)
+	if errors.Is(err, qmp.ErrClosed) && !errors.Is(err, ErrMonitorGone) {
+		// QEMU went away under a command rather than between events.
+		err = fmt.Errorf("%w: %w", ErrMonitorGone, err)
+	}
+	return err
+}
+
+func (c *Capture) run(ctx context.Context) error {
+	// The subscription ends with Run: a subscriber nobody reads would hold
+	// back every event of the VM's QMP connection.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	events, err := c.q.Subscribe(ctx, qmp.EventBlockJobReady, qmp.EventBlockJobError,
 		qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled, qmp.EventJobStatusChange)
 	if err != nil {
@@ -346,12 +363,16 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 			case qmp.EventBlockJobReady:
 				if st, _ := c.State(); st == InitialSync {
 					if _, err := c.mark.MarkDisk(record.SyncComplete, c.cfg.Disk); err != nil {
-						// The marker waits for room: resync brackets the gap.
+						// The marker waits for room: resync brackets the gap,
+						// and the marker is written when the job converges.
 						c.log.Warn("sync-complete marker not written", "err", err)
 						c.beginResync(ctx)
 						scheduleResume()
 						continue
 					}
+					c.mu.Lock()
+					c.syncDone = true
+					c.mu.Unlock()
 					c.setState(Syncing, nil)
 				}
 			case qmp.EventBlockJobError:
@@ -419,9 +440,22 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 				pollC = nil
 				backoff = c.cfg.ResumeBackoff
 				if _, err := c.mark.MarkDisk(record.ResyncEnd, c.cfg.Disk); err != nil {
-					c.log.Warn("resync-end marker not written", "err", err)
+					c.log.Debug("resync-end marker not written yet", "err", err)
 					startPoll()
 					continue
+				}
+				c.mu.Lock()
+				done := c.syncDone
+				c.mu.Unlock()
+				if !done {
+					if _, err := c.mark.MarkDisk(record.SyncComplete, c.cfg.Disk); err != nil {
+						c.log.Warn("sync-complete marker not written", "err", err)
+						startPoll()
+						continue
+					}
+					c.mu.Lock()
+					c.syncDone = true
+					c.mu.Unlock()
 				}
 				c.setState(Syncing, nil)
 			}
@@ -476,10 +510,10 @@ func (c *Capture) Detach(ctx context.Context) error {
 		return err
 	}
 	if job != nil {
-		// A READY mirror drains and ends without pivot when not forced; one
-		// that is not ready is cancelled at once.
-		force := !job.Ready || job.Paused
-		if err := c.q.BlockJobCancel(ctx, JobID(d), force); err != nil && !qmp.IsDeviceNotActive(err) {
+		// Forced: a soft cancel of a READY mirror drains what is dirty first,
+		// which never ends while the capture export refuses writes. Nothing
+		// is lost: the bitmap goes on tracking.
+		if err := c.q.BlockJobCancel(ctx, JobID(d), true); err != nil && !qmp.IsDeviceNotActive(err) {
 			return fmt.Errorf("filter: disk %s: cancel job: %w", d, err)
 		}
 		if err := c.waitGone(ctx); err != nil {

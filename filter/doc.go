@@ -41,5 +41,12 @@
 //
 // Detach is block-job-cancel, never block-job-complete (that would switch the
 // guest onto the NBD target); then the target node is deleted and the bitmap
-// is left to go on tracking, so a later attach knows what changed.
+// is left to go on tracking. A later attach still copies the whole disk
+// (sync=full): resync from the bitmap, or by hash comparison when it was
+// lost (invariant 4), is not built yet.
+//
+// The sync-complete marker is written once per job: at BLOCK_JOB_READY, or,
+// when the job got there through a resync (a refused write, a restarted
+// daemon), when it has converged — without it the replica offers no restore
+// point for the disk.
 package filter

@@ -60,61 +60,86 @@ func (r *restartable) stop() {
 // to tracking → the server comes back: the job is resumed and resynced,
 // bracketed by markers → detach by cancel. The spool then rebuilds the
 // source byte for byte.
-func TestFilterLifecycle(t *testing.T) {
+// filterFixture is one disk under a capture lifecycle in real QEMU, with a
+// restartable capture server: what the filter tests share.
+type filterFixture struct {
+	src  string
+	dir  string
+	sp   *spool.Spool
+	exp  *shipper.CaptureExport
+	srv  *restartable
+	q    *harness.QEMU
+	c    *filter.Capture
+	ran  chan error
+	stop context.CancelFunc
+}
+
+func newFilterFixture(ctx context.Context, t *testing.T) *filterFixture {
+	t.Helper()
 	harness.Need(t, "qemu-system-x86_64", "qemu-img")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	dir := harness.TempDir(t)
+	f := &filterFixture{dir: harness.TempDir(t)}
 	const size = 16 << 20
-	src := filepath.Join(dir, "disk0.qcow2")
-	if err := harness.CreateImage(ctx, src, "qcow2", size); err != nil {
+	f.src = filepath.Join(f.dir, "disk0.qcow2")
+	if err := harness.CreateImage(ctx, f.src, "qcow2", size); err != nil {
 		t.Fatal(err)
 	}
-	if err := harness.FillPattern(ctx, src, "qcow2", size, 1<<20, 0x10); err != nil {
+	if err := harness.FillPattern(ctx, f.src, "qcow2", size, 1<<20, 0x10); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "capture.log"))
+	logf, err := os.Create(filepath.Join(f.dir, "capture.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	t.Cleanup(func() { logf.Close() })
 	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	sp, err := spool.Open(ctx, spool.Options{Dir: filepath.Join(dir, "spool"), Group: "g", Logger: log})
-	if err != nil {
+	if f.sp, err = spool.Open(ctx, spool.Options{Dir: filepath.Join(f.dir, "spool"), Group: "g", Logger: log}); err != nil {
 		t.Fatal(err)
 	}
-	defer sp.Close()
-	seq := shipper.NewSequencer(sp)
-	exp, err := seq.Export("disk0", size)
-	if err != nil {
+	t.Cleanup(func() { f.sp.Close() })
+	seq := shipper.NewSequencer(f.sp)
+	if f.exp, err = seq.Export("disk0", size); err != nil {
 		t.Fatal(err)
 	}
-	srv := &restartable{t: t, sock: filepath.Join(dir, "capture.sock"), log: log}
-	srv.cat.Add("disk0", exp)
-	srv.start()
-	defer srv.stop()
+	f.srv = &restartable{t: t, sock: filepath.Join(f.dir, "capture.sock"), log: log}
+	f.srv.cat.Add("disk0", f.exp)
+	f.srv.start()
+	t.Cleanup(f.srv.stop)
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("QCDP_TEST_LOGS") != "" {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("--- capture and filter log %s:\n%s", logf.Name(), tailLines(string(b), 60))
 		}
 	})
-
-	q := harness.Start(ctx, t, harness.Options{Dir: dir, Disks: []harness.Disk{{Name: "disk0", Path: src, Format: "qcow2"}}})
-	c, err := filter.New(q.QMP, filter.Config{
-		Disk: "disk0", Node: "disk0", Socket: srv.sock, Persistent: true,
+	f.q = harness.Start(ctx, t, harness.Options{Dir: f.dir, Disks: []harness.Disk{{Name: "disk0", Path: f.src, Format: "qcow2"}}})
+	if f.c, err = filter.New(f.q.QMP, filter.Config{
+		Disk: "disk0", Node: "disk0", Socket: f.srv.sock, Persistent: true,
 		ResumeBackoff: 50 * time.Millisecond, ConvergePoll: 50 * time.Millisecond, Logger: log,
-	}, seq)
-	if err != nil {
+	}, seq); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stopRun := context.WithCancel(ctx)
-	ran := make(chan error, 1)
-	go func() { ran <- c.Run(runCtx) }()
-	defer func() {
-		stopRun()
-		<-ran
-	}()
+	return f
+}
+
+// run starts the lifecycle; it is stopped when the test ends.
+func (f *filterFixture) run(ctx context.Context, t *testing.T) {
+	runCtx, stop := context.WithCancel(ctx)
+	f.stop, f.ran = stop, make(chan error, 1)
+	go func() { f.ran <- f.c.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		<-f.ran
+		f.ran <- nil
+	})
+}
+
+func TestFilterLifecycle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFilterFixture(ctx, t)
+	src, sp, srv, q, c := f.src, f.sp, f.srv, f.q, f.c
+	dir := f.dir
+	f.run(ctx, t)
+	ran := f.ran
 	node := filter.FilterNode("disk0")
 	write := func(cmd string) {
 		t.Helper()
@@ -164,7 +189,7 @@ func TestFilterLifecycle(t *testing.T) {
 	if err := <-ran; err != nil {
 		t.Fatalf("Run after Detach: %v", err)
 	}
-	ran <- nil
+	ran <- nil // for the cleanup
 	jobs, err := q.QMP.QueryBlockJobs(ctx)
 	if err != nil || len(jobs) != 0 {
 		t.Fatalf("jobs after detach: %+v %v", jobs, err)
@@ -213,5 +238,29 @@ func markers(t *testing.T, sp *spool.Spool) []record.MarkerKind {
 		if r.Kind == record.Marker {
 			out = append(out, r.Marker)
 		}
+	}
+}
+
+// TestFilterSyncCompleteAfterResync: a disk whose initial copy is refused
+// (the capture export paused, as a full spool would) reaches READY only
+// through resume and resync; its sync-complete marker must still be
+// written once it converges, or the replica would never offer a restore
+// point for its group.
+func TestFilterSyncCompleteAfterResync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFilterFixture(ctx, t)
+	f.exp.SetPaused(true) // every write of the initial copy is refused
+	f.run(ctx, t)
+	if _, err := f.c.WaitState(ctx, filter.Tracking, filter.Resync, filter.Error); err != nil {
+		t.Fatal(err)
+	}
+	f.exp.SetPaused(false)
+	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); err != nil || st != filter.Syncing {
+		t.Fatalf("state %s (%v), want syncing once the export takes writes again", st, err)
+	}
+	kinds := markers(t, f.sp)
+	if len(kinds) < 3 || kinds[len(kinds)-2] != record.ResyncEnd || kinds[len(kinds)-1] != record.SyncComplete {
+		t.Fatalf("markers %v: want the resync closed and then sync-complete", kinds)
 	}
 }

@@ -25,12 +25,21 @@ type Sequencer struct {
 	// stream lacks it until QEMU re-copies the chunk, and no record may be
 	// sequenced before the marker says so.
 	resync map[string]uint64
+	// refused holds the disks that had a write refused since their last
+	// ResyncEnd attempt: such a bracket may not close yet, because QEMU
+	// has one more chunk to re-copy.
+	refused map[string]bool
 }
+
+// ErrResyncPending is MarkDisk's answer to a ResyncEnd when a write of the
+// disk was refused after the caller last saw the job converged: the
+// bracket stays open; ask again when the job has converged again.
+var ErrResyncPending = errors.New("shipper: a write was refused since; the resync is not over")
 
 // NewSequencer returns the sequencer of the group whose spool is sp; it
 // continues after sp.LastSeq().
 func NewSequencer(sp *spool.Spool) *Sequencer {
-	return &Sequencer{sp: sp, next: sp.LastSeq() + 1, resync: map[string]uint64{}}
+	return &Sequencer{sp: sp, next: sp.LastSeq() + 1, resync: map[string]uint64{}, refused: map[string]bool{}}
 }
 
 // append stamps r with the next seq and the capture time and appends it to
@@ -87,6 +96,7 @@ func (s *Sequencer) refusedLocked(r *record.Record) {
 	if r.Kind == record.Marker || r.Disk == "" {
 		return
 	}
+	s.refused[r.Disk] = true
 	if _, open := s.resync[r.Disk]; !open {
 		s.resync[r.Disk] = 0
 	}
@@ -103,11 +113,17 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if kind == record.ResyncBegin {
+	switch kind {
+	case record.ResyncBegin:
 		if open := s.resync[disk]; open != 0 {
 			return open, nil
 		}
 		delete(s.resync, disk) // owed: this marker is the one owed
+	case record.ResyncEnd:
+		if s.refused[disk] {
+			delete(s.refused, disk)
+			return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, ErrResyncPending)
+		}
 	}
 	r := record.Record{Kind: record.Marker, Marker: kind, Disk: disk}
 	seq, err := s.appendLocked(&r)

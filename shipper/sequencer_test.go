@@ -215,6 +215,20 @@ func TestResyncBrackets(t *testing.T) {
 	if s, _ := seq.MarkDisk(record.ResyncBegin, "vda"); s != last+1 {
 		t.Fatalf("filter's ResyncBegin after a refusal: seq %d, want the owed marker %d", s, last+1)
 	}
+	// A write refused while the bracket is open (QEMU will re-copy it)
+	// keeps the bracket from closing until the job has converged again.
+	for err == nil {
+		err = vda.WriteAt(ctx, p, 0)
+	}
+	if err := sp.Ack(sp.LastSeq()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seq.MarkDisk(record.ResyncEnd, "vda"); !errors.Is(err, ErrResyncPending) {
+		t.Fatalf("ResyncEnd right after a refused write: %v, want ErrResyncPending", err)
+	}
+	if _, err := seq.MarkDisk(record.ResyncEnd, "vda"); err != nil {
+		t.Fatalf("ResyncEnd once converged again: %v", err)
+	}
 	if _, err := seq.MarkDisk(record.UserBookmark, "../x"); err == nil {
 		t.Fatal("a path-like disk name was accepted")
 	}

@@ -67,24 +67,31 @@ func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	}
 	d.mu.Unlock()
 
-	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	// Not bound to the caller: a freeze whose caller went away may still
+	// reach the guest, and what was asked to freeze must be thawed.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), freezeTimeout)
 	defer cancel()
-	var frozen []target
+	var frozen, attempted []target
 	for _, t := range vms {
 		if t.f == nil {
 			res.NoAgent = append(res.NoAgent, t.v.vm.Name)
 			continue
 		}
-		if _, err := t.f.FreezeFS(fctx, t.v.vm); err != nil {
-			if errors.Is(err, hypervisor.ErrNoAgent) {
-				res.NoAgent = append(res.NoAgent, t.v.vm.Name)
-			} else {
-				res.Failed = append(res.Failed, fmt.Sprintf("%s: freeze: %v", t.v.vm.Name, err))
-			}
-			continue
+		_, err := t.f.FreezeFS(fctx, t.v.vm)
+		switch {
+		case err == nil:
+			frozen = append(frozen, t)
+			res.Frozen = append(res.Frozen, t.v.vm.Name)
+		case errors.Is(err, hypervisor.ErrNoAgent):
+			res.NoAgent = append(res.NoAgent, t.v.vm.Name)
+		default:
+			res.Failed = append(res.Failed, fmt.Sprintf("%s: freeze: %v", t.v.vm.Name, err))
 		}
-		frozen = append(frozen, t)
-		res.Frozen = append(res.Frozen, t.v.vm.Name)
+		if err == nil || !errors.Is(err, hypervisor.ErrNoAgent) {
+			// A freeze that failed or timed out may still have frozen
+			// the guest: thawing a guest that is not frozen is harmless.
+			attempted = append(attempted, t)
+		}
 	}
 	kind := record.AppConsistent
 	if len(frozen) != len(vms) {
@@ -95,7 +102,7 @@ func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	// stay frozen because the caller went away.
 	tctx, tcancel := context.WithTimeout(context.Background(), freezeTimeout)
 	defer tcancel()
-	for _, t := range frozen {
+	for _, t := range attempted {
 		if _, err := t.f.ThawFS(tctx, t.v.vm); err != nil {
 			res.Failed = append(res.Failed, fmt.Sprintf("%s: thaw: %v", t.v.vm.Name, err))
 			d.log.Error("guest left frozen", "vm", t.v.vm.Name, "err", err)

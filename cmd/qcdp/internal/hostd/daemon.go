@@ -62,9 +62,13 @@ type Daemon struct {
 	groups map[string]*group
 	gid    int // QEMU's group, owner of the NBD sockets; -1 for root only
 
-	mu  sync.Mutex
-	vms map[string]*vmCapture // by VM id
-	wg  sync.WaitGroup        // capture goroutines
+	// attachMu serializes attaching (scans, libvirt events, the API), so
+	// that one VM never gets two captures.
+	attachMu sync.Mutex
+	mu       sync.Mutex
+	vms      map[string]*vmCapture // by VM id
+	stopping bool                  // Run is ending: attach nothing more
+	wg       sync.WaitGroup        // capture goroutines
 }
 
 // group is one protection group's capture side.
@@ -268,7 +272,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			case hypervisor.EventStarted, hypervisor.EventResumed:
 				d.scan(ctx)
 			case hypervisor.EventStopped, hypervisor.EventCrashed:
-				d.forgetDetached(func(id string) bool { return id == ev.VM.ID })
+				d.forgetStopped(func(id string) bool { return id == ev.VM.ID })
 			}
 		}
 	}
@@ -277,6 +281,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 // scan attaches protected VMs that run and are not captured yet, and
 // forgets captures whose VM went away.
 func (d *Daemon) scan(ctx context.Context) {
+	d.attachMu.Lock()
+	defer d.attachMu.Unlock()
 	d.reap()
 	running := map[string]bool{}
 	complete := true
@@ -304,17 +310,18 @@ func (d *Daemon) scan(ctx context.Context) {
 		}
 	}
 	if complete {
-		d.forgetDetached(func(id string) bool { return !running[id] })
+		d.forgetStopped(func(id string) bool { return !running[id] })
 	}
 }
 
-// forgetDetached drops detached VMs that stopped: an operator's detach
-// lasts until the VM's next start, when the policy protects it again.
-func (d *Daemon) forgetDetached(stopped func(id string) bool) {
+// forgetStopped drops VMs that stopped and whose captures all ended, for
+// whatever reason: an operator's detach, or a failed attach, lasts until
+// the VM's next start, when the policy protects it again.
+func (d *Daemon) forgetStopped(stopped func(id string) bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, v := range d.vms {
-		if v.detached && stopped(id) {
+		if stopped(id) && (v.detached || v.ended(func(error) bool { return true })) {
 			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
 			v.close()
 			delete(d.vms, id)
@@ -432,12 +439,17 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("VM %s (group %s): no disk to protect", vm.Name, gc.Name)
 	}
 	d.mu.Lock()
+	if d.stopping {
+		d.mu.Unlock()
+		v.close()
+		return fmt.Errorf("VM %s: the daemon is stopping", vm.Name)
+	}
 	d.vms[vm.ID] = v
-	d.mu.Unlock()
-	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks))
-	for _, dc := range v.disks {
+	for _, dc := range v.disks { // under d.mu: stopAll sees every one started
 		d.start(dc)
 	}
+	d.mu.Unlock()
+	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks))
 	return nil
 }
 
@@ -458,7 +470,8 @@ func (g *group) export(name string, size int64) (*shipper.CaptureExport, error) 
 	return exp, nil
 }
 
-// start runs one disk's lifecycle on a goroutine the daemon owns.
+// start runs one disk's lifecycle on a goroutine the daemon owns. Callers
+// hold d.mu.
 func (d *Daemon) start(dc *diskCapture) {
 	ctx, cancel := context.WithCancel(context.Background())
 	dc.cancel, dc.done = cancel, make(chan struct{})
@@ -466,6 +479,7 @@ func (d *Daemon) start(dc *diskCapture) {
 	go func() {
 		defer d.wg.Done()
 		defer close(dc.done)
+		defer cancel()
 		dc.err = dc.cap.Run(ctx)
 		if dc.err != nil && !errors.Is(dc.err, context.Canceled) {
 			d.log.Warn("capture ended", "disk", dc.name, "err", dc.err)
@@ -476,6 +490,7 @@ func (d *Daemon) start(dc *diskCapture) {
 // stopAll ends every lifecycle loop, leaving the jobs in QEMU.
 func (d *Daemon) stopAll() {
 	d.mu.Lock()
+	d.stopping = true
 	for _, v := range d.vms {
 		for _, dc := range v.disks {
 			if dc.cancel != nil {
@@ -549,7 +564,7 @@ func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
 	if !found {
 		return fmt.Errorf("%w: VM %s has no protected disk %q", ErrUnknownVM, vm, disk)
 	}
-	if disk == "" {
+	if disk == "" && len(errs) == 0 {
 		d.mu.Lock()
 		v.detached = true
 		d.mu.Unlock()
@@ -560,6 +575,8 @@ func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
 // Attach protects vm again after a Detach, or at once if the daemon has not
 // seen it yet.
 func (d *Daemon) Attach(ctx context.Context, vm string) error {
+	d.attachMu.Lock()
+	defer d.attachMu.Unlock()
 	if v, ok := d.find(vm); ok {
 		d.mu.Lock()
 		if !v.detached && !v.ended(func(error) bool { return true }) {
@@ -569,6 +586,7 @@ func (d *Daemon) Attach(ctx context.Context, vm string) error {
 		delete(d.vms, v.vm.ID)
 		d.mu.Unlock()
 		for _, dc := range v.disks {
+			dc.cancel()
 			<-dc.done
 		}
 		v.close()
