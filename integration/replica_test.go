@@ -248,6 +248,11 @@ groups = ["g1"]
 			}
 			files = append(files, f)
 		}
+		if i == 0 {
+			if list := string(run(ctx, t, bin, "exports", "--socket", rctl)); !strings.Contains(list, e.ID) {
+				t.Errorf("qcdp exports does not list %s:\n%s", e.ID, list)
+			}
+		}
 		run(ctx, t, bin, "unexport", "--socket", rctl, e.ID)
 		fs := openAll(t, files)
 		readers := make([]io.ReaderAt, len(fs))

@@ -43,14 +43,35 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	apiCtx, stopAPI := context.WithCancel(ctx)
+	// The control API and the daemon end together: a failed API stops
+	// the daemon, and the API stops (its handlers done) before the
+	// daemon tears down what they use.
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	apiCtx, stopAPI := context.WithCancel(context.Background())
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- d.ServeAPI(apiCtx, cfg.ControlSocket) }()
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(serveCtx) }()
 	fmt.Fprintf(out, "qcdp replica: policy %s, %d tenant(s), listening on %s, journals in %s, views on %s, control socket %s\n",
 		opts.config, len(cfg.Tenants), d.Addr(), cfg.StorageRoot, cfg.NBDSocket, cfg.ControlSocket)
-	serveErr := d.Serve(ctx)
+	var apiErr, serveErr error
+	select {
+	case <-runCtx.Done():
+		stopAPI()
+		apiErr = <-apiDone
+		stopServe()
+		serveErr = <-served
+	case apiErr = <-apiDone:
+		stopServe()
+		serveErr = <-served
+	case serveErr = <-served:
+		stopAPI()
+		apiErr = <-apiDone
+	}
 	stopAPI()
-	apiErr := <-apiDone
+	stopServe()
 	fmt.Fprintln(out, "qcdp replica: stopped")
 	return errors.Join(serveErr, apiErr)
 }

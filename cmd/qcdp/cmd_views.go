@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -154,6 +155,36 @@ func exportCommand(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
+func exportsCommand(ctx context.Context, args []string, out io.Writer) error {
+	var o viewOptions
+	fs := o.flags("exports", out, false)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if fs.NArg() != 0 {
+		return usagef("takes no arguments")
+	}
+	es, err := replicad.NewClient(o.socket).Exports(ctx)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		return printJSON(out, es)
+	}
+	tw := tabwriter.NewWriter(out, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tGROUP\tSEQ\tTIME\tWRITABLE\tDISKS")
+	for _, e := range es {
+		disks := make([]string, 0, len(e.URIs))
+		for d := range e.URIs {
+			disks = append(disks, d)
+		}
+		sort.Strings(disks)
+		fmt.Fprintf(tw, "%s\t%s/%s\t%d\t%s\t%v\t%s\n", e.ID, e.Tenant, e.Group, e.Point.Seq,
+			e.Point.Time.UTC().Format(time.RFC3339), e.Writable, strings.Join(disks, ","))
+	}
+	return tw.Flush()
+}
+
 func unexportCommand(ctx context.Context, args []string, out io.Writer) error {
 	var o viewOptions
 	fs := o.flags("unexport", out, false)
@@ -182,6 +213,11 @@ func restoreCommand(ctx context.Context, args []string, out io.Writer) error {
 	if format != "raw" && format != "qcow2" {
 		return usagef("--format %q: want raw or qcow2", format)
 	}
+	abs, err := filepath.Abs(path) // the daemon resolves nothing against its own directory
+	if err != nil {
+		return usagef("--out %q: %v", path, err)
+	}
+	path = abs
 	at, err := o.target()
 	if err != nil {
 		return err
@@ -236,15 +272,25 @@ func restoreQcow2(ctx context.Context, c *replicad.Client, tenant, group string,
 	if err != nil {
 		return r, err
 	}
-	defer c.Unexport(context.WithoutCancel(ctx), e.ID)
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		c.Unexport(uctx, e.ID)
+	}()
 	uri, ok := e.URIs[disk]
 	if !ok {
 		return r, fmt.Errorf("restore: group %s has no disk %q at seq %d", group, disk, e.Point.Seq)
 	}
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", uri, path)
+	// Converted beside its name and linked into place only when whole, so
+	// neither an interrupted restore nor a file created meanwhile is lost.
+	partial := path + ".partial"
+	defer os.Remove(partial)
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", uri, partial)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		os.Remove(path)
 		return r, fmt.Errorf("restore: qemu-img convert %s: %w: %s", uri, err, strings.TrimSpace(string(b)))
+	}
+	if err := os.Link(partial, path); err != nil {
+		return r, fmt.Errorf("restore: %w", err)
 	}
 	st, err := os.Stat(path)
 	if err != nil {

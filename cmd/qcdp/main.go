@@ -28,6 +28,7 @@ var commands = map[string]command{
 	"bookmark": {"put a named (or app-consistent) restore point into a group's stream", bookmarkCommand},
 	"capture":  {"serve capture exports into a spool (the NBD target of QEMU's mirror)", captureCommand},
 	"certs":    {"create a CA and host and replica certificates (a test or small install)", certsCommand},
+	"exports":  {"list the exported views", exportsCommand},
 	"export":   {"serve a group's restore point over NBD (read-only, or writable into an overlay)", exportCommand},
 	"detach":   {"cleanly end capture of a VM (cancel, never complete)", vmCommand("detach")},
 	"host":     {"the host daemon: protect the VMs a policy names", hostCommand},

@@ -48,9 +48,20 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 	r := &receiving{srv: srv, gs: gs, c: c, br: br, fr: fr, dec: stream.NewBatchDecoder(), log: log}
 	defer r.dec.Close()
 	err := r.run()
+	if errors.Is(err, errJournal) {
+		// Whatever ended the session, a journal that failed an append is
+		// broken until reopened: the next session must not inherit it.
+		log.Error("receiver: journal append failed", "err", err)
+		if cerr := gs.j.Close(); cerr != nil {
+			log.Warn("receiver: close broken journal", "err", cerr)
+		}
+		gs.j = nil
+	}
 	select {
 	case <-s.killed:
-		log.Info("receiver: stream ended", "durable", gs.j.LastSeq(), "why", "replaced or shut down")
+		if gs.j != nil {
+			log.Info("receiver: stream ended", "durable", gs.j.LastSeq(), "why", "replaced or shut down")
+		}
 		return
 	default:
 	}
@@ -61,12 +72,6 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 		return
 	case errors.Is(err, errJournal):
 		code = stream.CodeInternal
-		log.Error("receiver: stream failed", "err", err)
-		// A journal that failed an append is broken until reopened.
-		if cerr := gs.j.Close(); cerr != nil {
-			log.Warn("receiver: close broken journal", "err", cerr)
-		}
-		gs.j = nil
 	case errors.Is(err, stream.ErrCorrupt), errors.Is(err, stream.ErrProtocol), errors.Is(err, stream.ErrTooLarge),
 		errors.Is(err, stream.ErrVersion), errors.Is(err, stream.ErrTruncated):
 		code = stream.CodeProtocol

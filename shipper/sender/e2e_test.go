@@ -406,22 +406,25 @@ func TestRPO(t *testing.T) {
 	}
 }
 
-// The rate limit holds over more than a second, within 15%.
+// The rate limit holds over more than two seconds: never more than 15% over
+// it (plus one batch), and not far under it. The lower bound is loose: a
+// starved CI machine may send slower, never faster.
 func TestRateLimit(t *testing.T) {
 	const rate = 2 << 20
 	st := newSite(t, 64<<10)
 	sp := openSpool(t, "g1")
 	appendN(t, sp, 100, 64<<10) // 6.4 MB, a third of it incompressible
 	startSender(t, st, sp, func(o *sender.Options) { o.RateLimit = rate; o.NoCompress = true })
-	// Measure from the first byte to 1.5 s later.
+	// Measure from the first byte to 2.5 s later.
 	deadline := time.Now().Add(5 * time.Second)
 	for st.ln.read.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	start, b0 := time.Now(), st.ln.read.Load()
-	time.Sleep(1500 * time.Millisecond)
-	got := float64(st.ln.read.Load()-b0) / time.Since(start).Seconds()
-	if got < 0.85*rate || got > 1.15*rate {
+	time.Sleep(2500 * time.Millisecond)
+	elapsed := time.Since(start).Seconds()
+	got := float64(st.ln.read.Load()-b0) / elapsed
+	if got > 1.15*rate+(64<<10)/elapsed || got < 0.6*rate {
 		t.Fatalf("%.0f bytes/s with a limit of %d", got, rate)
 	}
 	t.Logf("%.2f MB/s with a limit of %.2f MB/s", got/1e6, float64(rate)/1e6)

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"syscall"
 	"time"
 )
 
@@ -43,18 +44,24 @@ func Is(err error, code string) bool {
 	return errors.As(err, &e) && e.Code == code
 }
 
-// Serve serves h on a unix socket at path (mode 0600) until ctx ends.
+// Serve serves h on a unix socket at path until ctx ends. Only root may
+// use it: the socket is created 0600 (no window with another mode), and a
+// connection from any other user is closed unanswered.
 func Serve(ctx context.Context, path string, h http.Handler) error {
 	os.Remove(path)
+	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("control socket: %w", err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if !fromRoot(c) {
+				c.Close()
+			}
+			return ctx
+		}}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -150,4 +157,24 @@ func (c *Client) Do(ctx context.Context, method, path string, q url.Values, out 
 		}
 	}
 	return nil
+}
+
+// fromRoot reports whether the peer of a unix connection runs as root.
+func fromRoot(c net.Conn) bool {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *syscall.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return false
+	}
+	return cred.Uid == 0
 }

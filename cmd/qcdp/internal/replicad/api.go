@@ -151,6 +151,10 @@ func (d *Daemon) ServeAPI(ctx context.Context, path string) error {
 			ctlapi.Reply(w, nil, err, apiCodes)
 			return
 		}
+		if r.Context().Err() != nil { // the client is gone: nobody knows this export
+			d.Unexport(e.ID)
+			return
+		}
 		ctlapi.Reply(w, d.info(e), nil, apiCodes)
 	}))
 	mux.HandleFunc("GET /v1/exports", func(w http.ResponseWriter, r *http.Request) {

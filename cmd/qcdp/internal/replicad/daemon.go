@@ -28,6 +28,7 @@ import (
 	"github.com/qcdp/qcdp/replica/journal"
 	"github.com/qcdp/qcdp/replica/receiver"
 	"github.com/qcdp/qcdp/stream"
+	"github.com/qcdp/qcdp/vfs"
 )
 
 // compactEvery is how often retention runs over every open journal.
@@ -56,9 +57,11 @@ type Daemon struct {
 	journals map[string]*journal.Journal // by tenant/group
 	// broken holds the groups whose journal is corrupt: quarantined, no
 	// stream is taken and no view served, until an operator repairs them.
-	broken map[string]error
-	views  map[string]*export // by export id
-	nextID int
+	broken  map[string]error
+	opening map[string]chan struct{} // journals being opened, by tenant/group
+	closed  bool                     // Serve is tearing down: no new view or journal
+	views   map[string]*export       // by export id
+	nextID  int
 
 	wg sync.WaitGroup
 }
@@ -86,7 +89,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, 
 		return nil, fmt.Errorf("replicad: storage root: %w", err)
 	}
 	d := &Daemon{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
-		views: map[string]*export{}}
+		opening: map[string]chan struct{}{}, views: map[string]*export{}}
 	if err := d.openExisting(ctx); err != nil {
 		d.closeJournals()
 		return nil, err
@@ -133,12 +136,27 @@ type shared struct {
 }
 
 func (s *shared) Close() error {
-	s.d.mu.Lock()
-	defer s.d.mu.Unlock()
-	if s.d.journals[s.key] != s.Journal {
+	d := s.d
+	d.mu.Lock()
+	if d.journals[s.key] != s.Journal {
+		d.mu.Unlock()
 		return nil
 	}
-	delete(s.d.journals, s.key)
+	delete(d.journals, s.key)
+	var gone []*export
+	for id, e := range d.views {
+		if e.Tenant+"/"+e.Group == s.key {
+			gone = append(gone, e)
+			delete(d.views, id)
+		}
+	}
+	d.mu.Unlock()
+	// Views of a journal that is closed could only fail: withdraw them,
+	// visibly, before it goes.
+	for _, e := range gone {
+		d.log.Warn("export withdrawn: its journal is being closed", "id", e.ID, "group", s.key)
+		e.close()
+	}
 	return s.Journal.Close()
 }
 
@@ -169,24 +187,51 @@ func (d *Daemon) openExisting(ctx context.Context) error {
 }
 
 // journal returns the open journal of a tenant's group, opening it.
+// It opens each journal once, outside the daemon's lock: a recovery scan
+// of one group must not hold up the others.
 func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Journal, error) {
 	key := tenant + "/" + group
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if j, ok := d.journals[key]; ok {
-		return j, nil
-	}
-	if err, ok := d.broken[key]; ok {
-		return nil, err
-	}
 	dir, err := d.cfg.JournalDir(tenant, group) // checks both names
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
+	for {
+		if d.closed {
+			d.mu.Unlock()
+			return nil, errStopping
+		}
+		if j, ok := d.journals[key]; ok {
+			d.mu.Unlock()
+			return j, nil
+		}
+		if err, ok := d.broken[key]; ok {
+			d.mu.Unlock()
+			return nil, err
+		}
+		wait, busy := d.opening[key]
+		if !busy {
+			break
+		}
+		d.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		d.mu.Lock()
+	}
+	done := make(chan struct{})
+	d.opening[key] = done
+	d.mu.Unlock()
 	j, err := journal.Open(ctx, journal.Options{
 		Dir: dir, Group: group, Retention: Retention(d.cfg.RetentionFor(tenant)),
 		Logger: d.log.With("tenant", tenant, "group", group),
 	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.opening, key)
+	close(done)
 	if err != nil {
 		err = fmt.Errorf("replicad: journal of %s: %w", key, err)
 		if errors.Is(err, journal.ErrCorrupt) {
@@ -194,9 +239,16 @@ func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Jo
 		}
 		return nil, err
 	}
+	if d.closed {
+		j.Close()
+		return nil, errStopping
+	}
 	d.journals[key] = j
 	return j, nil
 }
+
+// errStopping: the daemon is stopping.
+var errStopping = errors.New("replicad: stopping")
 
 // existing returns a journal that exists on disk, without creating one.
 func (d *Daemon) existing(ctx context.Context, tenant, group string) (*journal.Journal, error) {
@@ -223,10 +275,12 @@ func Retention(r configs.Retention) journal.Retention {
 // everything it started.
 func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { d.recvDone <- d.recv.Serve(d.recvLn) }()
+	cctx, stopCompact := context.WithCancel(ctx)
+	defer stopCompact()
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		d.compactLoop(ctx)
+		d.compactLoop(cctx)
 	}()
 	var err error
 	select {
@@ -234,6 +288,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	case err = <-d.recvDone:
 		d.recvDone <- nil
 	}
+	stopCompact()
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	errs := []error{err, d.recv.Shutdown(sctx)}
@@ -365,8 +423,14 @@ func (d *Daemon) Export(ctx context.Context, tenant, group string, at journal.Ta
 		return nil, fmt.Errorf("replicad: %s/%s at %v: %w", tenant, group, at, err)
 	}
 	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		v.Close()
+		return nil, errStopping
+	}
 	d.nextID++
-	id := fmt.Sprintf("%s.%s.%d", tenant, group, d.nextID)
+	// Names may hold dots, never a slash: "x7/vda" is unique.
+	id := fmt.Sprintf("x%d", d.nextID)
 	d.mu.Unlock()
 	e := &export{ID: id, Tenant: tenant, Group: group, Point: v.Point(), Writable: writable,
 		Disks: map[string]string{}, view: v}
@@ -387,7 +451,7 @@ func (d *Daemon) Export(ctx context.Context, tenant, group string, at journal.Ta
 			}
 			exp = dv
 		}
-		name := id + "." + disk
+		name := id + "/" + disk
 		d.exports.Add(name, exp)
 		e.Disks[disk] = name
 		e.closers = append(e.closers, func() error { d.exports.Remove(name); return nil })
@@ -409,8 +473,8 @@ func (e *export) close() error {
 	return errors.Join(errs...)
 }
 
-// Unexport withdraws an export. Connections already open keep their view
-// until they close.
+// Unexport withdraws an export and closes its view: connections still open
+// get errors, and a writable view's overlay is deleted.
 func (d *Daemon) Unexport(id string) error {
 	d.mu.Lock()
 	e, ok := d.views[id]
@@ -430,6 +494,9 @@ func (d *Daemon) URI(name string) string {
 // Restore writes one disk of a group at target into a raw file at path
 // (created, never overwritten).
 func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (journal.Point, int64, error) {
+	if !filepath.IsAbs(path) {
+		return journal.Point{}, 0, fmt.Errorf("%w: restore target %q is not an absolute path", errBadTarget, path)
+	}
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
 		return journal.Point{}, 0, err
@@ -443,13 +510,20 @@ func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.T
 	if err != nil {
 		return journal.Point{}, 0, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if _, err := os.Lstat(path); err == nil {
+		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s exists; it is never overwritten", path)
+	}
+	// Written beside its name and linked into place only when whole: an
+	// interrupted restore leaves no image that looks complete.
+	partial := path + ".partial"
+	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return journal.Point{}, 0, fmt.Errorf("replicad: restore target: %w", err)
 	}
+	defer os.Remove(partial)
 	if err := f.Truncate(dv.Size()); err != nil {
 		f.Close()
-		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s: %w", path, err)
+		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s: %w", partial, err)
 	}
 	n, err := journal.Restore(ctx, dv, f)
 	if err == nil {
@@ -458,8 +532,13 @@ func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.T
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Link(partial, path) // fails if path appeared meanwhile
+	}
+	if err == nil {
+		err = vfs.Default.SyncDir(filepath.Dir(path))
+	}
 	if err != nil {
-		os.Remove(path)
 		return journal.Point{}, 0, fmt.Errorf("replicad: restore %s of %s/%s into %s: %w", disk, tenant, group, path, err)
 	}
 	return v.Point(), n, nil

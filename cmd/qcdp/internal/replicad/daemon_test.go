@@ -1,0 +1,184 @@
+package replicad
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/replica/journal"
+	"github.com/qcdp/qcdp/stream"
+)
+
+// newDaemon starts a replica daemon on loopback with tenants "acme" (group
+// "db") and "acme.db" (group "3"): names that would collide if export names
+// were joined with dots.
+func newDaemon(t *testing.T) *Daemon {
+	t.Helper()
+	dir := t.TempDir()
+	now := time.Now()
+	ca, caKey, err := stream.NewCA("test CA", now.Add(-time.Hour), now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := stream.Issue(ca, caKey, stream.CertRequest{CommonName: "dr", Server: true,
+		DNSNames: []string{"localhost"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"ca.pem": ca, "dr.pem": cert, "dr-key.pem": key} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg, err := configs.ParseReplica("replica.toml", []byte(fmt.Sprintf(`[replica]
+listen = "127.0.0.1:%d"
+ca = %q
+cert = %q
+key = %q
+storage_root = %q
+control_socket = %q
+nbd_socket = %q
+
+[[tenant]]
+name = "acme"
+hosts = ["*"]
+groups = ["db"]
+
+[[tenant]]
+name = "acme.db"
+hosts = ["*"]
+groups = ["3"]
+`, port, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "dr.pem"), filepath.Join(dir, "dr-key.pem"),
+		filepath.Join(dir, "journals"), filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "nbd.sock"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return d
+}
+
+// fill journals a group: one block per disk, then each disk's
+// sync-complete marker.
+func fill(t *testing.T, d *Daemon, tenant, group string, disks ...string) *journal.Journal {
+	t.Helper()
+	j, err := d.journal(context.Background(), tenant, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []record.Record
+	add := func(r record.Record) {
+		r.Seq, r.Time = j.LastSeq()+uint64(len(recs))+1, time.Now().UnixNano()
+		recs = append(recs, r)
+	}
+	for i, disk := range disks {
+		add(record.Record{Kind: record.Data, Disk: disk, Length: 4096, Payload: bytes.Repeat([]byte{byte(i + 1)}, 4096)})
+	}
+	for _, disk := range disks {
+		add(record.Record{Kind: record.Marker, Marker: record.SyncComplete, Disk: disk})
+	}
+	if err := j.Append(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+func TestExportNamesAndWithdrawal(t *testing.T) {
+	d := newDaemon(t)
+	ctx := context.Background()
+	ja := fill(t, d, "acme", "db", "4.vda")
+	fill(t, d, "acme.db", "3", "vda")
+
+	ea, err := d.Export(ctx, "acme", "db", journal.Target{Seq: ja.LastSeq()}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eb, err := d.Export(ctx, "acme.db", "3", journal.Target{Seq: 2}, false) // its last seq
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ea.Disks["4.vda"] == eb.Disks["vda"] {
+		t.Fatalf("two tenants' exports share the NBD name %q", ea.Disks["4.vda"])
+	}
+	for name, want := range map[string]byte{ea.Disks["4.vda"]: 1, eb.Disks["vda"]: 1} {
+		e, ok := d.exports.Lookup(name)
+		if !ok {
+			t.Fatalf("export %q not served", name)
+		}
+		p := make([]byte, 4096)
+		if err := e.(nbd.Reader).ReadAt(ctx, p, 0); err != nil || p[0] != want {
+			t.Fatalf("export %q reads %x (%v)", name, p[0], err)
+		}
+	}
+
+	// The receiver closes a journal after a failed append: its group's
+	// exports are withdrawn first, visibly, and the journal reopens.
+	s := &shared{d: d, key: "acme/db", Journal: ja}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := d.exports.Lookup(ea.Disks["4.vda"]); ok {
+		t.Fatal("an export of a closed journal is still served")
+	}
+	if err := d.Unexport(ea.ID); !errors.Is(err, ErrUnknownExport) {
+		t.Fatalf("the withdrawn export is still listed: %v", err)
+	}
+	if _, ok := d.exports.Lookup(eb.Disks["vda"]); !ok {
+		t.Fatal("another tenant's export was withdrawn too")
+	}
+	if _, err := d.journal(ctx, "acme", "db"); err != nil {
+		t.Fatalf("reopen after close: %v", err)
+	}
+}
+
+func TestRestoreRules(t *testing.T) {
+	d := newDaemon(t)
+	ctx := context.Background()
+	j := fill(t, d, "acme", "db", "vda")
+	at := journal.Target{Seq: j.LastSeq()}
+	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, errBadTarget) {
+		t.Fatalf("restore to a relative path: %v", err)
+	}
+	out := filepath.Join(t.TempDir(), "vda.raw")
+	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil || len(b) < 4096 || b[0] != 1 {
+		t.Fatalf("restored image: %d bytes, %v", len(b), err)
+	}
+	if _, err := os.Stat(out + ".partial"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the partial file was left: %v", err)
+	}
+	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err == nil {
+		t.Fatal("restore overwrote an existing image")
+	}
+}
