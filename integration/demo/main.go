@@ -72,7 +72,8 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	defer cancel()
 	s := &story{out: out}
 	fmt.Fprintln(out, "qcdp demo: capture every write of a QEMU disk, in order, and rebuild the disk from the capture.")
-	fmt.Fprintln(out, "Not built yet: the replica (recovery site journal, restore points, failover) and the host daemon that drives QMP; this demo drives QEMU itself.")
+	fmt.Fprintln(out, "This demo drives QEMU itself to show capture alone; `qcdp host` does it for every VM a policy names, and `qcdp replica`")
+	fmt.Fprintln(out, "keeps the journal and restore points on the recovery site (see README.md). Failover is not built yet.")
 	fmt.Fprintln(out)
 
 	if err := harness.Install(ctx, "qemu-system-x86_64", "qemu-img", "qemu-io"); err != nil {
