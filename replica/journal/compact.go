@@ -419,7 +419,7 @@ func (j *Journal) writeLayer(p *plan, i int) error {
 		return fmt.Errorf("journal: compact: %w", err)
 	}
 	defer f.Close() // closed explicitly below on success
-	buf := appendFileHeader(nil, layerMagic, j.opts.Group, ref.id)
+	buf := layerFormat.AppendHeader(nil, j.opts.Group, ref.id)
 	if _, err := f.Write(buf); err != nil {
 		return fmt.Errorf("journal: compact: write %s: %w", path, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/qcdp/qcdp/record/logfile"
 	"hash/crc32"
 	"strconv"
 	"strings"
@@ -16,7 +17,6 @@ const (
 	segMagic      = "QCJS" // a segment: records with consecutive seqs
 	layerMagic    = "QCJL" // a layer (base or long-term delta): records sorted by disk and offset
 	fileVersion   = 1
-	fileFixedLen  = 16 // magic, version, group length, reserved, first seq (segment) or layer id
 	idxMagic      = "QCJI"
 	idxVersion    = 1
 	idxFixedLen   = 28 // magic, version, file kind, reserved, covered size, count, disks, reserved
@@ -27,7 +27,7 @@ const (
 	segSuffix     = ".seg"
 	layerSuffix   = ".lay"
 	idxSuffix     = ".idx"
-	tornInfix     = ".torn-"
+	tornInfix     = logfile.TornInfix
 	overlayDir    = "overlays"
 	nameDigits    = 20
 	noDisk        = 0xffff
@@ -64,57 +64,6 @@ func parseDigits(s string) (uint64, bool) {
 	}
 	v, err := strconv.ParseUint(s, 10, 64)
 	return v, err == nil
-}
-
-// fileHeader is the header of a segment or layer file:
-//
-//	0      4      6   7   8           16          16+g
-//	+------+------+---+---+-----------+-----------+--------+
-//	|magic | vers |g  | 0 | first/id  | group (g) | CRC32C |
-//	+------+------+---+---+-----------+-----------+--------+
-type fileHeader struct {
-	magic string
-	group string
-	first uint64 // segment: first seq; layer: layer id
-	len   int64
-}
-
-func headerLen(group string) int64 { return int64(fileFixedLen + len(group) + 4) }
-
-func appendFileHeader(dst []byte, magic, group string, first uint64) []byte {
-	start := len(dst)
-	dst = append(dst, magic...)
-	dst = binary.LittleEndian.AppendUint16(dst, fileVersion)
-	dst = append(dst, byte(len(group)), 0)
-	dst = binary.LittleEndian.AppendUint64(dst, first)
-	dst = append(dst, group...)
-	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
-}
-
-var errHeaderShort = errors.New("journal: file header cut short")
-
-func parseFileHeader(b []byte, magic string) (fileHeader, error) {
-	if len(b) < fileFixedLen {
-		return fileHeader{}, fmt.Errorf("%w: %d bytes", errHeaderShort, len(b))
-	}
-	if string(b[:4]) != magic {
-		return fileHeader{}, fmt.Errorf("bad magic %q, want %q", b[:4], magic)
-	}
-	g := int(b[6])
-	n := fileFixedLen + g + 4
-	if len(b) < n {
-		return fileHeader{}, fmt.Errorf("%w: %d bytes of %d", errHeaderShort, len(b), n)
-	}
-	if got, want := crc32.Checksum(b[:n-4], castagnoli), binary.LittleEndian.Uint32(b[n-4:]); got != want {
-		return fileHeader{}, fmt.Errorf("header checksum %#08x, want %#08x", got, want)
-	}
-	if v := binary.LittleEndian.Uint16(b[4:]); v != fileVersion {
-		return fileHeader{}, fmt.Errorf("file version %d", v)
-	}
-	if b[7] != 0 {
-		return fileHeader{}, fmt.Errorf("reserved header byte %#x", b[7])
-	}
-	return fileHeader{magic: magic, group: string(b[fileFixedLen : fileFixedLen+g]), first: binary.LittleEndian.Uint64(b[8:]), len: int64(n)}, nil
 }
 
 // entry is what the index keeps of one record: everything but the payload,

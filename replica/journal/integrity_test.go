@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
@@ -99,7 +100,7 @@ func TestTruncateEveryOffset(t *testing.T) {
 	whole := readAll(t, src, seg)
 	// Record boundaries.
 	ends := map[int]uint64{}
-	off := int(headerLen("g1"))
+	off := int(logfile.HeaderLen("g1"))
 	ends[off] = 0
 	for i := range recs {
 		off += record.EncodedLen(&recs[i])
@@ -129,7 +130,7 @@ func TestTruncateEveryOffset(t *testing.T) {
 		for _, n := range names {
 			kept = kept || strings.Contains(n, tornInfix)
 		}
-		if kept == boundary && cut != int(headerLen("g1")) {
+		if kept == boundary && cut != int(logfile.HeaderLen("g1")) {
 			t.Fatalf("cut at %d: torn copy kept %v, files %v", cut, kept, names)
 		}
 		if _, err := j.Verify(ctx); err != nil {
@@ -299,7 +300,7 @@ func FuzzManifest(f *testing.F) {
 // recovery scan: it must classify them (records, torn tail or corruption)
 // without panicking or allocating from a length it read.
 func FuzzSegment(f *testing.F) {
-	hdr := appendFileHeader(nil, segMagic, "g1", 1)
+	hdr := segFormat.AppendHeader(nil, "g1", 1)
 	r1 := dataRec(1, "vda", 0, []byte("hello"))
 	r2 := markRec(2, record.UserBookmark, "", "bm")
 	f.Add(record.AppendEncode(record.AppendEncode(nil, &r1), &r2))
@@ -320,10 +321,10 @@ func FuzzSegment(f *testing.F) {
 			if err != nil && !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("error %v is not ErrCorrupt", err)
 			}
-			if err == nil && sc.torn == nil && sc.end != int64(len(hdr)+len(body)) {
-				t.Fatalf("clean scan ends at %d of %d", sc.end, len(hdr)+len(body))
+			if err == nil && sc.Torn == nil && sc.End != int64(len(hdr)+len(body)) {
+				t.Fatalf("clean scan ends at %d of %d", sc.End, len(hdr)+len(body))
 			}
-			if sc.torn != nil && !tear {
+			if sc.Torn != nil && !tear {
 				t.Fatal("torn tail where none may be")
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"log/slog"
 	"os"
@@ -267,16 +268,16 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool) error {
 	if err != nil {
 		return err
 	}
-	if sc.torn != nil {
+	if sc.Torn != nil {
 		if err := j.cutTorn(path, sc); err != nil {
 			return err
 		}
-		if sc.hdr.len == 0 {
+		if sc.Header.Len == 0 {
 			return nil
 		}
 	}
-	j.segs = append(j.segs, newSegment(path, first, next-1, sc.end))
-	if !isLast && sc.n > 0 {
+	j.segs = append(j.segs, newSegment(path, first, next-1, sc.End))
+	if !isLast && sc.Records > 0 {
 		// The index file was missing or stale: write it for the next Open.
 		j.writeIndex(j.segs[len(j.segs)-1])
 	}
@@ -369,39 +370,12 @@ func (j *Journal) writeIndex(seg *segment) {
 // cutTorn saves the torn tail of the segment beside it, then truncates the
 // segment to its last complete record (or removes it when even its header
 // is torn).
-func (j *Journal) cutTorn(path string, sc scanResult) error {
-	f, err := j.fs.OpenFile(path, os.O_RDWR, 0)
+func (j *Journal) cutTorn(path string, sc logfile.Result) error {
+	keep, err := segFormat.CutTorn(j.fs, j.opts.Dir, path, sc)
 	if err != nil {
-		return fmt.Errorf("journal: %w", err)
+		return err
 	}
-	defer f.Close()
-	var tail []byte
-	if sc.size-sc.end <= record.MaxLen+vfs.WindowChunk {
-		tail = make([]byte, sc.size-sc.end)
-		if _, err := f.ReadAt(tail, sc.end); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("journal: read torn tail: %w", err)
-		}
-	}
-	keep := fmt.Sprintf("%s%s%d", path, tornInfix, sc.end)
-	if err := vfs.Publish(j.fs, keep, tail); err != nil {
-		return fmt.Errorf("journal: keep torn tail: %w", err)
-	}
-	if sc.hdr.len == 0 {
-		if err := j.fs.Remove(path); err != nil {
-			return fmt.Errorf("journal: remove torn segment: %w", err)
-		}
-		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
-			return fmt.Errorf("journal: %w", err)
-		}
-	} else {
-		if err := f.Truncate(sc.end); err != nil {
-			return fmt.Errorf("journal: cut torn tail: %w", err)
-		}
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("journal: cut torn tail: %w", err)
-		}
-	}
-	j.log.Warn("journal: cut a torn tail", "err", sc.torn, "bytes", sc.size-sc.end, "kept", keep)
+	j.log.Warn("journal: cut a torn tail", "err", sc.Torn, "bytes", sc.Size-sc.End, "kept", keep)
 	return nil
 }
 
@@ -562,7 +536,7 @@ func (j *Journal) rotate(first uint64) error {
 	if err != nil {
 		return fmt.Errorf("journal: new segment for seq %d: %w", first, err)
 	}
-	hdr := appendFileHeader(nil, segMagic, j.opts.Group, first)
+	hdr := segFormat.AppendHeader(nil, j.opts.Group, first)
 	if _, err := f.Write(hdr); err != nil {
 		f.Close()
 		if rerr := j.fs.Remove(path); rerr != nil {

@@ -90,7 +90,7 @@ func (j *Journal) Verify(ctx context.Context) (Report, error) {
 			return jb.entries(pos, r)
 		})
 		f.Close()
-		rep.Bytes += sc.end
+		rep.Bytes += sc.End
 		if jb.magic == segMagic {
 			rep.Segments++
 		} else {

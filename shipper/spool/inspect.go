@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qcdp/qcdp/record/logfile"
 	"path/filepath"
 
 	"github.com/qcdp/qcdp/record"
@@ -105,37 +106,41 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Report, err
 	for i, name := range names {
 		path := filepath.Join(dir, name)
 		sc, err := inspectFile(fs, path, rep.Group, firsts[i], i == len(names)-1, visit)
-		rep.Bytes += sc.size
-		info := SegmentInfo{Name: name, FirstSeq: firsts[i], LastSeq: firsts[i] - 1, Records: sc.records, Bytes: sc.size}
-		if sc.records > 0 {
-			info.LastSeq = sc.last
+		rep.Bytes += sc.Size
+		info := SegmentInfo{Name: name, FirstSeq: firsts[i], LastSeq: firsts[i] - 1, Records: sc.Records, Bytes: sc.Size}
+		if sc.Records > 0 {
+			info.LastSeq = sc.Last
 		}
 		rep.Segments = append(rep.Segments, info)
 		if err != nil {
 			return rep, err
 		}
-		if i > 0 && firsts[i] != prevLast+1 && sc.hdr.len > 0 {
+		if i > 0 && firsts[i] != prevLast+1 && sc.Header.Len > 0 {
 			return rep, fmt.Errorf("%w: %s: first seq %d, previous segment ends at %d", ErrCorrupt, path, firsts[i], prevLast)
 		}
 		prevLast = info.LastSeq
-		if sc.torn != nil {
-			rep.Torn = sc.torn.Error()
+		if sc.Torn != nil {
+			rep.Torn = sc.Torn.Error()
 		}
 	}
 	return rep, nil
 }
 
-func inspectFile(fs vfs.FS, path, group string, first uint64, isLast bool, visit func(*record.Record) error) (scan, error) {
+func inspectFile(fs vfs.FS, path, group string, first uint64, isLast bool, visit func(*record.Record) error) (logfile.Result, error) {
 	f, err := fs.Open(path)
 	if err != nil {
-		return scan{}, fmt.Errorf("spool: %w", err)
+		return logfile.Result{}, fmt.Errorf("spool: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return scan{}, fmt.Errorf("spool: %w", err)
+		return logfile.Result{}, fmt.Errorf("spool: %w", err)
 	}
-	return scanSegment(f, path, fi.Size(), group, first, isLast, visit)
+	var each func(*record.Record, int64) error
+	if visit != nil {
+		each = func(r *record.Record, _ int64) error { return visit(r) }
+	}
+	return segFormat.Scan(f, path, fi.Size(), logfile.ScanOptions{Group: group, First: first, Ordered: true, MayTear: isLast}, each)
 }
 
 // peekGroup returns the group named in a segment header.
@@ -145,17 +150,17 @@ func peekGroup(fs vfs.FS, path string) (string, error) {
 		return "", fmt.Errorf("spool: %w", err)
 	}
 	defer f.Close()
-	b := make([]byte, segFixedLen+255+4)
+	b := make([]byte, logfile.MaxHeaderLen)
 	n, err := f.ReadAt(b, 0)
 	if err != nil && n == 0 {
 		return "", fmt.Errorf("spool: read %s: %w", path, err)
 	}
-	h, err := parseSegHeader(b[:n])
+	h, err := segFormat.ParseHeader(b[:n])
 	if err != nil {
-		if errors.Is(err, errHeaderShort) {
+		if errors.Is(err, logfile.ErrHeaderShort) {
 			return "", fmt.Errorf("%w: %s offset 0: %w", ErrTorn, path, err)
 		}
 		return "", fmt.Errorf("%w: %s offset 0: segment header: %w", ErrCorrupt, path, err)
 	}
-	return h.group, nil
+	return h.Group, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"log/slog"
 	"os"
@@ -199,11 +200,11 @@ func (s *Spool) recover(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if sc.torn != nil {
+		if sc.Torn != nil {
 			if err := s.cutTorn(path, sc); err != nil {
 				return err
 			}
-			if sc.hdr.len == 0 {
+			if sc.Header.Len == 0 {
 				continue // the segment header itself was torn: the file is gone
 			}
 		}
@@ -213,9 +214,9 @@ func (s *Spool) recover(ctx context.Context) error {
 		if i == 0 && firsts[i] > acked+1 {
 			return fmt.Errorf("%w: %s: first seq %d, but only %d is acknowledged: records missing", ErrCorrupt, path, firsts[i], acked)
 		}
-		seg := &segment{path: path, first: firsts[i], last: firsts[i] - 1, hdrLen: sc.hdr.len, size: sc.end, synced: sc.end}
-		if sc.records > 0 {
-			seg.last = sc.last
+		seg := &segment{path: path, first: firsts[i], last: firsts[i] - 1, hdrLen: sc.Header.Len, size: sc.End, synced: sc.End}
+		if sc.Records > 0 {
+			seg.last = sc.Last
 		}
 		prevLast = seg.last
 		s.segs = append(s.segs, seg)
@@ -247,54 +248,28 @@ func (s *Spool) recover(ctx context.Context) error {
 	return nil
 }
 
-func (s *Spool) scanFile(path string, first uint64, isLast bool) (scan, error) {
+func (s *Spool) scanFile(path string, first uint64, isLast bool) (logfile.Result, error) {
 	f, err := s.fs.Open(path)
 	if err != nil {
-		return scan{}, fmt.Errorf("spool: %w", err)
+		return logfile.Result{}, fmt.Errorf("spool: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return scan{}, fmt.Errorf("spool: %w", err)
+		return logfile.Result{}, fmt.Errorf("spool: %w", err)
 	}
-	return scanSegment(f, path, fi.Size(), s.opts.Group, first, isLast, nil)
+	return segFormat.Scan(f, path, fi.Size(), logfile.ScanOptions{Group: s.opts.Group, First: first, Ordered: true, MayTear: isLast}, nil)
 }
 
 // cutTorn saves the torn tail of the segment at path beside it, then
 // truncates the segment to its last complete record (or removes it when even
 // its header is torn).
-func (s *Spool) cutTorn(path string, sc scan) error {
-	f, err := s.fs.OpenFile(path, os.O_RDWR, 0)
+func (s *Spool) cutTorn(path string, sc logfile.Result) error {
+	keep, err := segFormat.CutTorn(s.fs, s.opts.Dir, path, sc)
 	if err != nil {
-		return fmt.Errorf("spool: %w", err)
+		return err
 	}
-	defer f.Close()
-	tail := make([]byte, sc.size-sc.end) // bounded by the torn record: at most record.MaxLen
-	if sc.size-sc.end > record.MaxLen+vfs.WindowChunk {
-		tail = tail[:0] // zeroes from a crash: not worth keeping
-	} else if _, err := f.ReadAt(tail, sc.end); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("spool: read torn tail: %w", err)
-	}
-	keep := fmt.Sprintf("%s.torn-%d", path, sc.end)
-	if err := vfs.Publish(s.fs, keep, tail); err != nil {
-		return fmt.Errorf("spool: keep torn tail: %w", err)
-	}
-	if sc.hdr.len == 0 {
-		if err := s.fs.Remove(path); err != nil {
-			return fmt.Errorf("spool: remove torn segment: %w", err)
-		}
-		if err := s.fs.SyncDir(s.opts.Dir); err != nil {
-			return fmt.Errorf("spool: %w", err)
-		}
-	} else {
-		if err := f.Truncate(sc.end); err != nil {
-			return fmt.Errorf("spool: cut torn tail: %w", err)
-		}
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("spool: cut torn tail: %w", err)
-		}
-	}
-	s.log.Warn("spool: cut a torn tail", "err", sc.torn, "bytes", sc.size-sc.end, "kept", keep)
+	s.log.Warn("spool: cut a torn tail", "err", sc.Torn, "bytes", sc.Size-sc.End, "kept", keep)
 	return nil
 }
 
@@ -406,7 +381,7 @@ func (s *Spool) rotate(first uint64) error {
 	if err != nil {
 		return fmt.Errorf("spool: new segment for seq %d: %w", first, err)
 	}
-	s.buf = appendSegHeader(s.buf[:0], s.opts.Group, first)
+	s.buf = segFormat.AppendHeader(s.buf[:0], s.opts.Group, first)
 	if _, err := f.Write(s.buf); err != nil {
 		f.Close()
 		if rerr := s.fs.Remove(path); rerr != nil {

@@ -198,11 +198,11 @@ func memWith(t testing.TB, dir string, m map[string][]byte) *vfs.MemFS {
 // recordEnds returns the offsets at which each record of a segment ends.
 func recordEnds(t testing.TB, seg []byte) (hdrLen int, ends []int) {
 	t.Helper()
-	h, err := parseSegHeader(seg)
+	h, err := segFormat.ParseHeader(seg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	off := int(h.len)
+	off := int(h.Len)
 	for off < len(seg) {
 		_, n, err := record.Decode(seg[off:])
 		if err != nil {
@@ -211,7 +211,7 @@ func recordEnds(t testing.TB, seg []byte) (hdrLen int, ends []int) {
 		off += n
 		ends = append(ends, off)
 	}
-	return int(h.len), ends
+	return int(h.Len), ends
 }
 
 // TestKillEveryOffset simulates a kill -9 (or crash) that cut the last
@@ -656,7 +656,7 @@ func FuzzSegment(f *testing.F) {
 		f.Add(b)
 		f.Add(b[:len(b)/2])
 	}
-	f.Add(appendSegHeader(nil, "g1", 1))
+	f.Add(segFormat.AppendHeader(nil, "g1", 1))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fs := memWith(t, "/s", map[string][]byte{segName(1): b})
