@@ -7,7 +7,6 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
-
 )
 
 // On-disk constants. Never change.
