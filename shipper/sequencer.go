@@ -25,6 +25,7 @@ type Sequencer struct {
 	// stream lacks it until QEMU re-copies the chunk, and no record may be
 	// sequenced before the marker says so.
 	resync map[string]uint64
+	owed   int // disks in resync whose marker is owed (seq 0): the write path checks only this
 	// refused holds the disks that had a write refused since their last
 	// ResyncEnd attempt: such a bracket may not close yet, because QEMU
 	// has one more chunk to re-copy.
@@ -55,6 +56,9 @@ func (s *Sequencer) append(r *record.Record) (uint64, error) {
 // spool refuses r, r's disk owes one.
 func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
 	for disk, seq := range s.resync {
+		if s.owed == 0 {
+			break
+		}
 		if seq != 0 {
 			continue
 		}
@@ -65,6 +69,7 @@ func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
 			return 0, fmt.Errorf("resync-begin marker of %s owed: %w", disk, err)
 		}
 		s.resync[disk] = seq
+		s.owed--
 	}
 	seq, err := s.put(r)
 	if err != nil {
@@ -99,6 +104,7 @@ func (s *Sequencer) refusedLocked(r *record.Record) {
 	s.refused[r.Disk] = true
 	if _, open := s.resync[r.Disk]; !open {
 		s.resync[r.Disk] = 0
+		s.owed++
 	}
 }
 
@@ -115,10 +121,14 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 	defer s.mu.Unlock()
 	switch kind {
 	case record.ResyncBegin:
-		if open := s.resync[disk]; open != 0 {
+		open, isOpen := s.resync[disk]
+		if open != 0 {
 			return open, nil
 		}
-		delete(s.resync, disk) // owed: this marker is the one owed
+		if isOpen {
+			delete(s.resync, disk) // owed: this marker is the one owed
+			s.owed--
+		}
 	case record.ResyncEnd:
 		if s.refused[disk] {
 			delete(s.refused, disk)
@@ -130,6 +140,7 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 	if err != nil {
 		if kind == record.ResyncBegin {
 			s.resync[disk] = 0
+			s.owed++
 		}
 		return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, err)
 	}
