@@ -29,7 +29,10 @@ var ErrDuplicateID = errors.New("hypervisor: two QMP sockets with one VM id")
 // Sockets is the source of plain QEMU and Proxmox VMs: the QMP unix sockets
 // matching its patterns (paths or filepath.Match globs). A VM's ID is its
 // socket's base name without extension ("101" for Proxmox's 101.qmp), so
-// each VM needs a socket of its own name. Sockets holds no connection.
+// each VM needs a socket of its own name. QEMU serves one QMP client at a
+// time, so Sockets remembers each connection QMP hands out until it is
+// closed: meanwhile discovery reports that VM as it was, without dialing a
+// socket that would not answer, and agent commands go through it.
 type Sockets struct {
 	patterns     []string
 	probeTimeout time.Duration
@@ -38,35 +41,23 @@ type Sockets struct {
 	held map[string]heldVM // by socket path
 }
 
-// heldVM is a VM whose only QMP connection the caller holds.
+// heldVM is a VM whose QMP connection QMP handed out and that is still
+// open: QEMU serves one client at a time, so its socket would not answer.
 type heldVM struct {
 	vm VM
 	c  *qmp.Client
 }
 
-// Hold tells s that the caller holds c, vm's QMP connection, for a while
-// (QEMU serves one client at a time): until Release, discovery reports vm
-// as it was without dialing its socket, and agent commands use c.
-func (s *Sockets) Hold(vm VM, c *qmp.Client) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.held == nil {
-		s.held = map[string]heldVM{}
-	}
-	s.held[vm.Socket] = heldVM{vm, c}
-}
-
-// Release ends a Hold.
-func (s *Sockets) Release(vm VM) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.held, vm.Socket)
-}
-
+// holding returns the open connection QMP handed out for the socket at
+// path, forgetting one that has been closed.
 func (s *Sockets) holding(path string) (heldVM, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h, ok := s.held[path]
+	if ok && h.c.Closed() {
+		delete(s.held, path)
+		return heldVM{}, false
+	}
 	return h, ok
 }
 
@@ -231,5 +222,11 @@ func (s *Sockets) QMP(ctx context.Context, vm VM) (*qmp.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hypervisor: VM %s: %w", vm.ID, err)
 	}
+	s.mu.Lock()
+	if s.held == nil {
+		s.held = map[string]heldVM{}
+	}
+	s.held[vm.Socket] = heldVM{vm, c}
+	s.mu.Unlock()
 	return c, nil
 }

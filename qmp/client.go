@@ -132,6 +132,13 @@ func newClient(ctx context.Context, mon monitor) (*Client, error) {
 	return c, nil
 }
 
+// Closed reports whether the client was closed or its connection ended.
+func (c *Client) Closed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed || c.ended
+}
+
 // Greeting returns the QEMU version announced in the QMP greeting.
 func (c *Client) Greeting() Version { return c.version }
 

@@ -29,13 +29,6 @@ import (
 	"github.com/qcdp/qcdp/stream"
 )
 
-// holder is a source that must be told when the daemon holds a VM's only
-// QMP connection (plain QEMU and Proxmox serve one client at a time).
-type holder interface {
-	Hold(vm hypervisor.VM, c *qmp.Client)
-	Release(vm hypervisor.VM)
-}
-
 // Source is a hypervisor the daemon finds VMs through.
 type Source interface {
 	ListVMs(ctx context.Context) ([]hypervisor.VM, error)
@@ -351,12 +344,7 @@ func (d *Daemon) reap() {
 }
 
 // close lets go of the VM's QMP connection.
-func (v *vmCapture) close() {
-	if h, ok := v.src.(holder); ok {
-		h.Release(v.vm)
-	}
-	v.q.Close()
-}
+func (v *vmCapture) close() { v.q.Close() }
 
 // ended reports whether every capture of v has ended, each for a reason
 // gone accepts.
@@ -409,9 +397,6 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("QMP of %s: %w", vm.Name, err)
 	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
-	if h, ok := src.(holder); ok {
-		h.Hold(vm, q)
-	}
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
