@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/hostd"
 )
 
 // bookmarkOptions are the flags of `qcdp bookmark`.
@@ -37,7 +35,7 @@ func bookmarkCommand(ctx context.Context, args []string, out io.Writer) error {
 		return usagef("want GROUP and NAME")
 	}
 	opts.group, opts.name = fs.Arg(0), fs.Arg(1)
-	res, err := hostd.NewClient(opts.socket).Bookmark(ctx, opts.group, opts.name, opts.app)
+	res, err := newHostClient(opts.socket).Bookmark(ctx, opts.group, opts.name, opts.app)
 	if err != nil {
 		return err
 	}

@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"time"
 
-	"github.com/qcdp/qcdp/nbd"
 	"github.com/qcdp/qcdp/shipper"
 	"github.com/qcdp/qcdp/shipper/spool"
 )
@@ -62,77 +60,40 @@ func runCapture(ctx context.Context, opts captureOptions, out io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	sp, err := spool.Open(ctx, spool.Options{
-		Dir: opts.spoolDir, Group: opts.group,
-		SegmentBytes: opts.segmentBytes, MaxBytes: opts.maxSpool,
-		SyncInterval: opts.syncInterval, SyncBytes: opts.syncBytes,
+	g, err := shipper.OpenGroup(ctx, shipper.GroupOptions{
+		Spool: spool.Options{
+			Dir: opts.spoolDir, Group: opts.group,
+			SegmentBytes: opts.segmentBytes, MaxBytes: opts.maxSpool,
+			SyncInterval: opts.syncInterval, SyncBytes: opts.syncBytes,
+		},
+		Socket: opts.socket, SocketMode: 0o600, SocketGID: -1,
 		Logger: log,
 	})
 	if err != nil {
-		return fmt.Errorf("open spool: %w", err)
+		return err
 	}
-	defer sp.Close()
-	seq := shipper.NewSequencer(sp)
-	var cat nbd.Exports
 	for i, name := range opts.disks.names {
 		size, err := parseSize(opts.disks.values[i])
 		if err != nil || size <= 0 {
+			g.Shutdown(context.Background())
 			return usagef("--disk %s: invalid size %q", name, opts.disks.values[i])
 		}
-		e, err := seq.Export(name, size)
-		if err != nil {
+		if _, err := g.Export(name, size); err != nil {
+			g.Shutdown(context.Background())
 			return usagef("--disk %s: %v", name, err)
 		}
-		cat.Add(name, e)
 	}
-
-	ln, err := listenUnix(opts.socket)
-	if err != nil {
-		return err
-	}
-	srv := nbd.NewServer(&cat, nbd.Options{Logger: log})
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
 	fmt.Fprintf(out, "qcdp capture: group %s, disks %s, serving nbd+unix:///DISK?socket=%s, spool %s (from seq %d)\n",
-		opts.group, opts.disks.String(), opts.socket, opts.spoolDir, sp.LastSeq()+1)
-
-	select {
-	case err = <-served:
-		err = fmt.Errorf("serve %s: %w", opts.socket, err)
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if serr := srv.Shutdown(sctx); serr != nil {
-			log.Warn("capture shutdown", "err", serr)
-		}
-		cancel()
-		<-served
+		opts.group, opts.disks.String(), opts.socket, opts.spoolDir, g.Spool().LastSeq()+1)
+	err = g.Serve(ctx)
+	if errors.Is(err, context.Canceled) {
+		err = nil
 	}
-	os.Remove(opts.socket)
-	if serr := sp.Sync(context.Background()); serr != nil && err == nil {
-		err = fmt.Errorf("final spool sync: %w", serr)
+	st := g.ServerStats()
+	last := g.Spool().LastSeq()
+	if serr := g.Shutdown(context.Background()); err == nil {
+		err = serr
 	}
-	st := srv.Stats()
-	fmt.Fprintf(out, "qcdp capture: stopped after %d writes (%d bytes), last seq %d\n", st.Writes, st.BytesWritten, sp.LastSeq())
+	fmt.Fprintf(out, "qcdp capture: stopped after %d writes (%d bytes), last seq %d\n", st.Writes, st.BytesWritten, last)
 	return err
-}
-
-// listenUnix listens on path, replacing a stale socket file that nobody
-// serves any more but refusing to steal a live one.
-func listenUnix(path string) (net.Listener, error) {
-	if _, err := os.Stat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s is in use by another server", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("stat socket %s: %w", path, err)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	return ln, nil
 }

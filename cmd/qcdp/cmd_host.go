@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/hostd"
+	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/configs"
-	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/protect"
 )
 
 // hostOptions are the flags of `qcdp host`.
@@ -40,26 +40,13 @@ func runHost(ctx context.Context, opts hostOptions, out io.Writer) error {
 		return err // names the file, line and key
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: pol.Host.LogLevel}))
-	var sources []hostd.Source
-	var lv *hypervisor.Libvirt
-	if pol.Host.LibvirtURI != "" {
-		lv, err = hypervisor.Connect(ctx, pol.Host.LibvirtURI)
-		if err != nil {
-			return fmt.Errorf("libvirt %s: %w", pol.Host.LibvirtURI, err)
-		}
-		defer lv.Close()
-		sources = append(sources, lv)
-	}
-	if len(pol.Host.QMPSockets) > 0 {
-		sources = append(sources, hypervisor.NewSockets(pol.Host.QMPSockets...))
-	}
-	d, err := hostd.New(ctx, pol, log, lv, sources...)
+	d, err := protect.Open(ctx, pol, log)
 	if err != nil {
 		return err
 	}
 	apiCtx, stopAPI := context.WithCancel(ctx)
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- d.ServeAPI(apiCtx, pol.Host.ControlSocket) }()
+	go func() { apiDone <- ctlapi.Serve(apiCtx, pol.Host.ControlSocket, hostAPI(d)) }()
 	fmt.Fprintf(out, "qcdp host: policy %s, %d group(s), control socket %s\n", opts.config, len(pol.Groups()), pol.Host.ControlSocket)
 	runErr := d.Run(ctx)
 	stopAPI()

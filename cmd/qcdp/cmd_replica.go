@@ -8,8 +8,9 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/replicad"
+	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/replica"
 )
 
 // replicaOptions are the flags of `qcdp replica`.
@@ -39,7 +40,7 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 		return err // names the file, line and key
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	d, err := replicad.New(ctx, cfg, log)
+	d, err := replica.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 	defer stop()
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- d.ServeAPI(apiCtx, cfg.ControlSocket) }()
+	go func() { apiDone <- ctlapi.Serve(apiCtx, cfg.ControlSocket, replicaAPI(d)) }()
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(serveCtx) }()

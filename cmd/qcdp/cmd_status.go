@@ -8,7 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/hostd"
+	"github.com/qcdp/qcdp/protect"
 )
 
 // statusOptions are the flags of `qcdp status`.
@@ -31,12 +31,12 @@ func statusCommand(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
-	st, err := hostd.NewClient(opts.socket).Status(ctx)
+	st, err := newHostClient(opts.socket).Status(ctx)
 	if err != nil {
 		return err
 	}
 	if opts.metrics {
-		return hostd.WriteMetrics(out, st)
+		return protect.WriteMetrics(out, st)
 	}
 	if opts.json {
 		enc := json.NewEncoder(out)

@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/replicad"
+	"github.com/qcdp/qcdp/replica"
 	"github.com/qcdp/qcdp/replica/journal"
 )
 
@@ -87,7 +87,7 @@ func pointsCommand(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("want GROUP")
 	}
-	p, err := replicad.NewClient(o.socket).Points(ctx, o.tenant, fs.Arg(0))
+	p, err := newReplicaClient(o.socket).Points(ctx, o.tenant, fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -135,7 +135,7 @@ func exportCommand(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e, err := replicad.NewClient(o.socket).Export(ctx, o.tenant, fs.Arg(0), at, writable)
+	e, err := newReplicaClient(o.socket).Export(ctx, o.tenant, fs.Arg(0), at, writable)
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func exportsCommand(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 0 {
 		return usagef("takes no arguments")
 	}
-	es, err := replicad.NewClient(o.socket).Exports(ctx)
+	es, err := newReplicaClient(o.socket).Exports(ctx)
 	if err != nil {
 		return err
 	}
@@ -194,7 +194,7 @@ func unexportCommand(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("want an export id (qcdp export prints it)")
 	}
-	return replicad.NewClient(o.socket).Unexport(ctx, fs.Arg(0))
+	return newReplicaClient(o.socket).Unexport(ctx, fs.Arg(0))
 }
 
 func restoreCommand(ctx context.Context, args []string, out io.Writer) error {
@@ -222,8 +222,8 @@ func restoreCommand(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c := replicad.NewClient(o.socket)
-	var r replicad.RestoreInfo
+	c := newReplicaClient(o.socket)
+	var r replica.RestoreInfo
 	if format == "raw" {
 		r, err = c.Restore(ctx, o.tenant, fs.Arg(0), at, disk, path)
 	} else {
@@ -249,22 +249,21 @@ func verifyCommand(ctx context.Context, args []string, out io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("want GROUP")
 	}
-	rep, err := replicad.NewClient(o.socket).Verify(ctx, o.tenant, fs.Arg(0))
+	rep, err := newReplicaClient(o.socket).Verify(ctx, o.tenant, fs.Arg(0))
 	if err != nil {
 		return err // names the file, offset and seq of what is corrupt
 	}
 	if o.json {
-		_, err := fmt.Fprintf(out, "%s\n", rep)
-		return err
+		return json.NewEncoder(out).Encode(rep)
 	}
-	fmt.Fprintf(out, "group %s: journal verified: %s\n", fs.Arg(0), rep)
+	fmt.Fprintf(out, "group %s: journal verified: %d segments, %d layers, %d records, %d bytes\n", fs.Arg(0), rep.Segments, rep.Layers, rep.Records, rep.Bytes)
 	return nil
 }
 
 // restoreQcow2 writes a qcow2 image of one disk at a restore point by
 // converting the point's NBD export with qemu-img (holes stay holes).
-func restoreQcow2(ctx context.Context, c *replicad.Client, tenant, group string, at journal.Target, disk, path string) (replicad.RestoreInfo, error) {
-	var r replicad.RestoreInfo
+func restoreQcow2(ctx context.Context, c *replicaClient, tenant, group string, at journal.Target, disk, path string) (replica.RestoreInfo, error) {
+	var r replica.RestoreInfo
 	if _, err := os.Lstat(path); err == nil {
 		return r, fmt.Errorf("restore: %s exists; it is never overwritten", path)
 	}
@@ -296,5 +295,5 @@ func restoreQcow2(ctx context.Context, c *replicad.Client, tenant, group string,
 	if err != nil {
 		return r, err
 	}
-	return replicad.RestoreInfo{Point: e.Point, Disk: disk, Path: path, Bytes: st.Size()}, nil
+	return replica.RestoreInfo{Point: e.Point, Disk: disk, Path: path, Bytes: st.Size()}, nil
 }

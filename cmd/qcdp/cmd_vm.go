@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-
-	"github.com/qcdp/qcdp/cmd/qcdp/internal/hostd"
 )
 
 // The operator's commands on one protected VM: attach, detach, pause and
@@ -23,18 +21,18 @@ type vmOptions struct {
 type vmAction struct {
 	name, about string
 	perDisk     bool
-	do          func(ctx context.Context, c *hostd.Client, opts vmOptions) error
+	do          func(ctx context.Context, c *hostClient, opts vmOptions) error
 }
 
 var vmActions = map[string]vmAction{
 	"attach": {"attach", "Protects a VM again after a detach (or at once, if the daemon has not attached it yet).", false,
-		func(ctx context.Context, c *hostd.Client, o vmOptions) error { return c.Attach(ctx, o.vm) }},
+		func(ctx context.Context, c *hostClient, o vmOptions) error { return c.Attach(ctx, o.vm) }},
 	"detach": {"detach", "Cleanly ends capture of a VM: its mirror jobs are cancelled, never completed; it is\nnot protected again until `qcdp attach VM` or its next start.", true,
-		func(ctx context.Context, c *hostd.Client, o vmOptions) error { return c.Detach(ctx, o.vm, o.disk) }},
+		func(ctx context.Context, c *hostClient, o vmOptions) error { return c.Detach(ctx, o.vm, o.disk) }},
 	"pause": {"pause", "Holds capture of a VM: writes are refused by the capture export, the jobs stop and\nQEMU tracks what changes; the guest is not affected. Nothing resumes until `qcdp resume`.", true,
-		func(ctx context.Context, c *hostd.Client, o vmOptions) error { return c.Pause(ctx, o.vm, o.disk) }},
+		func(ctx context.Context, c *hostClient, o vmOptions) error { return c.Pause(ctx, o.vm, o.disk) }},
 	"resume": {"resume", "Ends a pause: the jobs resume and re-copy what changed, bracketed as a resync.", true,
-		func(ctx context.Context, c *hostd.Client, o vmOptions) error { return c.Resume(ctx, o.vm, o.disk) }},
+		func(ctx context.Context, c *hostClient, o vmOptions) error { return c.Resume(ctx, o.vm, o.disk) }},
 }
 
 func vmCommand(name string) func(ctx context.Context, args []string, out io.Writer) error {
@@ -57,7 +55,7 @@ func vmCommand(name string) func(ctx context.Context, args []string, out io.Writ
 			return usagef("want exactly one VM, got %d arguments", fs.NArg())
 		}
 		opts.vm = fs.Arg(0)
-		if err := a.do(ctx, hostd.NewClient(opts.socket), opts); err != nil {
+		if err := a.do(ctx, newHostClient(opts.socket), opts); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "%s: %s done\n", opts.vm, name)

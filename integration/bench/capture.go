@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -120,14 +121,11 @@ func runCapture(ctx context.Context, b *bench, out io.Writer) error {
 	return nil
 }
 
-// captureServer is our capture path in this process: a spool in the bench
-// dir, the group's sequencer, and the NBD server serving the capture
-// export of disk0.
+// captureServer is our capture path in this process: a shipper.Group with
+// its spool in the bench dir, serving the capture export of disk0.
 type captureServer struct {
 	target
-	srv *nbd.Server
-	sp  *spool.Spool
-	seq *shipper.Sequencer
+	g *shipper.Group
 }
 
 // startCapture serves a capture export of disk0 with its spool in
@@ -138,27 +136,28 @@ func (b *bench) startCapture(ctx context.Context, name, sockName string) (*captu
 		return nil, fmt.Errorf("capture server log: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(logf, nil))
-	dir := b.path(name + "-spool")
-	sp, err := spool.Open(ctx, spool.Options{Dir: dir, Group: "bench", Logger: log, MaxBytes: 64 << 30})
+	sock := b.path(sockName)
+	g, err := shipper.OpenGroup(ctx, shipper.GroupOptions{
+		Spool:  spool.Options{Dir: b.path(name + "-spool"), Group: "bench", MaxBytes: 64 << 30},
+		Socket: sock, SocketMode: 0o600, SocketGID: -1, Logger: log,
+	})
 	if err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("open spool %s: %w", dir, err)
+		return nil, err
 	}
-	seq := shipper.NewSequencer(sp)
-	e, err := seq.Export("disk0", b.opts.size)
-	if err != nil {
-		sp.Close()
+	if _, err := g.Export("disk0", b.opts.size); err != nil {
+		g.Shutdown(ctx)
 		logf.Close()
 		return nil, fmt.Errorf("capture export: %w", err)
 	}
-	var cat nbd.Exports
-	cat.Add("disk0", e)
-	b.stops = append(b.stops, func() error { sp.Close(); return logf.Close() })
-	t, srv, err := b.serve("qcdp capture", sockName, &cat, log)
-	if err != nil {
-		return nil, err
-	}
-	return &captureServer{target: t, srv: srv, sp: sp, seq: seq}, nil
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(context.Background()) }()
+	b.stops = append(b.stops, func() error {
+		err := g.Shutdown(context.Background())
+		<-served
+		return errors.Join(err, logf.Close())
+	})
+	return &captureServer{target: target{name: "qcdp capture", sock: sock}, g: g}, nil
 }
 
 // startFileExport serves path read-only with nbd.OpenFile.

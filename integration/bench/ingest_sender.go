@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/qcdp/qcdp/shipper"
 	"github.com/qcdp/qcdp/shipper/sender"
 	"github.com/qcdp/qcdp/shipper/spool"
 	"github.com/qcdp/qcdp/stream"
@@ -77,16 +78,16 @@ func ingestSender(ctx context.Context, args []string, in io.Reader, out io.Write
 		return err
 	}
 	removed := make(chan struct{}, 1)
-	sp, err := spool.Open(ctx, spool.Options{Dir: *dir, Group: *group, FS: removals{vfs.Default, removed}, Logger: quietLog})
+	g, err := shipper.OpenGroup(ctx, shipper.GroupOptions{
+		Spool:   spool.Options{Dir: *dir, Group: *group, FS: removals{vfs.Default, removed}, Logger: quietLog},
+		Replica: &sender.Options{Addr: *addr, TLS: tlsCfg, Host: "bench-host", NoCompress: *raw, Logger: quietLog},
+		Logger:  quietLog,
+	})
 	if err != nil {
 		return err
 	}
-	defer sp.Close()
-	snd, err := sender.New(sender.Options{Spool: sp, Addr: *addr, TLS: tlsCfg, Host: "bench-host",
-		NoCompress: *raw, Logger: quietLog})
-	if err != nil {
-		return err
-	}
+	defer g.Shutdown(context.Background())
+	sp := g.Spool()
 	last := sp.LastSeq()
 	if _, err := fmt.Fprintf(out, "ready %d\n", last); err != nil {
 		return err
@@ -100,7 +101,7 @@ func ingestSender(ctx context.Context, args []string, in io.Reader, out io.Write
 
 	ctx, cancel := context.WithCancel(ctx)
 	ran := make(chan error, 1)
-	go func() { ran <- snd.Run(ctx) }()
+	go func() { ran <- g.Serve(ctx) }()
 	defer func() { cancel(); <-ran }()
 	// The spool removes its last segment only once every record is
 	// acknowledged, after it has recorded the ack: each removal is the
@@ -115,7 +116,7 @@ func ingestSender(ctx context.Context, args []string, in io.Reader, out io.Write
 			return ctx.Err()
 		}
 	}
-	st := snd.Stats()
+	st := g.Sender().Stats()
 	if _, err := fmt.Fprintf(out, "done %d %d\n", st.BytesSent, st.BytesRaw); err != nil {
 		return err
 	}

@@ -70,7 +70,7 @@ func runOverhead(ctx context.Context, b *bench, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := b.protect(ctx, prot, cs.sock, cs.seq, log); err != nil {
+	if err := b.protect(ctx, prot, cs.sock, cs.g.Sequencer(), log); err != nil {
 		return err
 	}
 	if err := b.protect(ctx, nullQ, null.sock, noMarks{}, log); err != nil {
@@ -96,7 +96,7 @@ func runOverhead(ctx context.Context, b *bench, out io.Writer) error {
 	checked := func(bytes int64, f func(target) (result, error)) func(target) (result, error) {
 		return func(t target) (result, error) {
 			syscall.Sync()
-			before := cs.srv.Stats().BytesWritten
+			before := cs.g.ServerStats().BytesWritten
 			m := meters[t]
 			if err := m.begin(); err != nil {
 				return result{}, err
@@ -108,7 +108,7 @@ func runOverhead(ctx context.Context, b *bench, out io.Writer) error {
 			if err := m.end(&r.cpu); err != nil {
 				return r, err
 			}
-			got := cs.srv.Stats().BytesWritten - before
+			got := cs.g.ServerStats().BytesWritten - before
 			want := int64(0)
 			if t == protected {
 				want = bytes
@@ -146,7 +146,7 @@ func runOverhead(ctx context.Context, b *bench, out io.Writer) error {
 
 	// The spool must hold what the capture server acknowledged: every
 	// byte of every protected run, after the sync-complete marker.
-	inSpool, err := spoolData(cs.sp, "disk0")
+	inSpool, err := spoolData(cs.g.Spool(), "disk0")
 	if err != nil {
 		return err
 	}

@@ -189,13 +189,13 @@ func (b *bench) ingestRun(ctx context.Context, p *pki, n int, compress bool) (re
 	}
 	defer os.RemoveAll(dir)
 	spoolDir := filepath.Join(dir, "spool")
-	h, err := openHost(ctx, spoolDir, "ingest")
+	h, err := openHost(ctx, spoolDir, "ingest", nil)
 	if err != nil {
 		return result{}, 0, err
 	}
 	_, err = h.write4k(ctx, newPayloads(4096, 4096), 0, n)
 	if err == nil {
-		err = h.sp.Sync(ctx)
+		err = h.g.Spool().Sync(ctx)
 	}
 	if err = errors.Join(err, h.close()); err != nil {
 		return result{}, 0, err
@@ -288,14 +288,6 @@ func (b *bench) rpoRun(ctx context.Context, p *pki, delayed, netem bool) (rpoRes
 		return rpoResult{}, "", err
 	}
 	defer os.RemoveAll(dir)
-	h, err := openHost(ctx, filepath.Join(dir, "spool"), "rpo")
-	if err != nil {
-		return rpoResult{}, "", err
-	}
-	defer h.close()
-	if _, err := h.seq.MarkDisk(record.SyncComplete, "vda"); err != nil {
-		return rpoResult{}, "", err
-	}
 	var link *delayLink
 	switch {
 	case !delayed:
@@ -318,12 +310,19 @@ func (b *bench) rpoRun(ctx context.Context, p *pki, delayed, netem bool) (rpoRes
 		return rpoResult{}, "", err
 	}
 	defer s.stop()
-	if err := h.startSender(ctx, link.dial, p.client(link.ip), false); err != nil {
+	h, err := openHost(ctx, filepath.Join(dir, "spool"), "rpo",
+		&sender.Options{Addr: link.dial, TLS: p.client(link.ip), Host: "bench-host", Logger: quietLog})
+	if err != nil {
 		return rpoResult{}, "", err
 	}
+	defer h.close()
+	if _, err := h.g.Sequencer().MarkDisk(record.SyncComplete, "vda"); err != nil {
+		return rpoResult{}, "", err
+	}
+	h.serve(ctx)
 	// The stream is up once the marker is durable at the replica.
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = s.waitDurable(wctx, h.sp.LastSeq())
+	err = s.waitDurable(wctx, h.g.Spool().LastSeq())
 	cancel()
 	if err != nil {
 		return rpoResult{}, "", err
@@ -368,7 +367,7 @@ sample:
 		case w = <-wdone:
 			break sample
 		case <-tick.C:
-			samples = append(samples, h.snd.Stats().RPO)
+			samples = append(samples, h.g.Sender().Stats().RPO)
 		}
 	}
 	tick.Stop()
@@ -377,7 +376,7 @@ sample:
 	}
 	t := time.Now()
 	wctx, cancel = context.WithTimeout(ctx, 2*time.Minute)
-	err = s.waitDurable(wctx, h.sp.LastSeq())
+	err = s.waitDurable(wctx, h.g.Spool().LastSeq())
 	cancel()
 	if err != nil {
 		return rpoResult{}, "", err

@@ -199,52 +199,50 @@ func (s *site) stop() error {
 	return err
 }
 
-// host is a protection group's host side: its spool, its sequencer with
-// the capture export of disk vda, and (once started) its sender.
+// host is a protection group's host side: a shipper.Group with the
+// capture export of disk vda (written into directly, as the NBD server
+// does for QEMU) and, with a replica, its sender once serve is called.
 type host struct {
-	sp   *spool.Spool
-	seq  *shipper.Sequencer
-	disk *shipper.CaptureExport
-	snd  *sender.Sender
-	stop func() error // stops the sender
+	g      *shipper.Group
+	disk   *shipper.CaptureExport
+	served chan error // nil until serve
 }
 
 // diskArea bounds the offsets the bench writes at.
 const diskArea = 1 << 30
 
-func openHost(ctx context.Context, dir, group string) (*host, error) {
-	sp, err := spool.Open(ctx, spool.Options{Dir: dir, Group: group, Logger: quietLog})
+// openHost opens the group's spool in dir; replica, if not nil, is where
+// serve ships it.
+func openHost(ctx context.Context, dir, group string, replica *sender.Options) (*host, error) {
+	g, err := shipper.OpenGroup(ctx, shipper.GroupOptions{
+		Spool: spool.Options{Dir: dir, Group: group}, Replica: replica, Logger: quietLog})
 	if err != nil {
-		return nil, fmt.Errorf("open spool %s: %w", dir, err)
-	}
-	seq := shipper.NewSequencer(sp)
-	disk, err := seq.Export("vda", diskArea)
-	if err != nil {
-		sp.Close()
 		return nil, err
 	}
-	return &host{sp: sp, seq: seq, disk: disk, stop: func() error { return nil }}, nil
+	disk, err := g.Export("vda", diskArea)
+	if err != nil {
+		g.Shutdown(ctx)
+		return nil, err
+	}
+	return &host{g: g, disk: disk}, nil
 }
 
-// startSender ships the spool to addr.
-func (h *host) startSender(ctx context.Context, addr string, tlsCfg *tls.Config, noCompress bool) error {
-	s, err := sender.New(sender.Options{Spool: h.sp, Addr: addr, TLS: tlsCfg, Host: "bench-host",
-		NoCompress: noCompress, Logger: quietLog})
-	if err != nil {
-		return err
-	}
-	h.snd = s
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
+// serve starts the group's sender, labelled for the bench's profiles.
+func (h *host) serve(ctx context.Context) {
+	h.served = make(chan error, 1)
 	pprof.Do(ctx, pprof.Labels("side", "host"), func(ctx context.Context) {
-		go func() { done <- s.Run(ctx) }()
+		go func() { h.served <- h.g.Serve(context.WithoutCancel(ctx)) }()
 	})
-	h.stop = func() error { cancel(); return <-done }
-	return nil
 }
 
 func (h *host) close() error {
-	return errors.Join(h.stop(), h.sp.Close())
+	err := h.g.Shutdown(context.Background())
+	if h.served != nil {
+		if serr := <-h.served; !errors.Is(serr, shipper.ErrGroupClosed) {
+			err = errors.Join(err, serr)
+		}
+	}
+	return err
 }
 
 // payloads makes 4 KiB write payloads as the Go benchmarks of the stream

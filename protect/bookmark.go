@@ -1,4 +1,4 @@
-package hostd
+package protect
 
 import (
 	"context"
@@ -18,7 +18,7 @@ type Freezer interface {
 }
 
 // ErrUnknownGroup: no group of that name in the policy.
-var ErrUnknownGroup = errors.New("hostd: no such group")
+var ErrUnknownGroup = errors.New("protect: no such group")
 
 // freezeTimeout bounds how long a guest may stay frozen for a bookmark:
 // applications stall while it is.
@@ -38,17 +38,17 @@ type BookmarkResult struct {
 // group is frozen through its guest agent first and thawed right after the
 // marker: the point is app-consistent when every VM froze, else it is
 // recorded crash-consistent and the VMs without an agent are reported.
-func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (BookmarkResult, error) {
+func (d *Engine) Bookmark(ctx context.Context, group, name string, app bool) (BookmarkResult, error) {
 	var res BookmarkResult
 	g, ok := d.groups[group]
 	if !ok {
 		return res, fmt.Errorf("%w: %q", ErrUnknownGroup, group)
 	}
 	if name == "" || len(name) > record.MaxName {
-		return res, fmt.Errorf("hostd: bookmark name must be 1 to %d bytes", record.MaxName)
+		return res, fmt.Errorf("protect: bookmark name must be 1 to %d bytes", record.MaxName)
 	}
 	if !app {
-		seq, err := g.seq.Mark(record.UserBookmark, name)
+		seq, err := g.Sequencer().Mark(record.UserBookmark, name)
 		res.Seq, res.Kind = seq, record.UserBookmark.String()
 		return res, err
 	}
@@ -97,7 +97,7 @@ func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	if len(frozen) != len(vms) {
 		kind = record.CrashConsistent
 	}
-	seq, markErr := g.seq.Mark(kind, name)
+	seq, markErr := g.Sequencer().Mark(kind, name)
 	// Thaw whatever happens, with a context of its own: a guest must not
 	// stay frozen because the caller went away.
 	tctx, tcancel := context.WithTimeout(context.Background(), freezeTimeout)
@@ -110,7 +110,7 @@ func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	}
 	res.Seq, res.Kind = seq, kind.String()
 	if markErr != nil {
-		return res, fmt.Errorf("hostd: group %s: bookmark %q: %w", group, name, markErr)
+		return res, fmt.Errorf("protect: group %s: bookmark %q: %w", group, name, markErr)
 	}
 	d.log.Info("bookmark", "group", group, "name", name, "kind", res.Kind, "seq", seq,
 		"frozen", len(res.Frozen), "no_agent", res.NoAgent)
@@ -119,7 +119,7 @@ func (d *Daemon) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 
 // runSchedules takes the app-consistent bookmarks the policy schedules
 // until ctx ends.
-func (d *Daemon) runSchedules(ctx context.Context) {
+func (d *Engine) runSchedules(ctx context.Context) {
 	var tickers []*time.Ticker
 	cases := make(chan string)
 	for _, g := range d.groups {

@@ -1,15 +1,4 @@
-// Package replicad is the replica daemon behind `qcdp replica`: the
-// receiver of the hosts' streams (package replica/receiver) writing into one
-// journal per tenant's group (package replica/journal), the NBD server that
-// serves exported point-in-time views, retention on a timer, and the local
-// control API of `qcdp points`, `export`, `unexport`, `restore` and
-// `verify` (JSON over HTTP on a unix socket, root only).
-//
-// The journals are shared: the receiver appends to the same *Journal that
-// views read, so a view of a point taken a second ago opens at once. A
-// journal is opened when a host first streams into it or when the operator
-// first asks about it, and stays open until the daemon stops.
-package replicad
+package replica
 
 import (
 	"context"
@@ -36,12 +25,12 @@ const compactEvery = time.Minute
 
 // Sentinel errors of the control API.
 var (
-	ErrUnknownGroup  = errors.New("replicad: no such group")
-	ErrUnknownExport = errors.New("replicad: no such export")
+	ErrUnknownGroup  = errors.New("replica: no such group")
+	ErrUnknownExport = errors.New("replica: no such export")
 )
 
-// Daemon is the running replica daemon.
-type Daemon struct {
+// Site is the recovery site engine.
+type Site struct {
 	cfg *configs.Replica
 	log *slog.Logger
 
@@ -80,15 +69,15 @@ type export struct {
 
 // New loads TLS, opens the journals already on disk and starts listening:
 // the stream port, the NBD socket of views. Serve starts the work.
-func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, error) {
+func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, error) {
 	tlsCfg, err := stream.LoadServerTLS(cfg.CA, cfg.Cert, cfg.Key)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.StorageRoot, 0o750); err != nil {
-		return nil, fmt.Errorf("replicad: storage root: %w", err)
+		return nil, fmt.Errorf("replica: storage root: %w", err)
 	}
-	d := &Daemon{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
+	d := &Site{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
 		opening: map[string]chan struct{}{}, views: map[string]*export{}}
 	if err := d.openExisting(ctx); err != nil {
 		d.closeJournals()
@@ -106,7 +95,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, 
 	}
 	if d.recvLn, err = net.Listen("tcp", cfg.Listen); err != nil {
 		d.closeJournals()
-		return nil, fmt.Errorf("replicad: listen %s: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("replica: listen %s: %w", cfg.Listen, err)
 	}
 	os.MkdirAll(filepath.Dir(cfg.NBDSocket), 0o755)
 	os.Remove(cfg.NBDSocket)
@@ -114,7 +103,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, 
 	if err != nil {
 		d.recvLn.Close()
 		d.closeJournals()
-		return nil, fmt.Errorf("replicad: NBD socket: %w", err)
+		return nil, fmt.Errorf("replica: NBD socket: %w", err)
 	}
 	os.Chmod(cfg.NBDSocket, 0o660)
 	d.nbdSrv = nbd.NewServer(&d.exports, nbd.Options{Logger: log.With("part", "views")})
@@ -124,13 +113,13 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Daemon, 
 }
 
 // Addr is the stream listener's address.
-func (d *Daemon) Addr() net.Addr { return d.recvLn.Addr() }
+func (d *Site) Addr() net.Addr { return d.recvLn.Addr() }
 
 // shared is the receiver's handle on a journal the daemon shares with the
 // views: closing it (the receiver does after a failed write, to reopen)
 // drops the journal from the daemon, which reopens it on next use.
 type shared struct {
-	d   *Daemon
+	d   *Site
 	key string
 	*journal.Journal
 }
@@ -161,14 +150,14 @@ func (s *shared) Close() error {
 }
 
 // openExisting opens the journals of the configured tenants found on disk.
-func (d *Daemon) openExisting(ctx context.Context) error {
+func (d *Site) openExisting(ctx context.Context) error {
 	for _, t := range d.cfg.Tenants {
 		entries, err := os.ReadDir(filepath.Join(d.cfg.StorageRoot, t.Name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("replicad: %w", err)
+			return fmt.Errorf("replica: %w", err)
 		}
 		for _, e := range entries {
 			if !e.IsDir() || configs.ValidName(e.Name()) != nil {
@@ -189,7 +178,7 @@ func (d *Daemon) openExisting(ctx context.Context) error {
 // journal returns the open journal of a tenant's group, opening it.
 // It opens each journal once, outside the daemon's lock: a recovery scan
 // of one group must not hold up the others.
-func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Journal, error) {
+func (d *Site) journal(ctx context.Context, tenant, group string) (*journal.Journal, error) {
 	key := tenant + "/" + group
 	dir, err := d.cfg.JournalDir(tenant, group) // checks both names
 	if err != nil {
@@ -233,7 +222,7 @@ func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Jo
 	delete(d.opening, key)
 	close(done)
 	if err != nil {
-		err = fmt.Errorf("replicad: journal of %s: %w", key, err)
+		err = fmt.Errorf("replica: journal of %s: %w", key, err)
 		if errors.Is(err, journal.ErrCorrupt) {
 			d.broken[key] = err
 		}
@@ -248,10 +237,10 @@ func (d *Daemon) journal(ctx context.Context, tenant, group string) (*journal.Jo
 }
 
 // errStopping: the daemon is stopping.
-var errStopping = errors.New("replicad: stopping")
+var errStopping = errors.New("replica: stopping")
 
 // existing returns a journal that exists on disk, without creating one.
-func (d *Daemon) existing(ctx context.Context, tenant, group string) (*journal.Journal, error) {
+func (d *Site) existing(ctx context.Context, tenant, group string) (*journal.Journal, error) {
 	dir, err := d.cfg.JournalDir(tenant, group)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnknownGroup, err)
@@ -273,7 +262,7 @@ func Retention(r configs.Retention) journal.Retention {
 
 // Serve receives streams and runs retention until ctx ends, then stops
 // everything it started.
-func (d *Daemon) Serve(ctx context.Context) error {
+func (d *Site) Serve(ctx context.Context) error {
 	go func() { d.recvDone <- d.recv.Serve(d.recvLn) }()
 	cctx, stopCompact := context.WithCancel(ctx)
 	defer stopCompact()
@@ -315,7 +304,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (d *Daemon) closeJournals() error {
+func (d *Site) closeJournals() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
@@ -327,7 +316,7 @@ func (d *Daemon) closeJournals() error {
 }
 
 // compactLoop applies retention to every open journal on a timer.
-func (d *Daemon) compactLoop(ctx context.Context) {
+func (d *Site) compactLoop(ctx context.Context) {
 	t := time.NewTicker(compactEvery)
 	defer t.Stop()
 	for {
@@ -360,7 +349,7 @@ type GroupInfo struct {
 }
 
 // Groups lists the open journals.
-func (d *Daemon) Groups(ctx context.Context) ([]GroupInfo, error) {
+func (d *Site) Groups(ctx context.Context) ([]GroupInfo, error) {
 	d.mu.Lock()
 	keys := make([]string, 0, len(d.journals))
 	js := map[string]*journal.Journal{}
@@ -402,7 +391,7 @@ func cutKey(k string) (string, string, bool) {
 }
 
 // Points lists a group's restore points and window.
-func (d *Daemon) Points(ctx context.Context, tenant, group string) ([]journal.Point, journal.Window, error) {
+func (d *Site) Points(ctx context.Context, tenant, group string) ([]journal.Point, journal.Window, error) {
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
 		return nil, journal.Window{}, err
@@ -413,14 +402,22 @@ func (d *Daemon) Points(ctx context.Context, tenant, group string) ([]journal.Po
 // Export opens a view of a group at target and serves each of its disks
 // over NBD, read-only or (writable) with writes kept in an overlay that
 // never touches the journal. Nothing is copied.
-func (d *Daemon) Export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (*export, error) {
+func (d *Site) Export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (ExportInfo, error) {
+	e, err := d.export(ctx, tenant, group, at, writable)
+	if err != nil {
+		return ExportInfo{}, err
+	}
+	return d.info(e), nil
+}
+
+func (d *Site) export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (*export, error) {
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
 		return nil, err
 	}
 	v, err := j.View(ctx, at)
 	if err != nil {
-		return nil, fmt.Errorf("replicad: %s/%s at %v: %w", tenant, group, at, err)
+		return nil, fmt.Errorf("replica: %s/%s at %v: %w", tenant, group, at, err)
 	}
 	d.mu.Lock()
 	if d.closed {
@@ -440,14 +437,14 @@ func (d *Daemon) Export(ctx context.Context, tenant, group string, at journal.Ta
 			o, err := v.Writable(disk)
 			if err != nil {
 				e.close()
-				return nil, fmt.Errorf("replicad: writable view of %s: %w", disk, err)
+				return nil, fmt.Errorf("replica: writable view of %s: %w", disk, err)
 			}
 			exp = o // the view's Close deletes its overlays
 		} else {
 			dv, err := v.Disk(disk)
 			if err != nil {
 				e.close()
-				return nil, fmt.Errorf("replicad: view of %s: %w", disk, err)
+				return nil, fmt.Errorf("replica: view of %s: %w", disk, err)
 			}
 			exp = dv
 		}
@@ -475,7 +472,7 @@ func (e *export) close() error {
 
 // Unexport withdraws an export and closes its view: connections still open
 // get errors, and a writable view's overlay is deleted.
-func (d *Daemon) Unexport(id string) error {
+func (d *Site) Unexport(id string) error {
 	d.mu.Lock()
 	e, ok := d.views[id]
 	delete(d.views, id)
@@ -487,15 +484,15 @@ func (d *Daemon) Unexport(id string) error {
 }
 
 // URI is the NBD URI of an export name on the daemon's socket.
-func (d *Daemon) URI(name string) string {
+func (d *Site) URI(name string) string {
 	return "nbd+unix:///" + name + "?socket=" + d.cfg.NBDSocket
 }
 
 // Restore writes one disk of a group at target into a raw file at path
 // (created, never overwritten).
-func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (journal.Point, int64, error) {
+func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (journal.Point, int64, error) {
 	if !filepath.IsAbs(path) {
-		return journal.Point{}, 0, fmt.Errorf("%w: restore target %q is not an absolute path", errBadTarget, path)
+		return journal.Point{}, 0, fmt.Errorf("%w: restore target %q is not an absolute path", ErrBadTarget, path)
 	}
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
@@ -503,7 +500,7 @@ func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.T
 	}
 	v, err := j.View(ctx, at)
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replicad: %s/%s at %v: %w", tenant, group, at, err)
+		return journal.Point{}, 0, fmt.Errorf("replica: %s/%s at %v: %w", tenant, group, at, err)
 	}
 	defer v.Close()
 	dv, err := v.Disk(disk)
@@ -511,19 +508,19 @@ func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.T
 		return journal.Point{}, 0, err
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s exists; it is never overwritten", path)
+		return journal.Point{}, 0, fmt.Errorf("replica: restore target %s exists; it is never overwritten", path)
 	}
 	// Written beside its name and linked into place only when whole: an
 	// interrupted restore leaves no image that looks complete.
 	partial := path + ".partial"
 	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replicad: restore target: %w", err)
+		return journal.Point{}, 0, fmt.Errorf("replica: restore target: %w", err)
 	}
 	defer os.Remove(partial)
 	if err := f.Truncate(dv.Size()); err != nil {
 		f.Close()
-		return journal.Point{}, 0, fmt.Errorf("replicad: restore target %s: %w", partial, err)
+		return journal.Point{}, 0, fmt.Errorf("replica: restore target %s: %w", partial, err)
 	}
 	n, err := journal.Restore(ctx, dv, f)
 	if err == nil {
@@ -539,7 +536,7 @@ func (d *Daemon) Restore(ctx context.Context, tenant, group string, at journal.T
 		err = vfs.Default.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replicad: restore %s of %s/%s into %s: %w", disk, tenant, group, path, err)
+		return journal.Point{}, 0, fmt.Errorf("replica: restore %s of %s/%s into %s: %w", disk, tenant, group, path, err)
 	}
 	return v.Point(), n, nil
 }

@@ -1,4 +1,4 @@
-package hostd
+package protect
 
 import (
 	"context"
@@ -20,7 +20,6 @@ import (
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/filter"
 	"github.com/qcdp/qcdp/hypervisor"
-	"github.com/qcdp/qcdp/nbd"
 	"github.com/qcdp/qcdp/qmp"
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/shipper"
@@ -38,19 +37,20 @@ type Source interface {
 
 // Sentinel errors of the control API.
 var (
-	ErrUnknownVM   = errors.New("hostd: no such VM")
-	ErrUnprotected = errors.New("hostd: VM is not protected by the policy")
+	ErrUnknownVM   = errors.New("protect: no such VM")
+	ErrUnprotected = errors.New("protect: VM is not protected by the policy")
 )
 
 // rescanEvery is how often QMP socket patterns are looked at again.
 const rescanEvery = 5 * time.Second
 
-// Daemon is the running host daemon.
-type Daemon struct {
+// Engine is the protected host's engine: what `qcdp host` runs.
+type Engine struct {
 	pol     *configs.Policy
 	log     *slog.Logger
 	sources []Source
 	lv      *hypervisor.Libvirt // also in sources; nil without libvirt
+	ownLV   bool                // Close closes lv (Open made it)
 
 	groups map[string]*group
 	gid    int // QEMU's group, owner of the NBD sockets; -1 for root only
@@ -64,19 +64,12 @@ type Daemon struct {
 	wg       sync.WaitGroup        // capture goroutines
 }
 
-// group is one protection group's capture side.
+// group is one protection group's capture side: a shipper.Group served
+// on a goroutine the group owns from New until close.
 type group struct {
-	cfg    *configs.Group
-	sp     *spool.Spool
-	seq    *shipper.Sequencer
-	cat    nbd.Exports
-	srv    *nbd.Server
-	sock   string
-	served chan error
-
-	snd     *sender.Sender // nil when the group has no replica
-	sendEnd context.CancelFunc
-	sent    chan error // Run's result
+	cfg *configs.Group
+	*shipper.Group
+	served chan error // Serve's result
 }
 
 // vmCapture is one protected VM: its QMP connection and its disks.
@@ -100,21 +93,48 @@ type diskCapture struct {
 	since  time.Time
 }
 
+// Open connects to the hypervisors the policy names (libvirt_uri,
+// qmp_sockets) and returns the engine over them (see New). Close lets go
+// of them.
+func Open(ctx context.Context, pol *configs.Policy, log *slog.Logger) (*Engine, error) {
+	var sources []Source
+	var lv *hypervisor.Libvirt
+	if pol.Host.LibvirtURI != "" {
+		var err error
+		if lv, err = hypervisor.Connect(ctx, pol.Host.LibvirtURI); err != nil {
+			return nil, fmt.Errorf("libvirt %s: %w", pol.Host.LibvirtURI, err)
+		}
+		sources = append(sources, lv)
+	}
+	if len(pol.Host.QMPSockets) > 0 {
+		sources = append(sources, hypervisor.NewSockets(pol.Host.QMPSockets...))
+	}
+	e, err := New(ctx, pol, log, lv, sources...)
+	if err != nil {
+		if lv != nil {
+			lv.Close()
+		}
+		return nil, err
+	}
+	e.ownLV = true
+	return e, nil
+}
+
 // New opens every group's spool and starts its capture server. sources are
 // the hypervisors to watch; lv, if not nil, is among them and also gives
 // lifecycle events.
-func New(ctx context.Context, pol *configs.Policy, log *slog.Logger, lv *hypervisor.Libvirt, sources ...Source) (*Daemon, error) {
-	d := &Daemon{pol: pol, log: log, sources: sources, lv: lv, groups: map[string]*group{}, vms: map[string]*vmCapture{}, gid: -1}
+func New(ctx context.Context, pol *configs.Policy, log *slog.Logger, lv *hypervisor.Libvirt, sources ...Source) (*Engine, error) {
+	d := &Engine{pol: pol, log: log, sources: sources, lv: lv, groups: map[string]*group{}, vms: map[string]*vmCapture{}, gid: -1}
 	if g := pol.Host.QEMUGroup; g != "" {
 		gr, err := user.LookupGroup(g)
 		if err != nil {
-			return nil, fmt.Errorf("hostd: qemu_group %q: %w", g, err)
+			return nil, fmt.Errorf("protect: qemu_group %q: %w", g, err)
 		}
 		if d.gid, err = strconv.Atoi(gr.Gid); err != nil {
-			return nil, fmt.Errorf("hostd: qemu_group %q: gid %q: %w", g, gr.Gid, err)
+			return nil, fmt.Errorf("protect: qemu_group %q: gid %q: %w", g, gr.Gid, err)
 		}
 	}
-	if err := d.restrict(pol.Host.NBDSocketDir, 0o750, true); err != nil {
+	if err := d.restrict(pol.Host.NBDSocketDir, 0o750); err != nil {
 		return nil, err
 	}
 	for _, gc := range pol.Groups() {
@@ -128,116 +148,69 @@ func New(ctx context.Context, pol *configs.Policy, log *slog.Logger, lv *hypervi
 	return d, nil
 }
 
-func (d *Daemon) openGroup(ctx context.Context, gc *configs.Group) (*group, error) {
-	sp, err := spool.Open(ctx, spool.Options{
-		Dir: d.pol.SpoolDir(gc), Group: gc.Name,
-		SegmentBytes: gc.SpoolSegment, MaxBytes: gc.SpoolMax,
-		SyncInterval: gc.SyncInterval, SyncBytes: gc.SyncBytes,
-		Logger: d.log.With("group", gc.Name),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("hostd: group %s: %w", gc.Name, err)
+func (d *Engine) openGroup(ctx context.Context, gc *configs.Group) (*group, error) {
+	opts := shipper.GroupOptions{
+		Spool: spool.Options{
+			Dir: d.pol.SpoolDir(gc), Group: gc.Name,
+			SegmentBytes: gc.SpoolSegment, MaxBytes: gc.SpoolMax,
+			SyncInterval: gc.SyncInterval, SyncBytes: gc.SyncBytes,
+		},
+		// QEMU reconnects to this path after a restart.
+		Socket:     filepath.Join(d.pol.Host.NBDSocketDir, gc.Name+".sock"),
+		SocketMode: 0o660, SocketGID: d.gid,
+		Logger: d.log,
 	}
-	g := &group{cfg: gc, sp: sp, seq: shipper.NewSequencer(sp),
-		sock: filepath.Join(d.pol.Host.NBDSocketDir, gc.Name+".sock"), served: make(chan error, 1)}
-	os.Remove(g.sock) // QEMU reconnects to the path; a stale file would block the listener
-	ln, err := net.Listen("unix", g.sock)
-	if err != nil {
-		sp.Close()
-		return nil, fmt.Errorf("hostd: group %s: listen: %w", gc.Name, err)
+	if gc.Replica != "" {
+		host, _, err := net.SplitHostPort(gc.Replica)
+		if err != nil {
+			return nil, fmt.Errorf("group %s: replica %q: %w", gc.Name, gc.Replica, err)
+		}
+		h := d.pol.Host
+		tlsCfg, err := stream.LoadClientTLS(h.TLSCA, h.TLSCert, h.TLSKey, host)
+		if err != nil {
+			return nil, fmt.Errorf("group %s: TLS for replica %s: %w", gc.Name, gc.Replica, err)
+		}
+		name, _ := os.Hostname()
+		opts.Replica = &sender.Options{Addr: gc.Replica, TLS: tlsCfg, Host: name, RateLimit: gc.Bandwidth,
+			Logger: d.log.With("group", gc.Name, "replica", gc.Replica)}
 	}
-	if err := d.restrict(g.sock, 0o660, false); err != nil {
-		ln.Close()
-		sp.Close()
+	sg, err := shipper.OpenGroup(ctx, opts)
+	if err != nil {
 		return nil, err
 	}
-	g.srv = nbd.NewServer(&g.cat, nbd.Options{Logger: d.log.With("group", gc.Name)})
-	go func() { g.served <- g.srv.Serve(ln) }()
-	if gc.Replica != "" {
-		if err := d.startSender(g); err != nil {
-			g.close()
-			return nil, err
-		}
-	}
+	g := &group{cfg: gc, Group: sg, served: make(chan error, 1)}
+	go func() { g.served <- sg.Serve(context.Background()) }()
 	return g, nil
 }
 
-// startSender ships the group's spool to its replica on a goroutine the
-// group owns; it retries by itself until the group closes.
-func (d *Daemon) startSender(g *group) error {
-	host, _, err := net.SplitHostPort(g.cfg.Replica)
-	if err != nil {
-		return fmt.Errorf("hostd: group %s: replica %q: %w", g.cfg.Name, g.cfg.Replica, err)
-	}
-	h := d.pol.Host
-	tlsCfg, err := stream.LoadClientTLS(h.TLSCA, h.TLSCert, h.TLSKey, host)
-	if err != nil {
-		return fmt.Errorf("hostd: group %s: TLS for replica %s: %w", g.cfg.Name, g.cfg.Replica, err)
-	}
-	name, _ := os.Hostname()
-	g.snd, err = sender.New(sender.Options{Spool: g.sp, Addr: g.cfg.Replica, TLS: tlsCfg, Host: name,
-		RateLimit: g.cfg.Bandwidth, Logger: d.log.With("group", g.cfg.Name, "replica", g.cfg.Replica)})
-	if err != nil {
-		return fmt.Errorf("hostd: group %s: %w", g.cfg.Name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	g.sendEnd, g.sent = cancel, make(chan error, 1)
-	go func() { g.sent <- g.snd.Run(ctx) }()
-	return nil
-}
-
-// close stops the group's sender and capture server and closes its spool,
-// in that order: the sender reads the spool until it stops.
+// close stops the group's sender and capture server and closes its spool.
 func (g *group) close() error {
-	var errs []error
-	if g.snd != nil {
-		g.sendEnd()
-		if err := <-g.sent; err != nil {
-			errs = append(errs, fmt.Errorf("group %s: sender: %w", g.cfg.Name, err))
-		}
+	err := g.Shutdown(context.Background())
+	if serr := <-g.served; serr != nil && !errors.Is(serr, shipper.ErrGroupClosed) {
+		err = errors.Join(err, serr)
 	}
-	if g.srv != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := g.srv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("group %s: nbd shutdown: %w", g.cfg.Name, err))
-		}
-		cancel()
-		<-g.served
-		os.Remove(g.sock)
-	}
-	if err := g.sp.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.cfg.Name, err))
-	}
-	return errors.Join(errs...)
+	return err
 }
 
-// restrict gives path to root and QEMU's group only: whoever can connect to
-// a capture socket can write into a group's stream.
-func (d *Daemon) restrict(path string, mode os.FileMode, dir bool) error {
-	if dir {
-		if err := os.MkdirAll(path, mode); err != nil {
-			return fmt.Errorf("hostd: %s: %w", path, err)
-		}
+// restrict gives a directory to root and QEMU's group only.
+func (d *Engine) restrict(path string, mode os.FileMode) error {
+	if err := os.MkdirAll(path, mode); err != nil {
+		return fmt.Errorf("protect: %s: %w", path, err)
 	}
-	if d.gid < 0 {
-		mode &^= 0o070
-	} else if err := os.Chown(path, 0, d.gid); err != nil {
-		return fmt.Errorf("hostd: give %s to QEMU's group: %w", path, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		return fmt.Errorf("hostd: %s: %w", path, err)
+	if err := shipper.Restrict(path, mode, d.gid); err != nil {
+		return fmt.Errorf("protect: %w", err)
 	}
 	return nil
 }
 
 // Run attaches every protected VM it finds and follows the hypervisors until
 // ctx ends. Capture jobs stay in QEMU when it returns (see the package doc).
-func (d *Daemon) Run(ctx context.Context) error {
+func (d *Engine) Run(ctx context.Context) error {
 	var events <-chan hypervisor.LifecycleEvent
 	if d.lv != nil {
 		var err error
 		if events, err = d.lv.Events(ctx); err != nil {
-			return fmt.Errorf("hostd: libvirt events: %w", err)
+			return fmt.Errorf("protect: libvirt events: %w", err)
 		}
 	}
 	d.scan(ctx)
@@ -273,7 +246,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // scan attaches protected VMs that run and are not captured yet, and
 // forgets captures whose VM went away.
-func (d *Daemon) scan(ctx context.Context) {
+func (d *Engine) scan(ctx context.Context) {
 	d.attachMu.Lock()
 	defer d.attachMu.Unlock()
 	d.reap()
@@ -310,7 +283,7 @@ func (d *Daemon) scan(ctx context.Context) {
 // forgetStopped drops VMs that stopped and whose captures all ended, for
 // whatever reason: an operator's detach, or a failed attach, lasts until
 // the VM's next start, when the policy protects it again.
-func (d *Daemon) forgetStopped(stopped func(id string) bool) {
+func (d *Engine) forgetStopped(stopped func(id string) bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, v := range d.vms {
@@ -326,7 +299,7 @@ func (d *Daemon) forgetStopped(stopped func(id string) bool) {
 // (its monitor closed, or QEMU ended the jobs as it shut down), so a
 // restarted VM is attached again. A capture that failed for another reason
 // stays in the status with its error until the VM restarts or `qcdp attach`.
-func (d *Daemon) reap() {
+func (d *Engine) reap() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, v := range d.vms {
@@ -382,7 +355,7 @@ func StreamName(disk hypervisor.Disk) string {
 }
 
 // attach protects vm's disks under its group's policy.
-func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error {
+func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error {
 	gc, filt, err := d.pol.GroupFor(configs.VMIdentity{Name: vm.Name, UUID: vm.UUID, Labels: labelsOf(vm)})
 	if err != nil {
 		return err
@@ -402,17 +375,17 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			continue
 		}
 		name := StreamName(dk)
-		exp, err := g.export(name, dk.Size)
+		exp, err := g.Export(name, dk.Size)
 		if err != nil {
 			d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
 		}
 		c, err := filter.New(q, filter.Config{
-			Disk: name, Node: dk.Node, Socket: g.sock,
+			Disk: name, Node: dk.Node, Socket: g.Socket(),
 			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
 			Granularity: uint32(gc.Granularity),
 			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
-		}, g.seq)
+		}, g.Sequencer())
 		if err != nil {
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
@@ -438,26 +411,9 @@ func (d *Daemon) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	return nil
 }
 
-// export returns the group's capture export of a disk, made on first use
-// and kept across VM restarts (its size may not change while served).
-func (g *group) export(name string, size int64) (*shipper.CaptureExport, error) {
-	if e, ok := g.cat.Lookup(name); ok {
-		ce := e.(*shipper.CaptureExport)
-		if ce.Size() == size {
-			return ce, nil
-		}
-	}
-	exp, err := g.seq.Export(name, size)
-	if err != nil {
-		return nil, err
-	}
-	g.cat.Add(name, exp)
-	return exp, nil
-}
-
 // start runs one disk's lifecycle on a goroutine the daemon owns. Callers
 // hold d.mu.
-func (d *Daemon) start(dc *diskCapture) {
+func (d *Engine) start(dc *diskCapture) {
 	ctx, cancel := context.WithCancel(context.Background())
 	dc.cancel, dc.done = cancel, make(chan struct{})
 	d.wg.Add(1)
@@ -473,7 +429,7 @@ func (d *Daemon) start(dc *diskCapture) {
 }
 
 // stopAll ends every lifecycle loop, leaving the jobs in QEMU.
-func (d *Daemon) stopAll() {
+func (d *Engine) stopAll() {
 	d.mu.Lock()
 	d.stopping = true
 	for _, v := range d.vms {
@@ -492,12 +448,17 @@ func (d *Daemon) stopAll() {
 	d.mu.Unlock()
 }
 
-// Close stops the capture servers and closes the spools. Call after Run.
-func (d *Daemon) Close() error {
-	return d.closeGroups()
+// Close stops the capture servers and closes the spools (and, after
+// Open, the libvirt connection). Call after Run.
+func (d *Engine) Close() error {
+	err := d.closeGroups()
+	if d.ownLV {
+		err = errors.Join(err, d.lv.Close())
+	}
+	return err
 }
 
-func (d *Daemon) closeGroups() error {
+func (d *Engine) closeGroups() error {
 	var errs []error
 	for _, g := range d.groups {
 		errs = append(errs, g.close())
@@ -506,7 +467,7 @@ func (d *Daemon) closeGroups() error {
 }
 
 // find returns the captured VM by id or name.
-func (d *Daemon) find(vm string) (*vmCapture, bool) {
+func (d *Engine) find(vm string) (*vmCapture, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if v, ok := d.vms[vm]; ok {
@@ -523,7 +484,7 @@ func (d *Daemon) find(vm string) (*vmCapture, bool) {
 // Detach cleanly ends capture of vm (all its disks, or the one whose target
 // is disk): the jobs are cancelled, never completed, and the VM is not
 // re-attached until Attach.
-func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
+func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 	v, ok := d.find(vm)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
@@ -559,7 +520,7 @@ func (d *Daemon) Detach(ctx context.Context, vm, disk string) error {
 
 // Attach protects vm again after a Detach, or at once if the daemon has not
 // seen it yet.
-func (d *Daemon) Attach(ctx context.Context, vm string) error {
+func (d *Engine) Attach(ctx context.Context, vm string) error {
 	d.attachMu.Lock()
 	defer d.attachMu.Unlock()
 	if v, ok := d.find(vm); ok {
@@ -594,7 +555,7 @@ func (d *Daemon) Attach(ctx context.Context, vm string) error {
 // Pause holds capture of vm's disks (or one): writes are refused by the
 // capture export, the jobs stop, QEMU tracks what changes, and nothing is
 // resumed until Resume.
-func (d *Daemon) Pause(ctx context.Context, vm, disk string) error {
+func (d *Engine) Pause(ctx context.Context, vm, disk string) error {
 	return d.eachDisk(vm, disk, func(dc *diskCapture) {
 		dc.exp.SetPaused(true)
 		dc.cap.Pause()
@@ -603,14 +564,14 @@ func (d *Daemon) Pause(ctx context.Context, vm, disk string) error {
 
 // Resume ends a Pause: the jobs resume and re-copy what changed, bracketed
 // as a resync in the stream.
-func (d *Daemon) Resume(ctx context.Context, vm, disk string) error {
+func (d *Engine) Resume(ctx context.Context, vm, disk string) error {
 	return d.eachDisk(vm, disk, func(dc *diskCapture) {
 		dc.exp.SetPaused(false)
 		dc.cap.Resume(ctx)
 	})
 }
 
-func (d *Daemon) eachDisk(vm, disk string, fn func(*diskCapture)) error {
+func (d *Engine) eachDisk(vm, disk string, fn func(*diskCapture)) error {
 	v, ok := d.find(vm)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)

@@ -1,4 +1,4 @@
-package replicad
+package replica
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ import (
 // newDaemon starts a replica daemon on loopback with tenants "acme" (group
 // "db") and "acme.db" (group "3"): names that would collide if export names
 // were joined with dots.
-func newDaemon(t *testing.T) *Daemon {
+func newDaemon(t *testing.T) *Site {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now()
@@ -88,7 +88,7 @@ groups = ["3"]
 
 // fill journals a group: one block per disk, then each disk's
 // sync-complete marker.
-func fill(t *testing.T, d *Daemon, tenant, group string, disks ...string) *journal.Journal {
+func fill(t *testing.T, d *Site, tenant, group string, disks ...string) *journal.Journal {
 	t.Helper()
 	j, err := d.journal(context.Background(), tenant, group)
 	if err != nil {
@@ -125,10 +125,10 @@ func TestExportNamesAndWithdrawal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ea.Disks["4.vda"] == eb.Disks["vda"] {
-		t.Fatalf("two tenants' exports share the NBD name %q", ea.Disks["4.vda"])
+	if ea.Exports["4.vda"] == eb.Exports["vda"] {
+		t.Fatalf("two tenants' exports share the NBD name %q", ea.Exports["4.vda"])
 	}
-	for name, want := range map[string]byte{ea.Disks["4.vda"]: 1, eb.Disks["vda"]: 1} {
+	for name, want := range map[string]byte{ea.Exports["4.vda"]: 1, eb.Exports["vda"]: 1} {
 		e, ok := d.exports.Lookup(name)
 		if !ok {
 			t.Fatalf("export %q not served", name)
@@ -145,13 +145,13 @@ func TestExportNamesAndWithdrawal(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := d.exports.Lookup(ea.Disks["4.vda"]); ok {
+	if _, ok := d.exports.Lookup(ea.Exports["4.vda"]); ok {
 		t.Fatal("an export of a closed journal is still served")
 	}
 	if err := d.Unexport(ea.ID); !errors.Is(err, ErrUnknownExport) {
 		t.Fatalf("the withdrawn export is still listed: %v", err)
 	}
-	if _, ok := d.exports.Lookup(eb.Disks["vda"]); !ok {
+	if _, ok := d.exports.Lookup(eb.Exports["vda"]); !ok {
 		t.Fatal("another tenant's export was withdrawn too")
 	}
 	if _, err := d.journal(ctx, "acme", "db"); err != nil {
@@ -164,7 +164,7 @@ func TestRestoreRules(t *testing.T) {
 	ctx := context.Background()
 	j := fill(t, d, "acme", "db", "vda")
 	at := journal.Target{Seq: j.LastSeq()}
-	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, errBadTarget) {
+	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, ErrBadTarget) {
 		t.Fatalf("restore to a relative path: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "vda.raw")

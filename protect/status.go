@@ -1,0 +1,84 @@
+package protect
+
+import (
+	"sort"
+	"time"
+
+	"github.com/qcdp/qcdp/shipper/sender"
+)
+
+// Status is what GET /v1/status returns and `qcdp status` shows.
+type Status struct {
+	Groups []GroupStatus `json:"groups"`
+}
+
+// GroupStatus is one protection group.
+type GroupStatus struct {
+	Name      string       `json:"name"`
+	Socket    string       `json:"nbd_socket"`
+	SpoolDir  string       `json:"spool_dir"`
+	LastSeq   uint64       `json:"last_seq"`
+	Acked     uint64       `json:"acked_seq"`
+	Bytes     int64        `json:"spool_bytes"`
+	MaxBytes  int64        `json:"spool_max"`
+	Disks     []DiskStatus `json:"disks"`
+	NBDWrites int64        `json:"nbd_writes"`
+	NBDErrors int64        `json:"nbd_errors"`
+	// Replica is the stream to the group's replica; nil without one.
+	Replica *sender.Stats `json:"replica,omitempty"`
+}
+
+// DiskStatus is one protected disk.
+type DiskStatus struct {
+	VM     string    `json:"vm"`
+	VMID   string    `json:"vm_id"`
+	Target string    `json:"target"`
+	Stream string    `json:"stream"`
+	Node   string    `json:"node"`
+	Format string    `json:"format"`
+	Size   int64     `json:"size"`
+	State  string    `json:"state"`
+	Error  string    `json:"error,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
+// Status reports every group and protected disk.
+func (d *Engine) Status() Status {
+	var st Status
+	names := make([]string, 0, len(d.groups))
+	for n := range d.groups {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range names {
+		g := d.groups[n]
+		ss := g.Spool().Stats()
+		ns := g.ServerStats()
+		gs := GroupStatus{Name: n, Socket: g.Socket(), SpoolDir: d.pol.SpoolDir(g.cfg),
+			LastSeq: g.Spool().LastSeq(), Acked: g.Spool().Acked(), Bytes: ss.Bytes, MaxBytes: g.cfg.SpoolMax,
+			NBDWrites: ns.Writes, NBDErrors: ns.Errors, Disks: []DiskStatus{}}
+		if snd := g.Sender(); snd != nil {
+			rs := snd.Stats()
+			gs.Replica = &rs
+		}
+		for _, v := range d.vms {
+			if v.group != g {
+				continue
+			}
+			for _, dc := range v.disks {
+				state, err := dc.cap.State()
+				ds := DiskStatus{VM: v.vm.Name, VMID: v.vm.ID, Target: dc.disk.Target, Stream: dc.name,
+					Node: dc.disk.Node, Format: dc.disk.Format, Size: dc.disk.Size, State: string(state), Since: dc.since}
+				if err != nil {
+					ds.Error = err.Error()
+				}
+				gs.Disks = append(gs.Disks, ds)
+			}
+		}
+		sort.Slice(gs.Disks, func(i, j int) bool { return gs.Disks[i].Stream < gs.Disks[j].Stream })
+		st.Groups = append(st.Groups, gs)
+	}
+	return st
+}
