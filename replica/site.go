@@ -346,6 +346,9 @@ type GroupInfo struct {
 	LastSeq uint64         `json:"last_seq"`
 	Window  journal.Window `json:"window"`
 	Error   string         `json:"error,omitempty"` // why the group is quarantined
+	// Clock counts the capture times the receiver corrected: a host clock
+	// that stepped back or runs ahead of this site's (see package receiver).
+	Clock *receiver.ClockReport `json:"host_clock,omitempty"`
 }
 
 // Groups lists the open journals.
@@ -374,7 +377,11 @@ func (d *Site) Groups(ctx context.Context) ([]GroupInfo, error) {
 			return nil, err
 		}
 		tenant, group, _ := cutKey(k)
-		out = append(out, GroupInfo{Tenant: tenant, Group: group, LastSeq: js[k].LastSeq(), Window: w})
+		gi := GroupInfo{Tenant: tenant, Group: group, LastSeq: js[k].LastSeq(), Window: w}
+		if c := d.recv.Clock(tenant, group); c != (receiver.ClockReport{}) {
+			gi.Clock = &c
+		}
+		out = append(out, gi)
 	}
 	return out, nil
 }

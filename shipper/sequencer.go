@@ -16,7 +16,8 @@ import (
 // Sequencer orders the writes of one protection group. Its methods are safe
 // for concurrent use; it must be the only writer of its spool.
 type Sequencer struct {
-	sp *spool.Spool
+	sp  *spool.Spool
+	clk *captureClock
 
 	mu   sync.Mutex
 	next uint64
@@ -40,7 +41,37 @@ var ErrResyncPending = errors.New("shipper: a write was refused since; the resyn
 // NewSequencer returns the sequencer of the group whose spool is sp; it
 // continues after sp.LastSeq().
 func NewSequencer(sp *spool.Spool) *Sequencer {
-	return &Sequencer{sp: sp, next: sp.LastSeq() + 1, resync: map[string]uint64{}, refused: map[string]bool{}}
+	return newSequencer(sp, systemClock())
+}
+
+func newSequencer(sp *spool.Spool, read readClock) *Sequencer {
+	return &Sequencer{sp: sp, clk: newCaptureClock(read, lastTime(sp)), next: sp.LastSeq() + 1,
+		resync: map[string]uint64{}, refused: map[string]bool{}}
+}
+
+// lastTime is the capture time of the spool's last record, 0 when it
+// holds none (all acknowledged: the replica then clamps a host whose clock
+// went back across a restart, see package replica/receiver).
+func lastTime(sp *spool.Spool) int64 {
+	last := sp.LastSeq()
+	if last == 0 || last <= sp.Acked() {
+		return 0
+	}
+	c := sp.Cursor(last)
+	defer c.Close()
+	r, err := c.Next()
+	if err != nil || r.Seq != last {
+		return 0
+	}
+	return r.Time
+}
+
+// ClockSteps reports how often the wall clock was seen to step back and by
+// how much in all: capture times did not follow it (see captureClock).
+func (s *Sequencer) ClockSteps() (n int64, back time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clk.steps, s.clk.back
 }
 
 // append stamps r with the next seq and the capture time and appends it to
@@ -81,7 +112,7 @@ func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
 
 func (s *Sequencer) put(r *record.Record) (uint64, error) {
 	r.Seq = s.next
-	r.Time = time.Now().UnixNano()
+	r.Time = s.clk.stamp()
 	if err := s.sp.Append(r); err != nil {
 		return 0, err
 	}

@@ -44,6 +44,28 @@ type replica struct {
 	pki  *streamtest.PKI
 	log  *logBuf
 	root string
+	srv  *receiver.Server
+
+	mu    sync.Mutex
+	times []int64 // capture times of every record appended, in order
+}
+
+// recording is a journal that notes the capture times appended to it.
+type recording struct {
+	*journal.Journal
+	r *replica
+}
+
+func (j recording) Append(ctx context.Context, recs []record.Record) error {
+	if err := j.Journal.Append(ctx, recs); err != nil {
+		return err
+	}
+	j.r.mu.Lock()
+	for _, rec := range recs {
+		j.r.times = append(j.r.times, rec.Time)
+	}
+	j.r.mu.Unlock()
+	return nil
 }
 
 func start(t testing.TB) *replica {
@@ -76,9 +98,14 @@ groups = ["payroll"]
 			if err != nil {
 				return nil, err
 			}
-			return journal.Open(ctx, journal.Options{Dir: dir, Group: group, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			j, err := journal.Open(ctx, journal.Options{Dir: dir, Group: group, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				return nil, err
+			}
+			return recording{j, r}, nil
 		},
 	}
+	r.srv = srv
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -63,6 +63,8 @@ type Server struct {
 	// the TLS handshake and the Hello; default DefaultHandshakeTimeout.
 	IdleTimeout      time.Duration
 	HandshakeTimeout time.Duration
+	// Now is the replica's clock (default time.Now), a seam for tests.
+	Now func() time.Time
 
 	mu       sync.Mutex
 	closed   bool
@@ -82,6 +84,36 @@ type groupState struct {
 	sem chan struct{} // capacity 1: held by the session that streams
 	cur *session      // the newest session; older ones are being replaced (srv.mu)
 	j   Journal       // open journal, or nil; owned by the holder of sem
+	// lastTime is the capture time of the newest record appended or
+	// pending; clock what was corrected. Owned by the holder of sem.
+	lastTime  int64
+	clock     ClockReport
+	published ClockReport // a copy of clock for Clock (srv.mu)
+}
+
+// MaxClockAhead is how far a host's capture times may run ahead of the
+// replica's clock before they are lowered to it.
+const MaxClockAhead = time.Minute
+
+// ClockReport says how often a group's capture times had to be corrected:
+// times that went back (a host clock stepped back) and times ahead of the
+// replica's clock (a host clock running ahead).
+type ClockReport struct {
+	Back     int64         `json:"back"`
+	MaxBack  time.Duration `json:"max_back_ns"`
+	Ahead    int64         `json:"ahead"`
+	MaxAhead time.Duration `json:"max_ahead_ns"`
+}
+
+// Clock reports the corrections made to a group's capture times since the
+// server started (zero for a group that has not streamed).
+func (srv *Server) Clock(tenant, group string) ClockReport {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if gs, ok := srv.groups[groupKey{tenant, group}]; ok {
+		return gs.published
+	}
+	return ClockReport{}
 }
 
 type session struct {
@@ -339,4 +371,11 @@ func (srv *Server) release(key groupKey, gs *groupState, s *session, held bool) 
 	if held {
 		<-gs.sem
 	}
+}
+
+func (srv *Server) now() time.Time {
+	if srv.Now != nil {
+		return srv.Now()
+	}
+	return time.Now()
 }

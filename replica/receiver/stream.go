@@ -30,6 +30,10 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 			return
 		}
 		gs.j = j
+		gs.lastTime = 0
+		if lt, ok := j.(interface{ LastTime() int64 }); ok {
+			gs.lastTime = lt.LastTime()
+		}
 	}
 	durable := gs.j.LastSeq()
 	if durable > hello.LastSeq {
@@ -101,6 +105,8 @@ type receiving struct {
 	dec *stream.BatchDecoder
 	log *slog.Logger
 
+	warnedBack, warnedAhead bool // logged once per session
+
 	pending []record.Record // decoded, not yet appended
 	bytes   int             // raw bytes of pending
 	bufs    [][]byte        // payload copies of coalesced batches, reused
@@ -162,6 +168,7 @@ func (r *receiving) batch(f stream.Frame) error {
 	} else {
 		recs = recs[skip:]
 	}
+	r.checkTimes(recs)
 	if len(r.pending) == 0 && r.br.Buffered() == 0 {
 		r.pending = append(r.pending, recs...) // appended before the buffers are reused
 		r.bytes += bi.RawLen
@@ -199,4 +206,51 @@ func (r *receiving) flush() error {
 	r.pending, r.bytes, r.nbuf = r.pending[:0], 0, 0
 	r.ack = stream.AppendAck(r.ack[:0], r.gs.j.LastSeq())
 	return r.srv.write(r.c, r.ack)
+}
+
+// checkTimes keeps capture times from going back along the group's stream
+// and from running ahead of the replica's own clock: the journal searches
+// them as sorted and retention folds by them, so a host whose clock stepped
+// back (an old host, or a restart with its spool emptied) or runs ahead
+// must not reorder or fold the any-point window. A time earlier than the
+// last one is raised to it; one ahead of the replica's clock by more than
+// MaxClockAhead is lowered to the replica's clock (never below the last
+// one). Each is counted in the group's ClockReport and logged once per
+// session.
+func (r *receiving) checkTimes(recs []record.Record) {
+	now := r.srv.now().UnixNano()
+	gs := r.gs
+	before := gs.clock
+	defer func() {
+		if gs.clock != before {
+			r.srv.mu.Lock()
+			gs.published = gs.clock
+			r.srv.mu.Unlock()
+		}
+	}()
+	for i := range recs {
+		t := recs[i].Time
+		switch {
+		case t < gs.lastTime:
+			gs.clock.Back++
+			gs.clock.MaxBack = max(gs.clock.MaxBack, time.Duration(gs.lastTime-t))
+			if !r.warnedBack {
+				r.warnedBack = true
+				r.log.Warn("receiver: the host's capture times went back; kept in order at the last one (is the host's clock stepping?)",
+					"seq", recs[i].Seq, "back", time.Duration(gs.lastTime-t))
+			}
+			t = gs.lastTime
+		case t > now+int64(MaxClockAhead):
+			gs.clock.Ahead++
+			gs.clock.MaxAhead = max(gs.clock.MaxAhead, time.Duration(t-now))
+			if !r.warnedAhead {
+				r.warnedAhead = true
+				r.log.Warn("receiver: the host's clock is ahead of the replica's; capture times lowered to the replica's clock",
+					"seq", recs[i].Seq, "ahead", time.Duration(t-now))
+			}
+			t = max(now, gs.lastTime)
+		}
+		recs[i].Time = t
+		gs.lastTime = t
+	}
 }

@@ -1,0 +1,63 @@
+package shipper
+
+import "time"
+
+// stepTolerance is how far the wall clock may move against the monotonic
+// clock before the capture clock calls it a step.
+const stepTolerance = time.Second
+
+// readClock returns the wall clock (ns since the epoch) and a monotonic
+// reading (time since some fixed instant). A seam for tests.
+type readClock func() (wall int64, mono time.Duration)
+
+// systemClock reads both from time.Now.
+func systemClock() readClock {
+	start := time.Now()
+	return func() (int64, time.Duration) {
+		t := time.Now()
+		return t.UnixNano(), t.Sub(start) // Sub uses the monotonic reading
+	}
+}
+
+// captureClock stamps capture times that never decrease along a group's
+// stream, whatever the wall clock does: the journal binary-searches them
+// and retention folds by them, so one step back would fold away points
+// that are minutes old. It advances with the monotonic clock from an
+// anchor on the wall clock. When the wall clock steps forward past it (an
+// NTP correction), the anchor follows; when the wall clock steps back, the
+// step is counted and the capture clock goes on at the monotonic rate, so
+// it stays ahead of the wall clock by the step until a later step forward.
+// It starts no earlier than the spool's last capture time, so a restart on
+// a host whose clock is behind does not go back either. Callers serialize
+// (the sequencer's lock).
+type captureClock struct {
+	read   readClock
+	monoAt time.Duration // monotonic reading at the anchor
+	base   int64         // capture time at the anchor
+	ahead  int64         // capture clock minus wall clock at the anchor (≥ 0)
+	last   int64         // the last stamp given
+	steps  int64         // steps back seen
+	back   time.Duration // their sum
+}
+
+func newCaptureClock(read readClock, last int64) *captureClock {
+	wall, mono := read()
+	base := max(wall, last)
+	return &captureClock{read: read, monoAt: mono, base: base, ahead: base - wall, last: last}
+}
+
+// stamp returns the next capture time: never less than the last one.
+func (c *captureClock) stamp() int64 {
+	wall, mono := c.read()
+	t := c.base + int64(mono-c.monoAt)
+	switch diff := t - wall; {
+	case diff < -int64(stepTolerance): // the wall clock stepped forward
+		c.monoAt, c.base, c.ahead, t = mono, wall, 0, wall
+	case diff-c.ahead > int64(stepTolerance): // the wall clock stepped back
+		c.steps++
+		c.back += time.Duration(diff - c.ahead)
+		c.monoAt, c.base, c.ahead = mono, t, diff
+	}
+	c.last = max(c.last, t)
+	return c.last
+}
