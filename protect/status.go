@@ -24,6 +24,9 @@ type GroupStatus struct {
 	Disks     []DiskStatus `json:"disks"`
 	NBDWrites int64        `json:"nbd_writes"`
 	NBDErrors int64        `json:"nbd_errors"`
+	// ClockStepsBack counts the steps back of this host's wall clock the
+	// group's capture clock ignored (capture times never go back).
+	ClockStepsBack int64 `json:"clock_steps_back,omitempty"`
 	// Replica is the stream to the group's replica; nil without one.
 	Replica *sender.Stats `json:"replica,omitempty"`
 }
@@ -59,6 +62,7 @@ func (d *Engine) Status() Status {
 		gs := GroupStatus{Name: n, Socket: g.Socket(), SpoolDir: d.pol.SpoolDir(g.cfg),
 			LastSeq: g.Spool().LastSeq(), Acked: g.Spool().Acked(), Bytes: ss.Bytes, MaxBytes: g.cfg.SpoolMax,
 			NBDWrites: ns.Writes, NBDErrors: ns.Errors, Disks: []DiskStatus{}}
+		gs.ClockStepsBack, _ = g.Sequencer().ClockSteps()
 		if snd := g.Sender(); snd != nil {
 			rs := snd.Stats()
 			gs.Replica = &rs
