@@ -33,7 +33,10 @@ const (
 	DefaultIdleTimeout = 60 * time.Second
 	DefaultDialTimeout = 10 * time.Second
 	DefaultMinBackoff  = 100 * time.Millisecond
-	DefaultMaxBackoff  = 30 * time.Second
+	// DefaultMaxBackoff keeps the wait between reconnects short: a replica
+	// that comes back is streamed to again within about this long (a
+	// dial attempt every two seconds costs a down replica nothing).
+	DefaultMaxBackoff = 2 * time.Second
 )
 
 // Options configure a Sender.
@@ -172,7 +175,7 @@ func (s *Sender) Run(ctx context.Context) error {
 			return fmt.Errorf("sender: group %s: %w", s.group, err)
 		}
 		if progressed {
-			backoff = s.opts.MinBackoff
+			backoff = s.opts.MinBackoff // the replica answered: start over
 		}
 		s.mu.Lock()
 		s.stats.Reconnects++
@@ -223,6 +226,7 @@ func (s *Sender) session(ctx context.Context) (progressed bool, err error) {
 	}()
 	s.mu.Lock()
 	s.connected = true
+	s.stats.LastError = "" // what went wrong before is over
 	s.mu.Unlock()
 	s.log.Info("sender: streaming", "durable", durable, "spool_last", s.opts.Spool.LastSeq())
 	werr := s.write(sctx, c, durable)
