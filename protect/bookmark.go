@@ -93,8 +93,11 @@ func (d *Engine) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 			attempted = append(attempted, t)
 		}
 	}
+	// App-consistent only when there was something to freeze and all of
+	// it froze: a group with no protected VM running gets a
+	// crash-consistent point, never an app-consistent claim.
 	kind := record.AppConsistent
-	if len(frozen) != len(vms) {
+	if len(vms) == 0 || len(frozen) != len(vms) {
 		kind = record.CrashConsistent
 	}
 	seq, markErr := g.Sequencer().Mark(kind, name)

@@ -84,6 +84,7 @@ func OpenGroup(ctx context.Context, opts GroupOptions) (*Group, error) {
 	}
 	g := &Group{name: name, opts: opts, log: log, sp: sp, seq: NewSequencer(sp),
 		closing: make(chan struct{}), serveEnd: make(chan struct{})}
+	g.seq.SetLogger(log)
 	if opts.Replica != nil {
 		so := *opts.Replica
 		so.Spool = sp

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 type Sequencer struct {
 	sp  *spool.Spool
 	clk *captureClock
+	log atomic.Pointer[slog.Logger] // nil: slog.Default
 
 	mu   sync.Mutex
 	next uint64
@@ -64,6 +66,16 @@ func lastTime(sp *spool.Spool) int64 {
 		return 0
 	}
 	return r.Time
+}
+
+// SetLogger sets where the sequencer's capture exports log refusals.
+func (s *Sequencer) SetLogger(l *slog.Logger) { s.log.Store(l) }
+
+func (s *Sequencer) logger() *slog.Logger {
+	if l := s.log.Load(); l != nil {
+		return l
+	}
+	return slog.Default()
 }
 
 // ClockSteps reports how often the wall clock was seen to step back and by
@@ -222,6 +234,10 @@ type CaptureExport struct {
 	disk   string
 	size   int64
 	paused atomic.Bool
+	// refused counts the writes refused since the last one taken: the
+	// first of a run is logged, and the run's count when writes are
+	// taken again, so a full spool or a failed disk is in the log once.
+	refused atomic.Int64
 }
 
 // ErrPaused is why a paused capture export refuses writes.
@@ -262,7 +278,14 @@ func (e *CaptureExport) put(r *record.Record) error {
 		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, ErrPaused)
 	}
 	if _, err := e.seq.append(r); err != nil {
+		if e.refused.Add(1) == 1 {
+			e.seq.logger().Error("capture: the spool refuses writes; answering EIO (the mirror stops and QEMU tracks the changes)",
+				"disk", e.disk, "err", err)
+		}
 		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, err)
+	}
+	if n := e.refused.Load(); n > 0 && e.refused.CompareAndSwap(n, 0) {
+		e.seq.logger().Info("capture: the spool takes writes again", "disk", e.disk, "refused", n)
 	}
 	return nil
 }

@@ -1,11 +1,13 @@
 package shipper
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,6 +112,7 @@ func TestConcurrentDisksOneOrder(t *testing.T) {
 func TestFullSpoolIsEIOAtOnce(t *testing.T) {
 	sp := openSpool(t, 64<<10)
 	seq := NewSequencer(sp)
+
 	e, _ := seq.Export("vda", 1<<30)
 	p := make([]byte, 4096)
 	var err error
@@ -281,5 +284,38 @@ func TestWriteAtDoesNotAllocate(t *testing.T) {
 		}
 	}); a != 0 {
 		t.Fatalf("WriteAt allocates %v times per call", a)
+	}
+}
+
+// TestRefusalsLoggedOncePerRun: a full spool (or a failed disk) refusing
+// every write is in the log once, naming why, and its end once with the
+// number refused: not once per write, and not silent.
+func TestRefusalsLoggedOncePerRun(t *testing.T) {
+	sp := openSpool(t, 64<<10)
+	seq := NewSequencer(sp)
+	var logged bytes.Buffer
+	seq.SetLogger(slog.New(slog.NewTextHandler(&logged, nil)))
+	e, _ := seq.Export("vda", 1<<30)
+	p := make([]byte, 4096)
+	for err := error(nil); err == nil; {
+		err = e.WriteAt(context.Background(), p, 0)
+	}
+	for i := 0; i < 99; i++ {
+		if err := e.WriteAt(context.Background(), p, 0); err == nil {
+			t.Fatal("a full spool took a 4 KiB write")
+		}
+	}
+	if err := sp.Ack(sp.LastSeq()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.WriteAt(context.Background(), p, 0); err != nil {
+		t.Fatal(err)
+	}
+	log := logged.String()
+	if n := strings.Count(log, "refuses writes"); n != 1 || !strings.Contains(log, "full") {
+		t.Fatalf("want one log line naming the full spool, got %d:\n%s", n, log)
+	}
+	if n := strings.Count(log, "takes writes again"); n != 1 || !strings.Contains(log, "refused=100") {
+		t.Fatalf("want one log line when writes are taken again, with refused=100, got %d:\n%s", n, log)
 	}
 }
