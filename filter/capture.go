@@ -37,6 +37,9 @@ var (
 )
 
 // Marker puts a marker for a disk into the group's stream (the sequencer).
+// A resync-begin while the disk's bracket is open must not open another:
+// the lifecycle asks for one at every stop (shipper.Sequencer keeps one
+// bracket per disk, and owes a refused one).
 type Marker interface {
 	MarkDisk(kind record.MarkerKind, disk string) (seq uint64, err error)
 }
@@ -84,21 +87,15 @@ type Capture struct {
 	mark Marker
 	log  *slog.Logger
 
-	mu         sync.Mutex
-	state      State
-	lastErr    error
-	detach     bool // a Detach is under way: the job's end is expected
-	userPaused bool // the operator paused capture: no automatic resume
-	// syncDone: this job's sync-complete marker is in the stream. Until it
-	// is, the replica has no restore point for the disk, so a job that
-	// reaches READY only through a resync writes it when it converges.
-	syncDone bool
+	mu      sync.Mutex
+	m       machine       // the lifecycle's state (machine.go)
+	todo    []action      // actions of the transitions taken, for Run's loop
+	changed chan struct{} // closed and replaced at every state change
 
-	kick chan struct{} // Resume asks the event loop to resume the job now
+	wake chan struct{} // an operator's input left actions in todo
 
 	ended     chan struct{} // closed when Run has seen the job end
 	endedOnce sync.Once
-	changed   chan struct{} // closed and replaced at every state change
 }
 
 // New returns the lifecycle of one disk. Nothing happens in QEMU until Run.
@@ -125,36 +122,22 @@ func New(q *qmp.Client, cfg Config, mark Marker) (*Capture, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &Capture{q: q, cfg: cfg, mark: mark, log: cfg.Logger.With("disk", cfg.Disk),
-		state: Detached, ended: make(chan struct{}), changed: make(chan struct{}),
-		kick: make(chan struct{}, 1)}, nil
+		m:     newMachine(cfg.ResumeBackoff, cfg.MaxResumeBackoff),
+		ended: make(chan struct{}), changed: make(chan struct{}), wake: make(chan struct{}, 1)}, nil
 }
 
 // State returns the disk's state and, in Error, why.
 func (c *Capture) State() (State, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.state, c.lastErr
-}
-
-func (c *Capture) setState(s State, err error) {
-	c.mu.Lock()
-	old := c.state
-	c.state, c.lastErr = s, err
-	if old != s {
-		close(c.changed)
-		c.changed = make(chan struct{})
-	}
-	c.mu.Unlock()
-	if old != s {
-		c.log.Info("capture state", "from", old, "to", s, "err", err)
-	}
+	return c.m.state, c.m.err
 }
 
 // WaitState waits until the disk is in one of states and returns it.
 func (c *Capture) WaitState(ctx context.Context, states ...State) (State, error) {
 	for {
 		c.mu.Lock()
-		cur, ch := c.state, c.changed
+		cur, ch := c.m.state, c.changed
 		c.mu.Unlock()
 		for _, s := range states {
 			if cur == s {
@@ -196,14 +179,13 @@ func (c *Capture) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if job == nil {
-		if err := c.attach(ctx); err != nil {
-			c.setState(Error, err)
-			return err
-		}
-		c.setState(InitialSync, nil)
+	if job != nil {
+		c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
+		c.feed(input{kind: adoptInput(job)})
+	} else if err := c.attach(ctx); err != nil {
+		c.feed(input{kind: inAttachFailed, err: err}) // follow returns err
 	} else {
-		c.adopt(ctx, job)
+		c.feed(input{kind: inAttached})
 	}
 	return c.follow(ctx, events)
 }
@@ -287,224 +269,23 @@ func (c *Capture) hasBitmap(ctx context.Context) (bool, error) {
 	return false, fmt.Errorf("filter: disk %s: no node %q in QEMU", c.cfg.Disk, c.cfg.Node)
 }
 
-// adopt takes over a job a previous daemon started.
-func (c *Capture) adopt(ctx context.Context, job *qmp.BlockJobInfo) {
-	c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
-	switch {
-	case job.Paused || job.Status == "paused" || job.IOStatus != "ok":
-		// Writes were refused while no daemon listened: they are re-copied
-		// out of order after the resume.
-		c.beginResync(ctx)
-	case job.Ready:
-		// In-flight writes of the old daemon may be lost: re-verify.
-		c.beginResync(ctx)
-	default:
-		c.setState(InitialSync, nil)
-	}
-}
-
-// beginResync marks the stream and resumes the job until it runs.
-func (c *Capture) beginResync(ctx context.Context) {
-	if _, err := c.mark.MarkDisk(record.ResyncBegin, c.cfg.Disk); err != nil {
-		c.log.Warn("resync-begin marker not written", "err", err)
-	}
-	c.setState(Tracking, nil)
-}
-
-// follow is the event loop.
-func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
-	id := JobID(c.cfg.Disk)
-	var retry *time.Timer
-	var retryC <-chan time.Time
-	backoff := c.cfg.ResumeBackoff
-	var poll *time.Ticker
-	var pollC <-chan time.Time
-	defer func() {
-		if retry != nil {
-			retry.Stop()
-		}
-		if poll != nil {
-			poll.Stop()
-		}
-	}()
-	scheduleResume := func() {
-		if retry == nil {
-			retry = time.NewTimer(backoff)
-		} else {
-			retry.Reset(backoff)
-		}
-		retryC = retry.C
-		backoff = min(2*backoff, c.cfg.MaxResumeBackoff)
-	}
-	startPoll := func() {
-		if poll == nil {
-			poll = time.NewTicker(c.cfg.ConvergePoll)
-		}
-		pollC = poll.C
-	}
-	if st, _ := c.State(); st == Tracking {
-		scheduleResume()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case ev, ok := <-events:
-			if !ok {
-				err := fmt.Errorf("filter: disk %s: %w", c.cfg.Disk, ErrMonitorGone)
-				c.setState(Error, err)
-				c.endedOnce.Do(func() { close(c.ended) })
-				return err
-			}
-			if ev.Str("device") != id && ev.Str("id") != id {
-				continue
-			}
-			switch ev.Name {
-			case qmp.EventBlockJobReady:
-				if st, _ := c.State(); st == InitialSync {
-					if _, err := c.mark.MarkDisk(record.SyncComplete, c.cfg.Disk); err != nil {
-						// The marker waits for room: resync brackets the gap,
-						// and the marker is written when the job converges.
-						c.log.Warn("sync-complete marker not written", "err", err)
-						c.beginResync(ctx)
-						scheduleResume()
-						continue
-					}
-					c.mu.Lock()
-					c.syncDone = true
-					c.mu.Unlock()
-					c.setState(Syncing, nil)
-				}
-			case qmp.EventBlockJobError:
-				if ev.Str("action") == "stop" {
-					if c.isUserPaused() {
-						c.setState(Paused, nil)
-						continue
-					}
-					if st, _ := c.State(); st != Tracking {
-						c.beginResync(ctx)
-					}
-					scheduleResume()
-				}
-			case qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled:
-				c.mu.Lock()
-				expected := c.detach
-				c.mu.Unlock()
-				if expected {
-					c.setState(Detached, nil)
-					c.endedOnce.Do(func() { close(c.ended) })
-					return nil
-				}
-				err := fmt.Errorf("%w: %s %s", ErrJobVanished, ev.Name, ev.Str("error"))
-				c.setState(Error, err)
-				c.endedOnce.Do(func() { close(c.ended) })
-				return err
-			}
-		case <-c.kick:
-			backoff = c.cfg.ResumeBackoff
-			scheduleResume()
-		case <-retryC:
-			retryC = nil
-			if c.isUserPaused() {
-				continue
-			}
-			if err := c.q.BlockJobResume(ctx, id); err != nil && !qmp.IsClass(err, "GenericError") {
-				c.log.Warn("resume capture job", "err", err)
-			}
-			// Whether it runs now shows in the next poll: an error stops it
-			// again with a new BLOCK_JOB_ERROR.
-			c.setState(Resync, nil)
-			startPoll()
-		case <-pollC:
-			job, err := c.findJob(ctx)
-			if err != nil {
-				c.log.Warn("query capture job", "err", err)
-				continue
-			}
-			if job == nil {
-				continue // its end event is on the way
-			}
-			if job.Paused || job.IOStatus != "ok" {
-				if c.isUserPaused() {
-					pollC = nil
-					c.setState(Paused, nil)
-					continue
-				}
-				if retryC == nil {
-					c.setState(Tracking, nil)
-					scheduleResume()
-				}
-				continue
-			}
-			if job.Ready && job.Offset == job.Len && !job.Busy {
-				pollC = nil
-				backoff = c.cfg.ResumeBackoff
-				if _, err := c.mark.MarkDisk(record.ResyncEnd, c.cfg.Disk); err != nil {
-					c.log.Debug("resync-end marker not written yet", "err", err)
-					startPoll()
-					continue
-				}
-				c.mu.Lock()
-				done := c.syncDone
-				c.mu.Unlock()
-				if !done {
-					if _, err := c.mark.MarkDisk(record.SyncComplete, c.cfg.Disk); err != nil {
-						c.log.Warn("sync-complete marker not written", "err", err)
-						startPoll()
-						continue
-					}
-					c.mu.Lock()
-					c.syncDone = true
-					c.mu.Unlock()
-				}
-				c.setState(Syncing, nil)
-			}
-		}
-	}
-}
-
-func (c *Capture) isUserPaused() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.userPaused
-}
-
 // Pause holds capture for the operator: the disk shows paused and the job,
 // stopped by the capture export's refusals (see shipper.CaptureExport
 // SetPaused), is not resumed until Resume. QEMU tracks what the guest writes
 // meanwhile.
-func (c *Capture) Pause() {
-	c.mu.Lock()
-	c.userPaused = true
-	c.mu.Unlock()
-	c.setState(Paused, nil)
-}
+func (c *Capture) Pause() { c.feed(input{kind: inPause}) }
 
 // Resume ends an operator pause: the stream is bracketed as a resync and the
-// job resumed, re-copying what changed during the pause.
-func (c *Capture) Resume(ctx context.Context) {
-	c.mu.Lock()
-	was := c.userPaused
-	c.userPaused = false
-	c.mu.Unlock()
-	if !was {
-		return
-	}
-	c.beginResync(ctx)
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
+// job resumed, re-copying what changed during the pause. Without a pause it
+// does nothing.
+func (c *Capture) Resume(ctx context.Context) { c.feed(input{kind: inResume}) }
 
 // Detach cancels the capture job (never completes it), waits for its end
 // through Run and removes the target node. The dirty bitmap stays and keeps
 // tracking writes. Run must be running.
 func (c *Capture) Detach(ctx context.Context) error {
 	d := c.cfg.Disk
-	c.mu.Lock()
-	c.detach = true
-	c.mu.Unlock()
+	c.feed(input{kind: inDetach})
 	job, err := c.findJob(ctx)
 	if err != nil {
 		return err
@@ -523,7 +304,7 @@ func (c *Capture) Detach(ctx context.Context) error {
 	if err := c.q.BlockdevDel(ctx, TargetNode(d)); err != nil && !qmp.IsClass(err, "GenericError") {
 		return fmt.Errorf("filter: disk %s: remove target node: %w", d, err)
 	}
-	c.setState(Detached, nil)
+	c.feed(input{kind: inDetached})
 	return nil
 }
 

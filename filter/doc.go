@@ -24,9 +24,12 @@
 // # States (what `qcdp status` shows)
 //
 //	initial-sync ──READY──► syncing ──target error──► tracking
-//	                            ▲                        │ resume succeeds
-//	                            └──converged── resync ◄──┘
-//	any ──Detach──► detached          any ──job vanished──► error
+//	                            ▲                      resume │  ▲ stops again
+//	                            │                             ▼  │
+//	                            └─────────converged─────── resync
+//	any ──Pause──► paused ──Resume──► tracking (a resync bracket opens)
+//	any ──the job ends during a Detach──► detached
+//	any ──the job vanishes, QEMU goes away, the attach fails──► error
 //
 // At BLOCK_JOB_READY the target stream becomes a write log and a
 // sync-complete marker enters the spool (DESIGN.md, QEMU facts). When the
@@ -38,6 +41,31 @@
 // bracketed by resync-begin and resync-end markers, the end being written
 // when the job has converged again (no event exists for that: the lifecycle
 // asks query-block-jobs on a short interval while in resync).
+//
+// A restarted daemon adopts the job it finds by name: one still in its
+// initial copy goes on to READY; one that is ready or stopped is resumed and
+// resynced, as writes were refused, or in flight, while no daemon listened.
+//
+// An operator's Pause is never resumed by the lifecycle: a job it finds
+// stopped stays stopped, and a resume already scheduled is dropped, until
+// Resume, which brackets the re-copy as a resync.
+//
+// # How it is built
+//
+// The lifecycle is a state machine written as a table (machine.go): each
+// rule says, for an input (a QEMU event, a timer, the outcome of a command
+// or marker, an operator's word) in a state and with some flags (operator
+// pause, sync-complete written, detach under way, resume armed, poll on,
+// ended), the next state and what to do. The first matching rule wins; step
+// does no I/O and is tested rule by rule and over every state, input and
+// flag combination. Run's loop (drive.go) is the only thing that acts: it
+// turns events, the resume timer, the poll ticker and ctx into inputs, and
+// carries out the actions (write a marker, block-job-resume,
+// query-block-jobs, arm or stop a timer, end), feeding their outcomes back
+// as inputs. Pause, Resume and Detach feed their inputs from the caller's
+// goroutine, so State shows their effect at once; the actions they cause
+// wait for Run's loop. Once Run has ended (the job ended, QEMU went, the
+// attach failed), inputs change nothing but Detach's own end.
 //
 // Detach is block-job-cancel, never block-job-complete (that would switch the
 // guest onto the NBD target); then the target node is deleted and the bitmap

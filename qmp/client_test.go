@@ -1,124 +1,43 @@
 package qmp
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/qcdp/qcdp/qmp/qmptest"
 )
 
-// fakeQEMU is a QMP peer on a unix socket that speaks QEMU's JSON: the
-// greeting, capabilities negotiation, replies from a handler, and events
-// pushed by the test.
-type fakeQEMU struct {
-	t      *testing.T
-	path   string
-	ln     net.Listener
-	handle func(cmd string, args json.RawMessage) (reply string)
-
-	mu   sync.Mutex
-	conn net.Conn
-	wg   sync.WaitGroup
-	log  []string // commands received after negotiation
-}
+// fakeQEMU is the QMP peer of these tests (package qmptest) with a handler
+// written as cmd, args -> one reply line ("" answers nothing).
+type fakeQEMU struct{ *qmptest.Server }
 
 func newFakeQEMU(t *testing.T, handle func(cmd string, args json.RawMessage) string) *fakeQEMU {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "qmp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fakeQEMU{t: t, path: filepath.Join(dir, "qmp.sock"), handle: handle}
-	f.ln, err = net.Listen("unix", f.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.wg.Add(1)
-	go f.serve()
-	t.Cleanup(func() {
-		f.ln.Close()
-		f.hangUp()
-		f.wg.Wait()
-	})
-	return f
+	return &fakeQEMU{qmptest.NewServer(t, func(c qmptest.Command) []string {
+		if r := handle(c.Name, c.Args); r != "" {
+			return []string{r}
+		}
+		return nil
+	})}
 }
 
-func (f *fakeQEMU) serve() {
-	defer f.wg.Done()
-	conn, err := f.ln.Accept()
-	if err != nil {
-		return
-	}
-	f.mu.Lock()
-	f.conn = conn
-	f.mu.Unlock()
-	f.send(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}`)
-	sc := bufio.NewScanner(conn)
-	negotiated := false
-	for sc.Scan() {
-		var cmd struct {
-			Execute   string          `json:"execute"`
-			Arguments json.RawMessage `json:"arguments"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &cmd); err != nil {
-			f.send(`{"error": {"class": "GenericError", "desc": "JSON parse error"}}`)
-			continue
-		}
-		if !negotiated {
-			if cmd.Execute != "qmp_capabilities" {
-				f.send(`{"error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}}`)
-				continue
-			}
-			negotiated = true
-			f.send(`{"return": {}}`)
-			continue
-		}
-		f.mu.Lock()
-		f.log = append(f.log, cmd.Execute)
-		f.mu.Unlock()
-		if r := f.handle(cmd.Execute, cmd.Arguments); r != "" {
-			f.send(r)
-		}
-	}
-}
-
-// send writes one message; replies and events share the line, as in QEMU.
-func (f *fakeQEMU) send(msg string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.conn == nil {
-		return
-	}
-	f.conn.Write([]byte(msg + "\r\n"))
-}
-
+// event sends an event with a fixed timestamp the tests check.
 func (f *fakeQEMU) event(name, data string) {
-	f.send(fmt.Sprintf(`{"timestamp": {"seconds": 1700000000, "microseconds": 250}, "event": %q, "data": %s}`, name, data))
-}
-
-func (f *fakeQEMU) hangUp() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.conn != nil {
-		f.conn.Close()
-	}
+	f.Send(qmptest.EventAt(name, json.RawMessage(data), time.Unix(1700000000, 250000)))
 }
 
 func dialFake(t *testing.T, f *fakeQEMU, opts ...Option) *Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, f.path, opts...)
+	c, err := Dial(ctx, f.Path(), opts...)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
@@ -274,7 +193,7 @@ func TestExecuteHonoursContext(t *testing.T) {
 			// command that takes its time.
 			go func() {
 				<-release
-				f.send(`{"return": {"who": "slow"}}`)
+				f.Send(`{"return": {"who": "slow"}}`)
 			}()
 			return ""
 		case "fast":
@@ -382,7 +301,7 @@ func TestSubscribersEachGetTheirEvents(t *testing.T) {
 	}
 
 	// All subscriptions end when the monitor goes away, and commands fail.
-	f.hangUp()
+	f.HangUp()
 	for range ready {
 	}
 	for range jobEnd {
