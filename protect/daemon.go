@@ -38,6 +38,7 @@ type Source interface {
 // Sentinel errors of the control API.
 var (
 	ErrUnknownVM   = errors.New("protect: no such VM")
+	ErrUnknownDisk = errors.New("protect: no such disk")
 	ErrUnprotected = errors.New("protect: VM is not protected by the policy")
 )
 
@@ -60,6 +61,8 @@ type Engine struct {
 	attachMu sync.Mutex
 	mu       sync.Mutex
 	vms      map[string]*vmCapture // by VM id
+	seen     []hypervisor.VM       // every VM the last complete scan listed
+	scanned  bool                  // a complete scan has run
 	stopping bool                  // Run is ending: attach nothing more
 	wg       sync.WaitGroup        // capture goroutines
 }
@@ -69,7 +72,9 @@ type Engine struct {
 type group struct {
 	cfg *configs.Group
 	*shipper.Group
-	served chan error // Serve's result
+	served   chan error // Serve's result
+	once     sync.Once
+	closeErr error
 }
 
 // vmCapture is one protected VM: its QMP connection and its disks.
@@ -184,12 +189,15 @@ func (d *Engine) openGroup(ctx context.Context, gc *configs.Group) (*group, erro
 }
 
 // close stops the group's sender and capture server and closes its spool.
+// A second call returns the first one's result.
 func (g *group) close() error {
-	err := g.Shutdown(context.Background())
-	if serr := <-g.served; serr != nil && !errors.Is(serr, shipper.ErrGroupClosed) {
-		err = errors.Join(err, serr)
-	}
-	return err
+	g.once.Do(func() {
+		g.closeErr = g.Shutdown(context.Background())
+		if serr := <-g.served; serr != nil && !errors.Is(serr, shipper.ErrGroupClosed) {
+			g.closeErr = errors.Join(g.closeErr, serr)
+		}
+	})
+	return g.closeErr
 }
 
 // restrict gives a directory to root and QEMU's group only.
@@ -252,6 +260,7 @@ func (d *Engine) scan(ctx context.Context) {
 	d.reap()
 	running := map[string]bool{}
 	complete := true
+	var seen []hypervisor.VM
 	for _, src := range d.sources {
 		vms, err := src.ListVMs(ctx)
 		if err != nil {
@@ -259,6 +268,7 @@ func (d *Engine) scan(ctx context.Context) {
 			complete = false
 			continue
 		}
+		seen = append(seen, vms...)
 		for _, vm := range vms {
 			if !vm.Running {
 				continue
@@ -276,6 +286,9 @@ func (d *Engine) scan(ctx context.Context) {
 		}
 	}
 	if complete {
+		d.mu.Lock()
+		d.seen, d.scanned = seen, true
+		d.mu.Unlock()
 		d.forgetStopped(func(id string) bool { return !running[id] })
 	}
 }
@@ -453,6 +466,7 @@ func (d *Engine) stopAll() {
 func (d *Engine) Close() error {
 	err := d.closeGroups()
 	if d.ownLV {
+		d.ownLV = false
 		err = errors.Join(err, d.lv.Close())
 	}
 	return err
@@ -489,13 +503,12 @@ func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
 	}
+	dcs, err := v.disksNamed(disk)
+	if err != nil {
+		return err
+	}
 	var errs []error
-	found := false
-	for _, dc := range v.disks {
-		if disk != "" && dc.disk.Target != disk {
-			continue
-		}
-		found = true
+	for _, dc := range dcs {
 		select {
 		case <-dc.done:
 			continue
@@ -506,9 +519,6 @@ func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 			continue
 		}
 		<-dc.done
-	}
-	if !found {
-		return fmt.Errorf("%w: VM %s has no protected disk %q", ErrUnknownVM, vm, disk)
 	}
 	if disk == "" && len(errs) == 0 {
 		d.mu.Lock()
@@ -576,15 +586,31 @@ func (d *Engine) eachDisk(vm, disk string, fn func(*diskCapture)) error {
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
 	}
-	found := false
-	for _, dc := range v.disks {
-		if disk == "" || dc.disk.Target == disk {
-			found = true
-			fn(dc)
-		}
+	dcs, err := v.disksNamed(disk)
+	if err != nil {
+		return err
 	}
-	if !found {
-		return fmt.Errorf("%w: VM %s has no protected disk %q", ErrUnknownVM, vm, disk)
+	for _, dc := range dcs {
+		fn(dc)
 	}
 	return nil
+}
+
+// disksNamed returns the VM's protected disks disk names: all of them for
+// "", else the one whose target ("vda"), stream name ("<vm id>.vda") or
+// "<vm name>.vda" it is. A name that is none of them is refused with the
+// VM's protected disks.
+func (v *vmCapture) disksNamed(disk string) ([]*diskCapture, error) {
+	if disk == "" {
+		return v.disks, nil
+	}
+	var targets []string
+	for _, dc := range v.disks {
+		if dc.disk.Target == disk || dc.name == disk || v.vm.Name+"."+dc.disk.Target == disk {
+			return []*diskCapture{dc}, nil
+		}
+		targets = append(targets, dc.disk.Target)
+	}
+	sort.Strings(targets)
+	return nil, fmt.Errorf("%w %q on VM %s; its protected disks are %s", ErrUnknownDisk, disk, v.vm.Name, strings.Join(targets, ", "))
 }

@@ -1,9 +1,14 @@
 package protect
 
 import (
+	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/hypervisor"
 	"github.com/qcdp/qcdp/shipper/sender"
 )
 
@@ -14,16 +19,19 @@ type Status struct {
 
 // GroupStatus is one protection group.
 type GroupStatus struct {
-	Name      string       `json:"name"`
-	Socket    string       `json:"nbd_socket"`
-	SpoolDir  string       `json:"spool_dir"`
-	LastSeq   uint64       `json:"last_seq"`
-	Acked     uint64       `json:"acked_seq"`
-	Bytes     int64        `json:"spool_bytes"`
-	MaxBytes  int64        `json:"spool_max"`
-	Disks     []DiskStatus `json:"disks"`
-	NBDWrites int64        `json:"nbd_writes"`
-	NBDErrors int64        `json:"nbd_errors"`
+	Name     string       `json:"name"`
+	Socket   string       `json:"nbd_socket"`
+	SpoolDir string       `json:"spool_dir"`
+	LastSeq  uint64       `json:"last_seq"`
+	Acked    uint64       `json:"acked_seq"`
+	Bytes    int64        `json:"spool_bytes"`
+	MaxBytes int64        `json:"spool_max"`
+	Disks    []DiskStatus `json:"disks"`
+	// Unmatched says, for each selector of the policy that protects
+	// nothing now, why: no such VM on this host, or not running.
+	Unmatched []string `json:"unmatched,omitempty"`
+	NBDWrites int64    `json:"nbd_writes"`
+	NBDErrors int64    `json:"nbd_errors"`
 	// ClockStepsBack counts the steps back of this host's wall clock the
 	// group's capture clock ignored (capture times never go back).
 	ClockStepsBack int64 `json:"clock_steps_back,omitempty"`
@@ -82,7 +90,44 @@ func (d *Engine) Status() Status {
 			}
 		}
 		sort.Slice(gs.Disks, func(i, j int) bool { return gs.Disks[i].Stream < gs.Disks[j].Stream })
+		if d.scanned {
+			gs.Unmatched = unmatched(g.cfg, d.seen)
+		}
 		st.Groups = append(st.Groups, gs)
 	}
 	return st
+}
+
+// unmatched explains each of a group's VM selectors that selects no
+// running VM among seen.
+func unmatched(gc *configs.Group, seen []hypervisor.VM) []string {
+	var out []string
+	for _, sel := range gc.VMs {
+		var what string
+		var match func(hypervisor.VM) bool
+		switch {
+		case sel.UUID != "":
+			what, match = fmt.Sprintf("uuid %s", sel.UUID), func(vm hypervisor.VM) bool { return strings.EqualFold(vm.UUID, sel.UUID) }
+		case sel.Name != "":
+			what, match = fmt.Sprintf("VM %q", sel.Name), func(vm hypervisor.VM) bool { return vm.Name == sel.Name }
+		default:
+			what, match = fmt.Sprintf("label %q", sel.Label), func(vm hypervisor.VM) bool { return slices.Contains(labelsOf(vm), sel.Label) }
+		}
+		found, running := false, false
+		for _, vm := range seen {
+			if match(vm) {
+				found = true
+				running = running || vm.Running
+			}
+		}
+		switch {
+		case !found && sel.Label != "":
+			out = append(out, fmt.Sprintf("%s (%s): no VM on this host carries it", what, sel.Origin))
+		case !found:
+			out = append(out, fmt.Sprintf("%s (%s): no such VM on this host", what, sel.Origin))
+		case !running:
+			out = append(out, fmt.Sprintf("%s (%s): not running", what, sel.Origin))
+		}
+	}
+	return out
 }
