@@ -32,6 +32,10 @@ const (
 var (
 	ErrNotAttached = errors.New("filter: disk is not attached")
 	ErrJobVanished = errors.New("filter: capture job ended without a detach")
+	// ErrVMShutdown is why a capture ended when its VM shut down (QEMU
+	// ends its jobs): a normal end; the disk is protected again at the
+	// VM's next start.
+	ErrVMShutdown = errors.New("filter: the VM shut down")
 	// ErrMonitorGone: the QMP connection closed, as when QEMU exits.
 	ErrMonitorGone = errors.New("filter: QMP connection closed")
 )
@@ -171,7 +175,7 @@ func (c *Capture) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events, err := c.q.Subscribe(ctx, qmp.EventBlockJobReady, qmp.EventBlockJobError,
-		qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled, qmp.EventJobStatusChange)
+		qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled, qmp.EventJobStatusChange, qmp.EventShutdown)
 	if err != nil {
 		return fmt.Errorf("filter: disk %s: subscribe: %w", c.cfg.Disk, err)
 	}

@@ -407,6 +407,22 @@ func TestCaptureJobVanished(t *testing.T) {
 	r.wantMarkers(record.SyncComplete)
 }
 
+// A guest powers off: QEMU says SHUTDOWN and cancels the job as it exits.
+// That is the VM's normal end, not an error: detached, ErrVMShutdown (the
+// trust review saw both disks shown in error after a clean poweroff).
+func TestCaptureVMShutdownIsNoError(t *testing.T) {
+	r := newRig(t, nil, nil)
+	r.synced()
+	r.f.shutdown()
+	err := r.result()
+	if !errors.Is(err, ErrVMShutdown) {
+		t.Fatalf("Run = %v, want ErrVMShutdown", err)
+	}
+	if st, cause := r.c.State(); st != Detached || !errors.Is(cause, ErrVMShutdown) {
+		t.Errorf("state %s (%v) after a guest poweroff, want detached (the VM shut down)", st, cause)
+	}
+}
+
 // QEMU goes away between events: ErrMonitorGone.
 func TestCaptureMonitorGone(t *testing.T) {
 	r := newRig(t, nil, nil)

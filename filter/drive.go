@@ -140,6 +140,9 @@ func (c *Capture) markOutcome(a action) inputKind {
 
 // eventInput returns the input a QMP event is for the job, if any.
 func eventInput(ev qmp.Event, job string) (input, bool) {
+	if ev.Name == qmp.EventShutdown {
+		return input{kind: inShutdown}, true
+	}
 	if ev.Str("device") != job && ev.Str("id") != job {
 		return input{}, false
 	}

@@ -304,6 +304,19 @@ func (f *fakeQEMU) vanish(why string) {
 	f.srv.Send(qmptest.Event(qmp.EventBlockJobCompleted, d))
 }
 
+// shutdown is QEMU at a guest poweroff (QEMU 7.2): SHUTDOWN, its jobs
+// cancelled (BLOCK_JOB_CANCELLED), and the monitor closed as it exits.
+func (f *fakeQEMU) shutdown() {
+	f.mu.Lock()
+	j := f.job
+	f.job = nil
+	d := j.data()
+	f.mu.Unlock()
+	f.srv.Send(qmptest.Event(qmp.EventShutdown, map[string]any{"guest": true, "reason": "guest-shutdown"}),
+		qmptest.Event(qmp.EventBlockJobCancelled, d))
+	f.srv.HangUp()
+}
+
 // adoptable puts in QEMU what an earlier daemon left: the bitmap, the target
 // node and a job as described.
 func (f *fakeQEMU) adoptable(j fakeJob) {

@@ -30,6 +30,7 @@ const (
 	inStopped     // BLOCK_JOB_ERROR with action stop: the target refused a write
 	inJobEnded    // BLOCK_JOB_COMPLETED or BLOCK_JOB_CANCELLED (input.err says which)
 	inMonitorGone // the QMP connection closed (input.err)
+	inShutdown    // SHUTDOWN: QEMU is going away (a guest poweroff, a stop); it ends its jobs
 
 	// Timers and the outcomes of actions.
 	inRetryDue           // the resume backoff elapsed
@@ -59,7 +60,7 @@ const (
 var inputNames = [numInputs]string{
 	inAny: "any", inAttached: "attached", inAttachFailed: "attach-failed",
 	inAdoptedCopying: "adopted-copying", inAdoptedResync: "adopted-resync",
-	inReady: "ready", inStopped: "stopped", inJobEnded: "job-ended", inMonitorGone: "monitor-gone",
+	inReady: "ready", inStopped: "stopped", inJobEnded: "job-ended", inMonitorGone: "monitor-gone", inShutdown: "shutdown",
 	inRetryDue: "retry-due", inResumed: "resumed", inPollDue: "poll-due",
 	inJobAbsent: "job-absent", inJobStopped: "job-stopped", inJobRunning: "job-running",
 	inJobConverged: "job-converged", inQueryFailed: "query-failed",
@@ -92,12 +93,13 @@ const (
 	retrying                     // the resume timer is armed
 	polling                      // the converge poll is on
 	ended                        // the job ended or the monitor went: Run is over
+	vmDown                       // QEMU said SHUTDOWN: the job's end is its normal end
 
-	allFlags = userPaused | syncDone | detaching | retrying | polling | ended
+	allFlags = userPaused | syncDone | detaching | retrying | polling | ended | vmDown
 )
 
 func (f flags) String() string {
-	names := []string{"user-paused", "sync-done", "detaching", "retrying", "polling", "ended"}
+	names := []string{"user-paused", "sync-done", "detaching", "retrying", "polling", "ended", "vm-down"}
 	s := ""
 	for i, n := range names {
 		if f&(1<<i) != 0 {
@@ -165,6 +167,7 @@ const (
 	clearUserPaused
 	setSyncDone
 	setDetaching
+	setVMDown
 	clearRetrying // the resume timer fired
 	resetBackoff
 	armRetry         // retrying; arm the timer for the backoff, then double it
@@ -189,6 +192,7 @@ type rule struct {
 	from []State   // nil: every state
 	need flags     // all of these set
 	to   State     // stay: unchanged; Error takes input.err
+	err  error     // with to: the error the new state carries instead
 	do   []effect  // in order
 }
 
@@ -241,8 +245,13 @@ var table = []rule{
 	{name: "stopped again", in: inStopped, from: []State{Tracking}, do: do(armRetry)},
 	{name: "stopped", in: inStopped, to: Tracking, do: do(markResyncBegin, armRetry)},
 
-	// The job's end.
+	// The job's end. A VM that shuts down (the guest powers off, QEMU is
+	// stopped) cancels its jobs: that is a normal end, not an error, and
+	// the disk is protected again at the VM's next start.
+	{name: "vm shutting down", in: inShutdown, do: do(setVMDown)},
 	{name: "detached", in: inJobEnded, need: detaching, to: Detached, do: do(end)},
+	{name: "vm shut down", in: inJobEnded, need: vmDown, to: Detached, err: ErrVMShutdown, do: do(end)},
+	{name: "vm gone", in: inMonitorGone, need: vmDown, to: Detached, err: ErrVMShutdown, do: do(end)},
 	{name: "job vanished", in: inJobEnded, to: Error, do: do(end)},
 	{name: "monitor gone", in: inMonitorGone, to: Error, do: do(end)},
 
@@ -313,7 +322,7 @@ func (m machine) step(in input) (machine, []action, *rule) {
 		return m, nil, nil
 	}
 	if r.to != stay {
-		m.state, m.err = r.to, nil
+		m.state, m.err = r.to, r.err
 		if r.to == Error {
 			m.err = in.err
 		}
@@ -329,6 +338,8 @@ func (m machine) step(in input) (machine, []action, *rule) {
 			m.flags |= syncDone
 		case setDetaching:
 			m.flags |= detaching
+		case setVMDown:
+			m.flags |= vmDown
 		case clearRetrying:
 			m.flags &^= retrying
 		case resetBackoff:

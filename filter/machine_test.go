@@ -94,6 +94,10 @@ var transitionCases = []transitionCase{
 
 	// The job's end.
 	{"detached", at(Paused, userPaused|detaching), inJobEnded, at(Detached, userPaused|detaching|ended), []action{aEndNil}},
+	{"vm shutting down", at(Syncing, syncDone), inShutdown, at(Syncing, syncDone|vmDown), noActions},
+	{"vm shutting down", at(Tracking, retrying), inShutdown, at(Tracking, retrying|vmDown), noActions},
+	{"vm shut down", at(Syncing, syncDone|vmDown), inJobEnded, machine{state: Detached, err: ErrVMShutdown, flags: syncDone | vmDown | ended, backoff: minB, minBackoff: minB, maxBackoff: maxB}, []action{{kind: actEnd, err: ErrVMShutdown}}},
+	{"vm gone", at(Resync, polling|vmDown), inMonitorGone, machine{state: Detached, err: ErrVMShutdown, flags: polling | vmDown | ended, backoff: minB, minBackoff: minB, maxBackoff: maxB}, []action{{kind: actEnd, err: ErrVMShutdown}}},
 	{"job vanished", at(Syncing, syncDone), inJobEnded, machine{state: Error, err: errCause, flags: syncDone | ended, backoff: minB, minBackoff: minB, maxBackoff: maxB}, []action{aEnd}},
 	{"monitor gone", at(Tracking, retrying|detaching), inMonitorGone, machine{state: Error, err: errCause, flags: retrying | detaching | ended, backoff: minB, minBackoff: minB, maxBackoff: maxB}, []action{aEnd}},
 
@@ -264,7 +268,8 @@ func TestEndedTakesNothing(t *testing.T) {
 }
 
 // Run ends exactly when the job ended, the monitor went or attach failed,
-// in Error with the cause, or in Detached after a Detach.
+// in Error with the cause, in Detached after a Detach, or in Detached with
+// ErrVMShutdown once QEMU said SHUTDOWN (a guest poweroff is no error).
 func TestRunEndsOnlyAtTheEnd(t *testing.T) {
 	eachMachine(func(m machine) {
 		if m.flags&ended != 0 {
@@ -287,6 +292,10 @@ func TestRunEndsOnlyAtTheEnd(t *testing.T) {
 			case in == inJobEnded && m.flags&detaching != 0:
 				if next.state != Detached || acts[len(acts)-1].err != nil {
 					t.Errorf("the job's end during a Detach: %s, %v; want detached and Run returning nil", next.state, acts)
+				}
+			case m.flags&vmDown != 0 && in != inAttachFailed:
+				if next.state != Detached || !errors.Is(next.err, ErrVMShutdown) || !errors.Is(acts[len(acts)-1].err, ErrVMShutdown) {
+					t.Errorf("%s in %s [%v] after SHUTDOWN: %s (%v), %v; want detached with ErrVMShutdown", in, m.state, m.flags, next.state, next.err, acts)
 				}
 			default:
 				if next.state != Error || !errors.Is(next.err, errCause) || !errors.Is(acts[len(acts)-1].err, errCause) {

@@ -42,6 +42,7 @@ const (
 	EventBlockJobCompleted = "BLOCK_JOB_COMPLETED"
 	EventBlockJobCancelled = "BLOCK_JOB_CANCELLED"
 	EventBlockJobError     = "BLOCK_JOB_ERROR"
+	EventShutdown          = "SHUTDOWN" // QEMU is shutting down (data: guest, reason)
 	EventJobStatusChange   = "JOB_STATUS_CHANGE"
 )
 
