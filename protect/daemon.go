@@ -320,7 +320,7 @@ func (d *Engine) reap() {
 			continue
 		}
 		if v.ended(func(err error) bool {
-			return errors.Is(err, filter.ErrMonitorGone) || errors.Is(err, filter.ErrJobVanished)
+			return errors.Is(err, filter.ErrMonitorGone) || errors.Is(err, filter.ErrJobVanished) || errors.Is(err, filter.ErrVMShutdown)
 		}) {
 			d.log.Info("VM capture ended", "vm", v.vm.Name, "id", id)
 			v.close()
