@@ -16,31 +16,30 @@ import (
 	"github.com/qcdp/qcdp/integration/harness"
 )
 
-// virsh runs virsh against qemu:///system.
-func virsh(ctx context.Context, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-c", "qemu:///system"}, args...)...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("virsh %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
 // TestHostDaemonUnderLibvirt: a libvirt domain selected by a label in its
 // metadata is discovered and protected by `qcdp host`, detached cleanly by
 // `qcdp detach` (no job left behind), and protected again when the domain
 // restarts.
+//
+// The libvirtd is the test's own (harness.NeedLibvirtd), warmed up before
+// the test's budget starts, and the policy selects a label only this test's
+// domain carries (qcdp-test=<its name>): even on a shared libvirtd no other
+// domain could be selected, nor this one by another test's policy.
 func TestHostDaemonUnderLibvirt(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	logs := harness.NeedLibvirtd(ctx, t)
 	dir := harness.TempDir(t)
 	if err := os.Chmod(dir, 0o755); err != nil { // libvirt's QEMU user must reach the images
 		t.Fatal(err)
 	}
-	bin := buildQCDP(ctx, t, dir)
+	bctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin := buildQCDP(bctx, t, dir)
+	lv := harness.NeedLibvirtd(context.Background(), t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	var rb [4]byte
 	rand.Read(rb[:])
 	name := "qcdp-it-" + hex.EncodeToString(rb[:])
+	label := "qcdp-test=" + name
 
 	vda, vdb := filepath.Join(dir, "vda.qcow2"), filepath.Join(dir, "vdb.raw")
 	for _, img := range []struct{ path, format string }{{vda, "qcow2"}, {vdb, "raw"}} {
@@ -57,7 +56,7 @@ func TestHostDaemonUnderLibvirt(t *testing.T) {
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <metadata>
-    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1"><qcdp:label key="tier">gold</qcdp:label></qcdp:labels>
+    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1"><qcdp:label key="qcdp-test">%s</qcdp:label></qcdp:labels>
   </metadata>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
@@ -65,13 +64,13 @@ func TestHostDaemonUnderLibvirt(t *testing.T) {
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/><target dev='vdb' bus='virtio'/></disk>
   </devices>
-</domain>`, name, vda, vdb)), 0o644); err != nil {
+</domain>`, name, name, vda, vdb)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := virsh(ctx, "create", xml); err != nil {
+	if _, err := lv.Virsh(ctx, "create", xml); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { virsh(context.Background(), "destroy", name) })
+	t.Cleanup(func() { lv.Virsh(context.Background(), "destroy", name) })
 
 	control := filepath.Join(dir, "host.sock")
 	config := filepath.Join(dir, "host.toml")
@@ -80,27 +79,22 @@ state_dir = %q
 control_socket = %q
 nbd_socket_dir = %q
 log_level = "debug"
-libvirt_uri = "qemu:///system"
+libvirt_uri = %q
 
 [[group]]
 name = "gold"
   [[group.vm]]
-  label = "tier=gold"
-`, filepath.Join(dir, "state"), control, filepath.Join(dir, "nbd"))), 0o644); err != nil {
+  label = %q
+`, filepath.Join(dir, "state"), control, filepath.Join(dir, "nbd"), lv.URI, label)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	host := harness.StartProcT(t, dir, "host", bin, "host", "--config", config)
 	if err := harness.WaitSocket(ctx, control, host); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if t.Failed() {
-			t.Logf("libvirt: %s\nQEMU log: /var/log/libvirt/qemu/%s.log", logs(), name)
-		}
-	}()
 	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)
 	jobs := func() string {
-		out, err := virsh(ctx, "qemu-monitor-command", name, `{"execute":"query-block-jobs"}`)
+		out, err := lv.Virsh(ctx, "qemu-monitor-command", name, `{"execute":"query-block-jobs"}`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,10 +113,10 @@ name = "gold"
 	}
 
 	// The domain restarts: the policy protects it again.
-	if _, err := virsh(ctx, "destroy", name); err != nil {
+	if _, err := lv.Virsh(ctx, "destroy", name); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := virsh(ctx, "create", xml); err != nil {
+	if _, err := lv.Virsh(ctx, "create", xml); err != nil {
 		t.Fatal(err)
 	}
 	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)

@@ -1,6 +1,8 @@
 // Package harness starts and drives the real components qcdp's integration
 // tests, demo and benchmark run against: QEMU (TCG, no guest) with a QMP
-// client, qemu-img, qemu-io, qemu-nbd, nbdkit and the qcdp binary.
+// client, qemu-img, qemu-io, qemu-nbd, nbdkit, the qcdp binary, and a
+// libvirtd of each test's own in a mount namespace of its own (NeedLibvirtd:
+// never the system's, which it leaves alone whether it runs or not).
 //
 // It owns installing what is missing (Debian packages, as root), starting
 // processes with their output in a log file, and stopping exactly the
