@@ -181,11 +181,13 @@ func TestCaptureAttachesAndMarksSyncCompleteAtReady(t *testing.T) {
 	if cmds := r.f.commands("blockdev-mirror"); len(cmds) != 1 || cmds[0].Decode(&mirror) != nil || mirror != want {
 		t.Errorf("mirror: %v, decoded %+v, want %+v", cmds, mirror, want)
 	}
-	r.wantMarkers() // nothing before READY
+	// The copy is bracketed: no restore point inside it, even when the
+	// replica has points of the disk from an earlier attach.
+	r.wantMarkers(record.ResyncBegin)
 
 	r.f.ready()
 	r.wait(Syncing)
-	r.wantMarkers(record.SyncComplete)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete)
 	if n := len(r.f.commands("block-job-resume")); n != 0 {
 		t.Errorf("%d resumes of a job that never stopped", n)
 	}
@@ -228,14 +230,14 @@ func TestCaptureResumesAfterTargetErrorUntilItRuns(t *testing.T) {
 			t.Errorf("resume %d came %v after the one before, want at least %v", i+2, gap, want)
 		}
 	}
-	r.wantMarkers(record.SyncComplete, record.ResyncBegin)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete, record.ResyncBegin)
 	if st, _ := r.c.State(); st != Tracking && st != Resync {
 		t.Errorf("state %s while the target refuses writes, want tracking or resync", st)
 	}
 
 	r.f.setTargetDown(false)
 	r.wait(Syncing)
-	r.wantMarkers(record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
 	if j := r.f.jobNow(); j == nil || j.paused || j.io != "ok" {
 		t.Errorf("job after convergence: %+v, want running", j)
 	}
@@ -252,12 +254,12 @@ func TestCaptureResyncEndRetriedUntilWritten(t *testing.T) {
 	r.synced()
 	r.m.refuseNext(record.ResyncEnd, 3)
 	r.f.refuseWrite() // the target is up again at once: the first resume runs
-	r.m.waitCalls(r.ctx, t, record.ResyncEnd, 4)
+	r.m.waitCalls(r.ctx, t, record.ResyncEnd, 5)
 	r.wait(Syncing)
-	if n := r.m.callsOf(record.ResyncEnd); n != 4 {
-		t.Errorf("resync-end tried %d times, want 4 (3 refused)", n)
+	if n := r.m.callsOf(record.ResyncEnd); n != 5 {
+		t.Errorf("resync-end tried %d times, want 5 (the copy's own, then 4 with 3 refused)", n)
 	}
-	r.wantMarkers(record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
 }
 
 // A job that reaches READY only through a resync (its initial copy was
@@ -284,7 +286,9 @@ func TestCaptureSyncCompleteRefusedAtReady(t *testing.T) {
 	r.wait(InitialSync)
 	r.f.ready()
 	r.wait(Syncing)
-	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete)
+	// The refused sync-complete is written after the next convergence,
+	// which closes the bracket once more (a second resync-end is harmless).
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.ResyncEnd, record.SyncComplete)
 	if n := r.m.callsOf(record.SyncComplete); n != 2 {
 		t.Errorf("sync-complete tried %d times, want 2 (1 refused)", n)
 	}
@@ -299,7 +303,7 @@ func TestCaptureOperatorPauseHoldsUntilResume(t *testing.T) {
 
 	r.c.Resume(r.ctx) // not paused: nothing happens
 	r.wantState(Syncing)
-	r.wantMarkers(record.SyncComplete)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete)
 
 	r.c.Pause()
 	r.wantState(Paused) // at once, as `qcdp pause` then `qcdp status` shows
@@ -316,7 +320,7 @@ func TestCaptureOperatorPauseHoldsUntilResume(t *testing.T) {
 	r.f.setTargetDown(false)
 	r.c.Resume(r.ctx)
 	r.wait(Syncing)
-	r.wantMarkers(record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete, record.ResyncBegin, record.ResyncEnd)
 }
 
 // A pause that comes while a resume is already scheduled cancels it.
@@ -404,7 +408,7 @@ func TestCaptureJobVanished(t *testing.T) {
 	if st, _ := r.c.State(); st != Error {
 		t.Errorf("state %s after Pause and Resume of an ended capture, want error", st)
 	}
-	r.wantMarkers(record.SyncComplete)
+	r.wantMarkers(record.ResyncBegin, record.ResyncEnd, record.SyncComplete)
 }
 
 // A guest powers off: QEMU says SHUTDOWN and cancels the job as it exits.
@@ -478,7 +482,8 @@ func TestCaptureAdoptsExistingJob(t *testing.T) {
 		first       State
 		wantMarkers []record.MarkerKind
 	}{
-		{"copying", fakeJob{}, InitialSync, []record.MarkerKind{record.SyncComplete}},
+		// The earlier daemon opened the copy's bracket: READY closes it.
+		{"copying", fakeJob{}, InitialSync, []record.MarkerKind{record.ResyncEnd, record.SyncComplete}},
 		{"ready", fakeJob{ready: true}, Tracking, []record.MarkerKind{record.ResyncBegin, record.ResyncEnd, record.SyncComplete}},
 		{"stopped", fakeJob{paused: true, io: "failed"}, Tracking, []record.MarkerKind{record.ResyncBegin, record.ResyncEnd, record.SyncComplete}},
 		{"ready and stopped", fakeJob{ready: true, paused: true, io: "failed"}, Tracking, []record.MarkerKind{record.ResyncBegin, record.ResyncEnd, record.SyncComplete}},

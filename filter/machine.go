@@ -41,8 +41,6 @@ const (
 	inJobRunning         // ... the job copies
 	inJobConverged       // ... ready, everything copied, idle
 	inQueryFailed        // ... the query failed
-	inSyncMarked         // the sync-complete marker at READY is in the stream
-	inSyncMarkFailed     // ... it was refused
 	inResyncEndMarked    // the resync-end marker is in the stream
 	inResyncEndFailed    // ... it was refused
 	inLateSyncMarked     // the sync-complete marker after a resync is in the stream
@@ -64,7 +62,6 @@ var inputNames = [numInputs]string{
 	inRetryDue: "retry-due", inResumed: "resumed", inPollDue: "poll-due",
 	inJobAbsent: "job-absent", inJobStopped: "job-stopped", inJobRunning: "job-running",
 	inJobConverged: "job-converged", inQueryFailed: "query-failed",
-	inSyncMarked: "sync-marked", inSyncMarkFailed: "sync-mark-failed",
 	inResyncEndMarked: "resync-end-marked", inResyncEndFailed: "resync-end-failed",
 	inLateSyncMarked: "late-sync-marked", inLateSyncMarkFailed: "late-sync-mark-failed",
 	inPause: "pause", inResume: "resume", inDetach: "detach", inDetached: "detached",
@@ -170,16 +167,15 @@ const (
 	setVMDown
 	clearRetrying // the resume timer fired
 	resetBackoff
-	armRetry         // retrying; arm the timer for the backoff, then double it
-	startPoll        // polling; start the poll
-	stopPoll         // not polling; stop the poll
-	markSyncComplete // at READY: feeds inSyncMarked / inSyncMarkFailed
-	markResyncBegin  // no outcome: the sequencer keeps a refused one owed
-	markResyncEnd    // feeds inResyncEndMarked / inResyncEndFailed
-	markLateSync     // sync-complete after a resync: inLateSyncMarked / inLateSyncMarkFailed
-	resumeJob        // feeds inResumed
-	queryJob         // feeds inJob* / inQueryFailed
-	end              // ended; Run returns the new state's error
+	armRetry        // retrying; arm the timer for the backoff, then double it
+	startPoll       // polling; start the poll
+	stopPoll        // not polling; stop the poll
+	markResyncBegin // no outcome: the sequencer keeps a refused one owed
+	markResyncEnd   // feeds inResyncEndMarked / inResyncEndFailed
+	markLateSync    // sync-complete after a resync: inLateSyncMarked / inLateSyncMarkFailed
+	resumeJob       // feeds inResumed
+	queryJob        // feeds inJob* / inQueryFailed
+	end             // ended; Run returns the new state's error
 )
 
 // stay in a rule's to: the state does not change.
@@ -224,21 +220,24 @@ var table = []rule{
 	{name: "detach done", in: inDetached, to: Detached},
 	{name: "over", need: ended},
 
-	// Run's start.
-	{name: "attached", in: inAttached, to: InitialSync},
+	// Run's start. A new job's copy (sync=full) is not a write log: it is
+	// bracketed as a resync, so no restore point is offered inside it even
+	// when the replica has points of the disk from before (a re-attach);
+	// the bracket closes at READY.
+	{name: "attached", in: inAttached, to: InitialSync, do: do(markResyncBegin)},
 	{name: "attach failed", in: inAttachFailed, to: Error, do: do(end)},
+	// The earlier daemon opened the bracket; READY closes it.
 	{name: "adopted copying", in: inAdoptedCopying, to: InitialSync},
 	// Writes were refused while no daemon listened, or in-flight writes of
 	// the old daemon may be lost: they are re-copied out of order.
 	{name: "adopted resync", in: inAdoptedResync, to: Tracking, do: do(markResyncBegin, armRetry)},
 
-	// READY: from here the target stream is a write log.
-	{name: "ready", in: inReady, from: []State{InitialSync}, do: do(markSyncComplete)},
+	// READY: from here the target stream is a write log. The copy's
+	// bracket closes, then the sync-complete marker follows (the rules of
+	// the resync's end below). A refused resync-end is retried when the
+	// job has converged again.
+	{name: "ready", in: inReady, from: []State{InitialSync}, do: do(markResyncEnd)},
 	{name: "ready again", in: inReady},
-	{name: "sync marked", in: inSyncMarked, to: Syncing, do: do(setSyncDone)},
-	// The marker waits for room: a resync brackets the gap, and the marker
-	// is written when the job has converged.
-	{name: "sync mark failed", in: inSyncMarkFailed, to: Tracking, do: do(markResyncBegin, armRetry)},
 
 	// The target refused a write and the job stopped.
 	{name: "stopped while paused", in: inStopped, need: userPaused, to: Paused},
@@ -354,8 +353,6 @@ func (m machine) step(in input) (machine, []action, *rule) {
 		case stopPoll:
 			m.flags &^= polling
 			acts = append(acts, action{kind: actStopPoll})
-		case markSyncComplete:
-			acts = append(acts, action{kind: actMark, marker: record.SyncComplete, ok: inSyncMarked, fail: inSyncMarkFailed})
 		case markResyncBegin:
 			acts = append(acts, action{kind: actMark, marker: record.ResyncBegin})
 		case markResyncEnd:

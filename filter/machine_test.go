@@ -30,7 +30,6 @@ func (m machine) withBackoff(d time.Duration) machine { m.backoff = d; return m 
 
 // Actions as the table's rules emit them.
 var (
-	aMarkSync       = action{kind: actMark, marker: record.SyncComplete, ok: inSyncMarked, fail: inSyncMarkFailed}
 	aMarkLateSync   = action{kind: actMark, marker: record.SyncComplete, ok: inLateSyncMarked, fail: inLateSyncMarkFailed}
 	aMarkBegin      = action{kind: actMark, marker: record.ResyncBegin}
 	aMarkEnd        = action{kind: actMark, marker: record.ResyncEnd, ok: inResyncEndMarked, fail: inResyncEndFailed}
@@ -67,21 +66,19 @@ var transitionCases = []transitionCase{
 	{"over", at(Error, ended|userPaused), inRetryDue, at(Error, ended|userPaused), noActions},
 
 	// Start.
-	{"attached", at(Detached, 0), inAttached, at(InitialSync, 0), noActions},
-	{"attached", at(Paused, userPaused), inAttached, at(InitialSync, userPaused), noActions},
+	{"attached", at(Detached, 0), inAttached, at(InitialSync, 0), []action{aMarkBegin}},
+	{"attached", at(Paused, userPaused), inAttached, at(InitialSync, userPaused), []action{aMarkBegin}},
 	{"attach failed", at(Detached, 0), inAttachFailed, machine{state: Error, err: errCause, flags: ended, backoff: minB, minBackoff: minB, maxBackoff: maxB}, []action{aEnd}},
 	{"adopted copying", at(Detached, 0), inAdoptedCopying, at(InitialSync, 0), noActions},
 	{"adopted resync", at(Detached, 0), inAdoptedResync, at(Tracking, retrying).withBackoff(2 * minB), []action{aMarkBegin, arm(minB)}},
 
 	// READY.
-	{"ready", at(InitialSync, 0), inReady, at(InitialSync, 0), []action{aMarkSync}},
-	{"ready", at(InitialSync, userPaused), inReady, at(InitialSync, userPaused), []action{aMarkSync}},
+	{"ready", at(InitialSync, 0), inReady, at(InitialSync, 0), []action{aMarkEnd}},
+	{"ready", at(InitialSync, userPaused), inReady, at(InitialSync, userPaused), []action{aMarkEnd}},
 	{"ready again", at(Resync, polling), inReady, at(Resync, polling), noActions},
 	{"ready again", at(Syncing, syncDone), inReady, at(Syncing, syncDone), noActions},
 	{"ready again", at(Paused, userPaused), inReady, at(Paused, userPaused), noActions},
 	{"ready again", at(Tracking, retrying), inReady, at(Tracking, retrying), noActions},
-	{"sync marked", at(InitialSync, 0), inSyncMarked, at(Syncing, syncDone), noActions},
-	{"sync mark failed", at(InitialSync, 0), inSyncMarkFailed, at(Tracking, retrying).withBackoff(2 * minB), []action{aMarkBegin, arm(minB)}},
 
 	// The target refused a write.
 	{"stopped while paused", at(Syncing, userPaused|syncDone), inStopped, at(Paused, userPaused|syncDone), noActions},

@@ -195,9 +195,10 @@ func TestFilterLifecycle(t *testing.T) {
 		t.Fatalf("jobs after detach: %+v %v", jobs, err)
 	}
 
-	// The stream: sync-complete, then a resync bracket around the outage.
+	// The stream: the initial copy bracketed, sync-complete, then a resync
+	// bracket around the outage.
 	kinds := markers(t, sp)
-	want := []record.MarkerKind{record.SyncComplete, record.ResyncBegin, record.ResyncEnd}
+	want := []record.MarkerKind{record.ResyncBegin, record.ResyncEnd, record.SyncComplete, record.ResyncBegin, record.ResyncEnd}
 	if len(kinds) != len(want) {
 		t.Fatalf("markers %v, want %v", kinds, want)
 	}
