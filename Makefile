@@ -2,13 +2,25 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: setup build demo test bench fuzz
+.PHONY: setup build man demo test bench fuzz
+
+# The version `qcdp --version` prints: git describe, or "dev" outside a
+# git work tree.
+VERSION ?= $(or $(shell git describe --tags --always --dirty 2>/dev/null),dev)
+LDFLAGS := -X main.version=$(VERSION)
 
 setup:
 	bash integration/setup.sh
 
 build: setup
-	$(GO) build -o bin/qcdp ./cmd/qcdp
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/qcdp ./cmd/qcdp
+
+# A man page per command, from the command tree (qcdp.1, qcdp-export.1, ...).
+# Needs nothing but Go: qcdp has no cgo.
+MANDIR ?= man
+man:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/qcdp ./cmd/qcdp
+	bin/qcdp gen-man $(MANDIR)
 
 demo: build
 	$(GO) run ./integration/demo

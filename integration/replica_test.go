@@ -45,7 +45,7 @@ func run(ctx context.Context, t *testing.T, bin string, args ...string) []byte {
 type pointJSON struct {
 	Seq  uint64    `json:"seq"`
 	Time time.Time `json:"time"`
-	Kind uint8     `json:"kind"`
+	Kind string    `json:"kind"` // sync-complete, user-bookmark, ...; none for a plain point
 	Name string    `json:"name"`
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/qcdp/qcdp/hypervisor"
 	"github.com/qcdp/qcdp/record"
@@ -19,6 +21,32 @@ type Freezer interface {
 
 // ErrUnknownGroup: no group of that name in the policy.
 var ErrUnknownGroup = errors.New("protect: no such group")
+
+// ErrBadName: a bookmark name ValidBookmarkName refuses.
+var ErrBadName = errors.New("protect: invalid bookmark name")
+
+// ValidBookmarkName checks a bookmark's name: 1 to record.MaxName bytes of
+// UTF-8 with no slash, no white space and no control character (it is
+// typed on command lines and printed in tables and logs).
+func ValidBookmarkName(name string) error {
+	if name == "" || len(name) > record.MaxName {
+		return fmt.Errorf("%w %q: it must be 1 to %d bytes", ErrBadName, name, record.MaxName)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%w %q: it is not UTF-8", ErrBadName, name)
+	}
+	for _, r := range name {
+		switch {
+		case r == '/':
+			return fmt.Errorf("%w %q: it must not contain a slash", ErrBadName, name)
+		case unicode.IsSpace(r):
+			return fmt.Errorf("%w %q: it must not contain white space", ErrBadName, name)
+		case unicode.IsControl(r):
+			return fmt.Errorf("%w %q: it must not contain control characters", ErrBadName, name)
+		}
+	}
+	return nil
+}
 
 // freezeTimeout bounds how long a guest may stay frozen for a bookmark:
 // applications stall while it is.
@@ -44,8 +72,8 @@ func (d *Engine) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	if !ok {
 		return res, fmt.Errorf("%w: %q", ErrUnknownGroup, group)
 	}
-	if name == "" || len(name) > record.MaxName {
-		return res, fmt.Errorf("protect: bookmark name must be 1 to %d bytes", record.MaxName)
+	if err := ValidBookmarkName(name); err != nil {
+		return res, err
 	}
 	if !app {
 		seq, err := g.Sequencer().Mark(record.UserBookmark, name)

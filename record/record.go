@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"strconv"
+	"strings"
 )
 
 // Kind is the record type byte. Never change the values.
@@ -30,6 +32,26 @@ func (k Kind) String() string {
 		return "marker"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// MarshalText names the kind as String does ("data"), so that JSON carries
+// names, not numbers.
+func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText reads what MarshalText writes, "kind(N)" included.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for c := Data; c <= Marker; c++ {
+		if string(b) == c.String() {
+			*k = c
+			return nil
+		}
+	}
+	n, err := numbered(string(b), "kind")
+	if err != nil {
+		return err
+	}
+	*k = Kind(n)
+	return nil
 }
 
 // MarkerKind says what a Marker record marks. Never change the values.
@@ -61,6 +83,47 @@ func (m MarkerKind) String() string {
 		return "resync-end"
 	}
 	return fmt.Sprintf("marker(%d)", uint8(m))
+}
+
+// MarshalText names the marker kind as String does ("sync-complete"), and
+// 0, no marker (a plain record boundary), "none": JSON carries names, not
+// numbers.
+func (m MarkerKind) MarshalText() ([]byte, error) {
+	if m == 0 {
+		return []byte("none"), nil
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText reads what MarshalText writes, "marker(N)" included.
+func (m *MarkerKind) UnmarshalText(b []byte) error {
+	if string(b) == "none" {
+		*m = 0
+		return nil
+	}
+	for c := SyncComplete; c <= ResyncEnd; c++ {
+		if string(b) == c.String() {
+			*m = c
+			return nil
+		}
+	}
+	n, err := numbered(string(b), "marker")
+	if err != nil {
+		return err
+	}
+	*m = MarkerKind(n)
+	return nil
+}
+
+// numbered reads "prefix(N)", how String names a value it does not know.
+func numbered(s, prefix string) (uint8, error) {
+	t, ok := strings.CutPrefix(s, prefix+"(")
+	if t, ok2 := strings.CutSuffix(t, ")"); ok && ok2 {
+		if n, err := strconv.ParseUint(t, 10, 8); err == nil {
+			return uint8(n), nil
+		}
+	}
+	return 0, fmt.Errorf("record: unknown %s %q", prefix, s)
 }
 
 // Layout constants. Never change.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/qcdp/qcdp/replica/journal"
 )
@@ -14,6 +15,12 @@ var ErrAmbiguousGroup = errors.New("replica: group is in several tenants; name t
 
 // ErrBadTarget: a restore point or restore target that cannot be.
 var ErrBadTarget = errors.New("replica: bad target")
+
+// Errors of ResolveDisk.
+var (
+	ErrUnknownDisk   = errors.New("replica: no such disk")
+	ErrAmbiguousDisk = errors.New("replica: ambiguous disk name")
+)
 
 // ExportInfo is one exported view: what `qcdp export` and `qcdp exports`
 // print.
@@ -86,12 +93,59 @@ func (d *Site) Resolve(tenant, group string) (string, error) {
 	d.mu.Unlock()
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("%w: %q", ErrUnknownGroup, group)
+		return "", fmt.Errorf("%w %q; %s", ErrUnknownGroup, group, d.groupList())
 	case 1:
 		return found[0], nil
 	}
 	sort.Strings(found)
 	return "", fmt.Errorf("%w: %q is in tenants %v", ErrAmbiguousGroup, group, found)
+}
+
+// groupList names the groups the site holds, for an error message.
+func (d *Site) groupList() string {
+	d.mu.Lock()
+	var keys []string
+	for k := range d.journals {
+		keys = append(keys, k)
+	}
+	for k := range d.broken {
+		keys = append(keys, k)
+	}
+	d.mu.Unlock()
+	if len(keys) == 0 {
+		return "the replica holds no group yet"
+	}
+	sort.Strings(keys)
+	return "the replica holds " + strings.Join(keys, ", ")
+}
+
+// ResolveDisk finds the disk a name stands for among a group's disks (the
+// stream's names, "<vm id>.<target>"): the disk of exactly that name, else
+// the one disk whose name ends in "." + name, so that "vda" names
+// "vm1.vda" when no other VM of the group has a vda. A name that matches
+// none, or several, is refused with the names there are.
+func ResolveDisk(disks []string, name string) (string, error) {
+	var found []string
+	for _, d := range disks {
+		if d == name {
+			return d, nil
+		}
+		if strings.HasSuffix(d, "."+name) {
+			found = append(found, d)
+		}
+	}
+	switch {
+	case len(found) == 1:
+		return found[0], nil
+	case len(found) > 1:
+		sort.Strings(found)
+		return "", fmt.Errorf("%w: %q could be %s; name one of them", ErrAmbiguousDisk, name, strings.Join(found, " or "))
+	case len(disks) == 0:
+		return "", fmt.Errorf("%w %q: the group has no disk there", ErrUnknownDisk, name)
+	}
+	sorted := append([]string(nil), disks...)
+	sort.Strings(sorted)
+	return "", fmt.Errorf("%w %q; the group's disks are %s", ErrUnknownDisk, name, strings.Join(sorted, ", "))
 }
 
 // PointsOf returns a group's window and restore points.

@@ -222,7 +222,7 @@ func (d *Site) journal(ctx context.Context, tenant, group string) (*journal.Jour
 	delete(d.opening, key)
 	close(done)
 	if err != nil {
-		err = fmt.Errorf("replica: journal of %s: %w", key, err)
+		err = fmt.Errorf("group %s: %w", key, err)
 		if errors.Is(err, journal.ErrCorrupt) {
 			d.broken[key] = err
 		}
@@ -422,9 +422,9 @@ func (d *Site) export(ctx context.Context, tenant, group string, at journal.Targ
 	if err != nil {
 		return nil, err
 	}
-	v, err := j.View(ctx, at)
+	v, err := j.View(ctx, at) // its errors name the target
 	if err != nil {
-		return nil, fmt.Errorf("replica: %s/%s at %v: %w", tenant, group, at, err)
+		return nil, fmt.Errorf("group %s/%s: %w", tenant, group, err)
 	}
 	d.mu.Lock()
 	if d.closed {
@@ -444,14 +444,14 @@ func (d *Site) export(ctx context.Context, tenant, group string, at journal.Targ
 			o, err := v.Writable(disk)
 			if err != nil {
 				e.close()
-				return nil, fmt.Errorf("replica: writable view of %s: %w", disk, err)
+				return nil, fmt.Errorf("writable view of %s: %w", disk, err)
 			}
 			exp = o // the view's Close deletes its overlays
 		} else {
 			dv, err := v.Disk(disk)
 			if err != nil {
 				e.close()
-				return nil, fmt.Errorf("replica: view of %s: %w", disk, err)
+				return nil, fmt.Errorf("view of %s: %w", disk, err)
 			}
 			exp = dv
 		}
@@ -496,38 +496,42 @@ func (d *Site) URI(name string) string {
 }
 
 // Restore writes one disk of a group at target into a raw file at path
-// (created, never overwritten).
-func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (journal.Point, int64, error) {
+// (created, never overwritten). The disk is named as ResolveDisk takes it.
+func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (RestoreInfo, error) {
 	if !filepath.IsAbs(path) {
-		return journal.Point{}, 0, fmt.Errorf("%w: restore target %q is not an absolute path", ErrBadTarget, path)
+		return RestoreInfo{}, fmt.Errorf("%w: restore target %q is not an absolute path", ErrBadTarget, path)
 	}
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
-		return journal.Point{}, 0, err
+		return RestoreInfo{}, err
 	}
-	v, err := j.View(ctx, at)
+	v, err := j.View(ctx, at) // its errors name the target
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replica: %s/%s at %v: %w", tenant, group, at, err)
+		return RestoreInfo{}, fmt.Errorf("group %s/%s: %w", tenant, group, err)
 	}
 	defer v.Close()
-	dv, err := v.Disk(disk)
+	name, err := ResolveDisk(v.Disks(), disk)
 	if err != nil {
-		return journal.Point{}, 0, err
+		return RestoreInfo{}, fmt.Errorf("group %s/%s at seq %d: %w", tenant, group, v.Point().Seq, err)
+	}
+	dv, err := v.Disk(name)
+	if err != nil {
+		return RestoreInfo{}, err
 	}
 	if _, err := os.Lstat(path); err == nil {
-		return journal.Point{}, 0, fmt.Errorf("replica: restore target %s exists; it is never overwritten", path)
+		return RestoreInfo{}, fmt.Errorf("%w: %s exists; a restore never overwrites a file", ErrBadTarget, path)
 	}
 	// Written beside its name and linked into place only when whole: an
 	// interrupted restore leaves no image that looks complete.
 	partial := path + ".partial"
 	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replica: restore target: %w", err)
+		return RestoreInfo{}, fmt.Errorf("restore target: %w", err)
 	}
 	defer os.Remove(partial)
 	if err := f.Truncate(dv.Size()); err != nil {
 		f.Close()
-		return journal.Point{}, 0, fmt.Errorf("replica: restore target %s: %w", partial, err)
+		return RestoreInfo{}, fmt.Errorf("restore target %s: %w", partial, err)
 	}
 	n, err := journal.Restore(ctx, dv, f)
 	if err == nil {
@@ -543,7 +547,7 @@ func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Tar
 		err = vfs.Default.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
-		return journal.Point{}, 0, fmt.Errorf("replica: restore %s of %s/%s into %s: %w", disk, tenant, group, path, err)
+		return RestoreInfo{}, fmt.Errorf("restore %s of %s/%s into %s: %w", name, tenant, group, path, err)
 	}
-	return v.Point(), n, nil
+	return RestoreInfo{Point: v.Point(), Disk: name, Path: path, Bytes: n}, nil
 }

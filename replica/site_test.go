@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -164,11 +165,11 @@ func TestRestoreRules(t *testing.T) {
 	ctx := context.Background()
 	j := fill(t, d, "acme", "db", "vda")
 	at := journal.Target{Seq: j.LastSeq()}
-	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, ErrBadTarget) {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, ErrBadTarget) {
 		t.Fatalf("restore to a relative path: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "vda.raw")
-	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err != nil {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
@@ -178,7 +179,45 @@ func TestRestoreRules(t *testing.T) {
 	if _, err := os.Stat(out + ".partial"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the partial file was left: %v", err)
 	}
-	if _, _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err == nil {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err == nil {
 		t.Fatal("restore overwrote an existing image")
+	}
+}
+
+// A disk is named by its stream name ("vm1.vdb") or, where no other VM of
+// the group has one, by its target alone ("vdb"); a wrong or ambiguous
+// name is refused with the names there are.
+func TestRestoreDiskNames(t *testing.T) {
+	d := newDaemon(t)
+	ctx := context.Background()
+	j := fill(t, d, "acme", "db", "vm1.vda", "vm2.vda", "vm1.vdb")
+	at := journal.Target{Seq: j.LastSeq()}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, want string
+		err        error
+	}{
+		{"vdb", "vm1.vdb", nil},
+		{"vm2.vda", "vm2.vda", nil},
+		{"vda", "", ErrAmbiguousDisk},
+		{"vdc", "", ErrUnknownDisk},
+		{"1.vdb", "", ErrUnknownDisk},
+	} {
+		r, err := d.Restore(ctx, "acme", "db", at, c.name, filepath.Join(dir, c.name+".raw"))
+		if c.err == nil {
+			if err != nil || r.Disk != c.want || r.Point.Seq != at.Seq {
+				t.Errorf("restore %q: %+v %v, want disk %s", c.name, r, err, c.want)
+			}
+			continue
+		}
+		if !errors.Is(err, c.err) {
+			t.Errorf("restore %q: %v, want %v", c.name, err, c.err)
+			continue
+		}
+		for _, valid := range []string{"vm1.vda", "vm2.vda"} {
+			if !strings.Contains(err.Error(), valid) {
+				t.Errorf("restore %q: %q does not name %s", c.name, err, valid)
+			}
+		}
 	}
 }

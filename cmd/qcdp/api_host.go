@@ -10,7 +10,12 @@ import (
 )
 
 // hostCodes maps the engine's errors to the control API's codes.
-var hostCodes = map[error]string{protect.ErrUnknownVM: ctlapi.CodeNotFound, protect.ErrUnknownGroup: ctlapi.CodeNotFound}
+var hostCodes = map[error]string{
+	protect.ErrUnknownVM:    ctlapi.CodeNotFound,
+	protect.ErrUnknownDisk:  ctlapi.CodeNotFound,
+	protect.ErrUnknownGroup: ctlapi.CodeNotFound,
+	protect.ErrBadName:      ctlapi.CodeInvalid,
+}
 
 // hostAPI is the host daemon's control API over engine d.
 func hostAPI(d *protect.Engine) http.Handler {
@@ -43,7 +48,7 @@ func hostAPI(d *protect.Engine) http.Handler {
 // hostClient talks to a running host daemon's control API.
 type hostClient struct{ c *ctlapi.Client }
 
-func newHostClient(path string) *hostClient { return &hostClient{ctlapi.NewClient(path)} }
+func newHostClient(path string) *hostClient { return &hostClient{ctlapi.NewClient(path, "host")} }
 
 // Status fetches the daemon's status.
 func (c *hostClient) Status(ctx context.Context) (protect.Status, error) {

@@ -20,6 +20,8 @@ var replicaCodes = map[error]string{
 	replica.ErrBadTarget:      ctlapi.CodeInvalid,
 	journal.ErrNoPoint:        ctlapi.CodeInvalid,
 	journal.ErrNoDisk:         ctlapi.CodeNotFound,
+	replica.ErrUnknownDisk:    ctlapi.CodeNotFound,
+	replica.ErrAmbiguousDisk:  ctlapi.CodeInvalid,
 }
 
 // targetOf reads seq=, time= (RFC 3339) or bookmark= from a query.
@@ -102,8 +104,8 @@ func replicaAPI(site *replica.Site) http.Handler {
 			ctlapi.Reply(w, nil, err, replicaCodes)
 			return
 		}
-		p, n, err := site.Restore(r.Context(), tenant, group, at, q.Get("disk"), q.Get("path"))
-		ctlapi.Reply(w, replica.RestoreInfo{Point: p, Disk: q.Get("disk"), Path: q.Get("path"), Bytes: n}, err, replicaCodes)
+		ri, err := site.Restore(r.Context(), tenant, group, at, q.Get("disk"), q.Get("path"))
+		ctlapi.Reply(w, ri, err, replicaCodes)
 	}))
 	mux.HandleFunc("POST /v1/verify", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		rep, err := site.Verify(r.Context(), tenant, group)
@@ -115,7 +117,9 @@ func replicaAPI(site *replica.Site) http.Handler {
 // replicaClient talks to a running replica daemon's control API.
 type replicaClient struct{ c *ctlapi.Client }
 
-func newReplicaClient(path string) *replicaClient { return &replicaClient{ctlapi.NewClient(path)} }
+func newReplicaClient(path string) *replicaClient {
+	return &replicaClient{ctlapi.NewClient(path, "replica")}
+}
 
 // groupQuery names a group (tenant may be "": the daemon finds it) and,
 // where given, a target.

@@ -9,6 +9,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/shipper"
 	"github.com/qcdp/qcdp/shipper/spool"
 )
@@ -18,47 +21,48 @@ type captureOptions struct {
 	socket       string
 	spoolDir     string
 	group        string
-	disks        pairsFlag
+	disks        pairsValue // NAME=SIZE
 	maxSpool     int64
 	segmentBytes int64
 	syncInterval time.Duration
 	syncBytes    int64
-	logLevel     string
+	logLevel     slog.Level
 }
 
-func captureCommand(ctx context.Context, args []string, out io.Writer) error {
-	opts := captureOptions{maxSpool: 8 << 30, segmentBytes: 64 << 20}
-	fs := newFlags("capture", out)
-	fs.StringVar(&opts.socket, "socket", "", "unix socket to serve NBD on (required)")
-	fs.StringVar(&opts.spoolDir, "spool", "", "spool directory of the protection group (required)")
-	fs.StringVar(&opts.group, "group", "", "protection group name (required)")
-	fs.Var(&opts.disks, "disk", "NAME=SIZE of a capture export (repeat for each disk of the group)")
-	fs.Var(sizeFlag{&opts.maxSpool}, "max-spool", "bound on unacknowledged spool bytes; past it writes fail at once with EIO")
-	fs.Var(sizeFlag{&opts.segmentBytes}, "segment-size", "spool segment size")
-	fs.DurationVar(&opts.syncInterval, "sync-interval", 0, "fsync the spool this often (0: only on FLUSH and FUA)")
-	fs.Var(sizeFlag{&opts.syncBytes}, "sync-bytes", "fsync the spool after this many bytes (0: off)")
-	fs.StringVar(&opts.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: qcdp capture --socket PATH --spool DIR --group NAME --disk NAME=SIZE [--disk ...]")
-		fmt.Fprintln(out, "\nServes one capture export per disk over NBD until SIGINT or SIGTERM; every write")
-		fmt.Fprintln(out, "is appended to the group's spool in arrival order before it is acknowledged.")
-		fs.PrintDefaults()
+func newCaptureCommand() *cobra.Command {
+	opts := captureOptions{maxSpool: 8 << 30, segmentBytes: 64 << 20, disks: pairsValue{checkName: record.ValidDiskName, check: positiveSize, typ: "NAME=SIZE"}}
+	cmd := &cobra.Command{
+		Use:   "capture --socket PATH --spool DIR --group NAME --disk NAME=SIZE [--disk ...]",
+		Short: "serve capture exports into a spool (the NBD target of QEMU's mirror)",
+		Long: `Serves one capture export per disk over NBD until SIGINT or SIGTERM; every write
+is appended to the group's spool in arrival order before it is acknowledged.
+Without a host daemon: for tests, the demo and QEMU set up by hand.`,
+		Example: `  qcdp capture --socket /run/qcdp/g1.sock --spool /var/lib/qcdp/spool/g1 --group g1 \
+               --disk vda=20G --disk vdb=100G --max-spool 8G --sync-interval 1s`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.socket == "" || opts.spoolDir == "" || opts.group == "" || len(opts.disks.names) == 0 {
+				return usagef("--socket, --spool, --group and at least one --disk are required")
+			}
+			return runCapture(cmd.Context(), opts, cmd.OutOrStdout())
+		},
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if opts.socket == "" || opts.spoolDir == "" || opts.group == "" || len(opts.disks.names) == 0 {
-		return usagef("--socket, --spool, --group and at least one --disk are required")
-	}
-	return runCapture(ctx, opts, out)
+	fs := cmd.Flags()
+	fs.StringVar(&opts.socket, "socket", "", "unix socket `PATH` to serve NBD on (required)")
+	fs.StringVar(&opts.spoolDir, "spool", "", "spool `DIR` of the protection group (required)")
+	fs.StringVar(&opts.group, "group", "", "protection group `NAME` (required)")
+	fs.Var(&opts.disks, "disk", "NAME=SIZE of a capture export, e.g. vda=20G (repeat for each disk of the group)")
+	fs.Var(sizeValue{&opts.maxSpool}, "max-spool", "bound on unacknowledged spool bytes; past it writes fail at once with EIO (0: none)")
+	fs.Var(sizeValue{&opts.segmentBytes}, "segment-size", "spool segment size")
+	fs.Var(durationValue{v: &opts.syncInterval, zero: true}, "sync-interval", "fsync the spool this often (0: only on FLUSH and FUA)")
+	fs.Var(sizeValue{&opts.syncBytes}, "sync-bytes", "fsync the spool after this many bytes (0: off)")
+	fs.Var(logLevelValue{&opts.logLevel}, "log-level", "debug, info, warn or error")
+	cmd.MarkFlagDirname("spool")
+	return cmd
 }
 
 func runCapture(ctx context.Context, opts captureOptions, out io.Writer) error {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(opts.logLevel)); err != nil {
-		return usagef("--log-level: %v", err)
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: opts.logLevel}))
 
 	g, err := shipper.OpenGroup(ctx, shipper.GroupOptions{
 		Spool: spool.Options{
@@ -73,11 +77,7 @@ func runCapture(ctx context.Context, opts captureOptions, out io.Writer) error {
 		return err
 	}
 	for i, name := range opts.disks.names {
-		size, err := parseSize(opts.disks.values[i])
-		if err != nil || size <= 0 {
-			g.Shutdown(context.Background())
-			return usagef("--disk %s: invalid size %q", name, opts.disks.values[i])
-		}
+		size, _ := parseSize(opts.disks.values[i]) // checked by the flag
 		if _, err := g.Export(name, size); err != nil {
 			g.Shutdown(context.Background())
 			return usagef("--disk %s: %v", name, err)

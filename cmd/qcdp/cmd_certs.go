@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/stream"
 )
@@ -24,28 +26,43 @@ type certsOptions struct {
 	replica string
 	san     string
 	days    int
+	json    bool
 }
 
-func certsCommand(ctx context.Context, args []string, out io.Writer) error {
+func newCertsCommand() *cobra.Command {
 	var opts certsOptions
-	fs := newFlags("certs", out)
-	fs.StringVar(&opts.dir, "dir", "", "directory of the CA and the certificates (required)")
+	cmd := &cobra.Command{
+		Use:   "certs --dir DIR (--ca | --host NAME --tenant T | --replica NAME [--san a,b])",
+		Short: "create a CA and host and replica certificates (a test or small install)",
+		Long: `Creates an ECDSA P-256 CA and the certificates of hosts (client auth; OU = tenant,
+CN = host) and replicas (server auth, SANs) signed by it, for a test or a small
+install. Keys are written 0600; existing files are never overwritten.`,
+		Example: `  qcdp certs --dir /etc/qcdp/tls --ca
+  qcdp certs --dir /etc/qcdp/tls --host kvm1 --tenant acme
+  qcdp certs --dir /etc/qcdp/tls --replica dr1 --san dr1.example.com,192.0.2.10`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.check(); err != nil {
+				return err
+			}
+			return runCerts(cmd.Context(), opts, cmd.OutOrStdout())
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&opts.dir, "dir", "", "`DIR` of the CA and the certificates (required)")
 	fs.BoolVar(&opts.ca, "ca", false, "create the CA: DIR/ca.pem and DIR/ca-key.pem")
-	fs.StringVar(&opts.host, "host", "", "create a host (client) certificate for this host `name`: DIR/NAME.pem, DIR/NAME-key.pem")
-	fs.StringVar(&opts.tenant, "tenant", "", "the host certificate's tenant (with --host)")
-	fs.StringVar(&opts.replica, "replica", "", "create a replica (server) certificate `name`: DIR/NAME.pem, DIR/NAME-key.pem")
-	fs.StringVar(&opts.san, "san", "", "with --replica: comma-separated DNS names and IP addresses hosts dial (default: the name)")
-	fs.IntVar(&opts.days, "days", 0, "validity in days (default: CA 3650, others 825)")
-	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: qcdp certs --dir DIR (--ca | --host NAME --tenant T | --replica NAME [--san a,b])")
-		fmt.Fprintln(out, "\nCreates an ECDSA P-256 CA and the certificates of hosts (client auth; OU = tenant,")
-		fmt.Fprintln(out, "CN = host) and replicas (server auth, SANs) signed by it, for a test or a small")
-		fmt.Fprintln(out, "install. Keys are written 0600; existing files are never overwritten.")
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+	fs.StringVar(&opts.host, "host", "", "create a host (client) certificate for this host `NAME`: DIR/NAME.pem, DIR/NAME-key.pem")
+	fs.StringVar(&opts.tenant, "tenant", "", "the host certificate's `TENANT` (with --host)")
+	fs.StringVar(&opts.replica, "replica", "", "create a replica (server) certificate `NAME`: DIR/NAME.pem, DIR/NAME-key.pem")
+	fs.StringVar(&opts.san, "san", "", "with --replica: `NAMES`, comma-separated DNS names and IP addresses hosts dial (default: the name)")
+	fs.IntVar(&opts.days, "days", 0, "validity in `DAYS` (default: CA 3650, others 825)")
+	addJSONFlag(fs, &opts.json)
+	cmd.MarkFlagDirname("dir")
+	return cmd
+}
+
+// check refuses a combination of flags that names no one certificate.
+func (opts certsOptions) check() error {
 	n := 0
 	for _, set := range []bool{opts.ca, opts.host != "", opts.replica != ""} {
 		if set {
@@ -64,9 +81,23 @@ func certsCommand(ctx context.Context, args []string, out io.Writer) error {
 	case opts.replica == "" && opts.san != "":
 		return usagef("--san goes with --replica")
 	case opts.days < 0:
-		return usagef("--days must be positive")
+		return usagef("--days %d: validity cannot be negative", opts.days)
 	}
-	return runCerts(ctx, opts, out)
+	if opts.tenant != "" {
+		if err := configs.ValidName(opts.tenant); err != nil {
+			return usagef("--tenant: %w", err)
+		}
+	}
+	// The name becomes a file name.
+	for flag, name := range map[string]string{"host": opts.host, "replica": opts.replica} {
+		if name == "" {
+			continue
+		}
+		if err := configs.ValidName(strings.ReplaceAll(name, ":", "_")); err != nil {
+			return usagef("--%s: %w", flag, err)
+		}
+	}
+	return nil
 }
 
 func runCerts(_ context.Context, opts certsOptions, out io.Writer) error {
@@ -80,14 +111,14 @@ func runCerts(_ context.Context, opts certsOptions, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return writePair(out, opts.dir, "ca", cert, key)
+		return writePair(out, opts, "ca", cert, key)
 	}
 	if days == 0 {
 		days = 825
 	}
 	caCert, err := os.ReadFile(filepath.Join(opts.dir, "ca.pem"))
 	if err != nil {
-		return fmt.Errorf("%w (create the CA first with --ca)", err)
+		return fmt.Errorf("%w (create the CA first: qcdp certs --dir %s --ca)", err, opts.dir)
 	}
 	caKey, err := os.ReadFile(filepath.Join(opts.dir, "ca-key.pem"))
 	if err != nil {
@@ -96,9 +127,6 @@ func runCerts(_ context.Context, opts certsOptions, out io.Writer) error {
 	req := stream.CertRequest{NotBefore: now, NotAfter: now.AddDate(0, 0, days)}
 	name := opts.host
 	if opts.host != "" {
-		if err := configs.ValidName(opts.tenant); err != nil {
-			return usagef("--tenant: %v", err)
-		}
 		req.CommonName, req.Tenant = opts.host, opts.tenant
 	} else {
 		name = opts.replica
@@ -116,20 +144,17 @@ func runCerts(_ context.Context, opts certsOptions, out io.Writer) error {
 			}
 		}
 	}
-	// The name becomes a file name.
-	if err := configs.ValidName(strings.ReplaceAll(name, ":", "_")); err != nil {
-		return usagef("certificate name: %v", err)
-	}
 	cert, key, err := stream.Issue(caCert, caKey, req)
 	if err != nil {
 		return err
 	}
-	return writePair(out, opts.dir, name, cert, key)
+	return writePair(out, opts, name, cert, key)
 }
 
 // writePair writes DIR/NAME.pem and DIR/NAME-key.pem, 0600, refusing to
 // overwrite either.
-func writePair(out io.Writer, dir, name string, cert, key []byte) error {
+func writePair(out io.Writer, opts certsOptions, name string, cert, key []byte) error {
+	dir := opts.dir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("%w", err)
 	}
@@ -147,6 +172,12 @@ func writePair(out io.Writer, dir, name string, cert, key []byte) error {
 	if err := writeNew(certPath, cert); err != nil {
 		os.Remove(keyPath)
 		return err
+	}
+	if opts.json {
+		return printJSON(out, struct {
+			Cert string `json:"cert"`
+			Key  string `json:"key"`
+		}{certPath, keyPath})
 	}
 	fmt.Fprintf(out, "wrote %s and %s\n", certPath, keyPath)
 	return nil

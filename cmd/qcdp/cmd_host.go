@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/protect"
@@ -18,20 +20,23 @@ type hostOptions struct {
 	config string
 }
 
-func hostCommand(ctx context.Context, args []string, out io.Writer) error {
+func newHostCommand() *cobra.Command {
 	var opts hostOptions
-	fs := newFlags("host", out)
-	fs.StringVar(&opts.config, "config", "/etc/qcdp/host.toml", "policy file")
-	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: qcdp host [--config /etc/qcdp/host.toml]")
-		fmt.Fprintln(out, "\nThe host daemon: protects the VMs its policy names, as they run and as they start,")
-		fmt.Fprintln(out, "and serves the control API `qcdp status`, `qcdp attach` and `qcdp detach` use.")
-		fs.PrintDefaults()
+	cmd := &cobra.Command{
+		Use:   "host [--config FILE]",
+		Short: "the host daemon: protect the VMs a policy names",
+		Long: `The host daemon: protects the VMs its policy names, as they run and as they start,
+and serves the control API that status, attach, detach, pause, resume and
+bookmark use. It runs until SIGINT or SIGTERM; the capture jobs stay in QEMU
+for the next daemon to adopt.`,
+		Example: "  qcdp host --config /etc/qcdp/host.toml   # example: configs/examples/host.toml",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runHost(cmd.Context(), opts, cmd.OutOrStdout())
+		},
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runHost(ctx, opts, out)
+	cmd.Flags().StringVar(&opts.config, "config", "/etc/qcdp/host.toml", "policy `FILE`")
+	return cmd
 }
 
 func runHost(ctx context.Context, opts hostOptions, out io.Writer) error {

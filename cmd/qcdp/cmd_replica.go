@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/replica"
@@ -18,20 +20,23 @@ type replicaOptions struct {
 	config string
 }
 
-func replicaCommand(ctx context.Context, args []string, out io.Writer) error {
+func newReplicaCommand() *cobra.Command {
 	var opts replicaOptions
-	fs := newFlags("replica", out)
-	fs.StringVar(&opts.config, "config", "/etc/qcdp/replica.toml", "policy file")
-	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: qcdp replica [--config /etc/qcdp/replica.toml]")
-		fmt.Fprintln(out, "\nThe replica daemon: receives the protection groups' streams from hosts (TLS 1.3,")
-		fmt.Fprintln(out, "mutual certificates, tenants as the policy says) into journals under storage_root.")
-		fs.PrintDefaults()
+	cmd := &cobra.Command{
+		Use:   "replica [--config FILE]",
+		Short: "the replica daemon: receive groups' streams into journals",
+		Long: `The replica daemon: receives the protection groups' streams from hosts (TLS 1.3,
+mutual certificates, tenants as the policy says) into journals under
+storage_root, and serves the control API that points, export, exports,
+unexport, restore and verify use. It runs until SIGINT or SIGTERM.`,
+		Example: "  qcdp replica --config /etc/qcdp/replica.toml   # example: configs/examples/replica.toml",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runReplica(cmd.Context(), opts, cmd.OutOrStdout())
+		},
 	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return runReplica(ctx, opts, out)
+	cmd.Flags().StringVar(&opts.config, "config", "/etc/qcdp/replica.toml", "policy `FILE`")
+	return cmd
 }
 
 func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,42 +9,24 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
+
 	"github.com/qcdp/qcdp/shipper/spool"
 )
 
-const spoolUsage = `usage: qcdp spool show   --spool DIR [--json]
-       qcdp spool verify --spool DIR [--json]
-       qcdp spool apply  --spool DIR --disk NAME=IMAGE [--disk ...] [--to-seq N] [--skip-unmapped] [--json]
-
-show    prints the group, segments, seq range, acknowledged seq, bytes, record
-        counts by kind and the markers of a spool.
-verify  checks every record; a torn tail is reported (exit 0: the daemon cuts
-        it at its next start), corruption is reported with file, offset and
-        seq (exit 1).
-apply   replays the spool's records in seq order onto raw image files (created
-        at the size the records need when missing).
-
-The spool is only read, never changed; it may belong to a running daemon.`
-
-// spoolCommand dispatches `qcdp spool SUBCOMMAND`.
-func spoolCommand(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stdout, spoolUsage)
-		return usagef("missing subcommand")
+func newSpoolCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "spool (show | verify | apply) --spool DIR",
+		Short: "inspect, verify and apply a spool (show, verify, apply)",
+		Long: `Inspects, verifies and applies a protection group's spool on the host. The spool is
+only read, never changed; it may belong to a running daemon.`,
+		Example: `  qcdp spool show --spool /var/lib/qcdp/spool/g1
+  qcdp spool verify --spool /var/lib/qcdp/spool/g1
+  qcdp spool apply --spool /var/lib/qcdp/spool/g1 --disk vda=/tmp/vda.raw --to-seq 1000`,
 	}
-	switch args[0] {
-	case "show":
-		return spoolShowCommand(ctx, args[1:], stdout)
-	case "verify":
-		return spoolVerifyCommand(ctx, args[1:], stdout)
-	case "apply":
-		return spoolApplyCommand(ctx, args[1:], stdout)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, spoolUsage)
-		return nil
-	}
-	fmt.Fprintln(stdout, spoolUsage)
-	return usagef("unknown subcommand %q", args[0])
+	cmd.AddCommand(newSpoolShowCommand(), newSpoolVerifyCommand(), newSpoolApplyCommand())
+	needSubcommand(cmd)
+	return cmd
 }
 
 // spoolShowOptions are the flags of `qcdp spool show` and `qcdp spool verify`.
@@ -54,31 +35,37 @@ type spoolShowOptions struct {
 	json bool
 }
 
-func spoolShowFlags(name string, out io.Writer, opts *spoolShowOptions) func(args []string) error {
-	fs := newFlags("spool "+name, out)
-	fs.StringVar(&opts.dir, "spool", "", "spool directory (required)")
-	fs.BoolVar(&opts.json, "json", false, "print JSON")
-	fs.Usage = func() {
-		fmt.Fprintln(out, spoolUsage)
-		fs.PrintDefaults()
-	}
-	return func(args []string) error {
-		if err := parseFlags(fs, args); err != nil {
-			return err
-		}
-		if opts.dir == "" {
-			return usagef("--spool is required")
-		}
-		return nil
-	}
+func (o *spoolShowOptions) addFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&o.dir, "spool", "", "spool `DIR` (required)")
+	addJSONFlag(cmd.Flags(), &o.json)
+	cmd.MarkFlagDirname("spool")
 }
 
-func spoolShowCommand(ctx context.Context, args []string, out io.Writer) error {
-	var opts spoolShowOptions
-	if err := spoolShowFlags("show", out, &opts)(args); err != nil {
-		return err
+func (o *spoolShowOptions) check() error {
+	if o.dir == "" {
+		return usagef("--spool is required")
 	}
-	return runSpoolShow(ctx, opts, out)
+	return nil
+}
+
+func newSpoolShowCommand() *cobra.Command {
+	var opts spoolShowOptions
+	cmd := &cobra.Command{
+		Use:   "show --spool DIR [--json]",
+		Short: "print what a spool holds",
+		Long: `Prints the group, segments, seq range, acknowledged seq, bytes, record counts by
+kind and the markers of a spool.`,
+		Example: "  qcdp spool show --spool /var/lib/qcdp/spool/g1\n  qcdp spool show --spool /var/lib/qcdp/spool/g1 --json",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.check(); err != nil {
+				return err
+			}
+			return runSpoolShow(cmd.Context(), opts, cmd.OutOrStdout())
+		},
+	}
+	opts.addFlags(cmd)
+	return cmd
 }
 
 func runSpoolShow(ctx context.Context, opts spoolShowOptions, out io.Writer) error {
@@ -87,7 +74,7 @@ func runSpoolShow(ctx context.Context, opts spoolShowOptions, out io.Writer) err
 		return err
 	}
 	if opts.json {
-		return writeSpoolJSON(out, rep)
+		return printJSON(out, rep)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "spool\t%s\n", rep.Dir)
@@ -135,12 +122,25 @@ func countList(m map[string]int64) string {
 	return strings.Join(parts, " ")
 }
 
-func spoolVerifyCommand(ctx context.Context, args []string, out io.Writer) error {
+func newSpoolVerifyCommand() *cobra.Command {
 	var opts spoolShowOptions
-	if err := spoolShowFlags("verify", out, &opts)(args); err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "verify --spool DIR [--json]",
+		Short: "check every record of a spool",
+		Long: `Checks every record of a spool. A torn tail is reported and is no failure (the
+daemon cuts it at its next start); corruption is reported with file, offset and
+seq, and the command fails.`,
+		Example: "  qcdp spool verify --spool /var/lib/qcdp/spool/g1",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := opts.check(); err != nil {
+				return err
+			}
+			return runSpoolVerify(cmd.Context(), opts, cmd.OutOrStdout())
+		},
 	}
-	return runSpoolVerify(ctx, opts, out)
+	opts.addFlags(cmd)
+	return cmd
 }
 
 // spoolVerdict is what `qcdp spool verify --json` prints.
@@ -163,7 +163,7 @@ func runSpoolVerify(ctx context.Context, opts spoolShowOptions, out io.Writer) e
 		v.Corrupt = err.Error()
 	}
 	if opts.json {
-		if jerr := writeSpoolJSON(out, v); jerr != nil {
+		if jerr := printJSON(out, v); jerr != nil {
 			return jerr
 		}
 	} else {
@@ -188,31 +188,37 @@ func runSpoolVerify(ctx context.Context, opts spoolShowOptions, out io.Writer) e
 // spoolApplyOptions are the flags of `qcdp spool apply`.
 type spoolApplyOptions struct {
 	dir          string
-	disks        pairsFlag
+	disks        pairsValue // NAME=IMAGE
 	toSeq        uint64
 	skipUnmapped bool
 	json         bool
 }
 
-func spoolApplyCommand(ctx context.Context, args []string, out io.Writer) error {
-	var opts spoolApplyOptions
-	fs := newFlags("spool apply", out)
-	fs.StringVar(&opts.dir, "spool", "", "spool directory (required)")
+func newSpoolApplyCommand() *cobra.Command {
+	opts := spoolApplyOptions{disks: pairsValue{typ: "NAME=IMAGE"}}
+	cmd := &cobra.Command{
+		Use:   "apply --spool DIR --disk NAME=IMAGE [--disk ...] [--to-seq N] [--skip-unmapped]",
+		Short: "replay a spool's records onto raw images",
+		Long: `Replays the spool's records in seq order onto raw image files (created at the size
+the records need when missing).`,
+		Example: `  qcdp spool apply --spool /var/lib/qcdp/spool/g1 --disk vda=/tmp/vda.raw
+  qcdp spool apply --spool /var/lib/qcdp/spool/g1 --disk vm1.vda=/tmp/vda.raw --disk vm1.vdb=/tmp/vdb.raw --to-seq 1000 --json`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.dir == "" || len(opts.disks.names) == 0 {
+				return usagef("--spool and at least one --disk are required")
+			}
+			return runSpoolApply(cmd.Context(), opts, cmd.OutOrStdout())
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&opts.dir, "spool", "", "spool `DIR` (required)")
 	fs.Var(&opts.disks, "disk", "NAME=IMAGE: apply disk NAME's records to the raw image IMAGE (repeat)")
 	fs.Uint64Var(&opts.toSeq, "to-seq", 0, "apply records up to this seq only (0: all)")
 	fs.BoolVar(&opts.skipUnmapped, "skip-unmapped", false, "skip records of disks with no --disk instead of failing")
-	fs.BoolVar(&opts.json, "json", false, "print JSON")
-	fs.Usage = func() {
-		fmt.Fprintln(out, spoolUsage)
-		fs.PrintDefaults()
-	}
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if opts.dir == "" || len(opts.disks.names) == 0 {
-		return usagef("--spool and at least one --disk are required")
-	}
-	return runSpoolApply(ctx, opts, out)
+	addJSONFlag(fs, &opts.json)
+	cmd.MarkFlagDirname("spool")
+	return cmd
 }
 
 func runSpoolApply(ctx context.Context, opts spoolApplyOptions, out io.Writer) error {
@@ -225,7 +231,7 @@ func runSpoolApply(ctx context.Context, opts spoolApplyOptions, out io.Writer) e
 		return err
 	}
 	if opts.json {
-		return writeSpoolJSON(out, sum)
+		return printJSON(out, sum)
 	}
 	if sum.Records == 0 {
 		fmt.Fprintln(out, "no records applied")
@@ -258,10 +264,4 @@ func runSpoolApply(ctx context.Context, opts spoolApplyOptions, out io.Writer) e
 		fmt.Fprintf(out, "stopped at a torn tail: %s\n", sum.Torn)
 	}
 	return nil
-}
-
-func writeSpoolJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

@@ -48,7 +48,7 @@ func TestSpoolShowVerifyApply(t *testing.T) {
 	dir := makeSpool(t)
 	ctx := context.Background()
 	var out bytes.Buffer
-	if err := spoolCommand(ctx, []string{"show", "--spool", dir, "--json"}, &out); err != nil {
+	if err := runSpool(ctx, &out, []string{"show", "--spool", dir, "--json"}); err != nil {
 		t.Fatal(err)
 	}
 	var rep spool.Report
@@ -59,23 +59,23 @@ func TestSpoolShowVerifyApply(t *testing.T) {
 		t.Fatalf("show: %+v", rep)
 	}
 	out.Reset()
-	if err := spoolCommand(ctx, []string{"show", "--spool", dir}, &out); err != nil || !strings.Contains(out.String(), "1..5") {
+	if err := runSpool(ctx, &out, []string{"show", "--spool", dir}); err != nil || !strings.Contains(out.String(), "1..5") {
 		t.Fatalf("show: %v\n%s", err, out.String())
 	}
 	out.Reset()
-	if err := spoolCommand(ctx, []string{"verify", "--spool", dir}, &out); err != nil {
+	if err := runSpool(ctx, &out, []string{"verify", "--spool", dir}); err != nil {
 		t.Fatalf("verify: %v\n%s", err, out.String())
 	}
 
 	img := t.TempDir()
 	out.Reset()
-	err := spoolCommand(ctx, []string{"apply", "--spool", dir, "--disk", "vda=" + filepath.Join(img, "a")}, &out)
+	err := runSpool(ctx, &out, []string{"apply", "--spool", dir, "--disk", "vda=" + filepath.Join(img, "a")})
 	if !errors.Is(err, spool.ErrUnmapped) {
 		t.Fatalf("apply with vdb unmapped: %v", err)
 	}
 	out.Reset()
-	if err := spoolCommand(ctx, []string{"apply", "--spool", dir, "--disk", "vda=" + filepath.Join(img, "a"),
-		"--disk", "vdb=" + filepath.Join(img, "b"), "--to-seq", "4"}, &out); err != nil {
+	if err := runSpool(ctx, &out, []string{"apply", "--spool", dir, "--disk", "vda=" + filepath.Join(img, "a"),
+		"--disk", "vdb=" + filepath.Join(img, "b"), "--to-seq", "4"}); err != nil {
 		t.Fatalf("apply: %v\n%s", err, out.String())
 	}
 	a, _ := os.ReadFile(filepath.Join(img, "a"))
@@ -94,17 +94,24 @@ func TestSpoolShowVerifyApply(t *testing.T) {
 	f.WriteAt([]byte{0xff}, 100)
 	f.Close()
 	out.Reset()
-	err = spoolCommand(ctx, []string{"verify", "--spool", dir}, &out)
+	err = runSpool(ctx, &out, []string{"verify", "--spool", dir})
 	if !errors.Is(err, spool.ErrCorrupt) || !strings.Contains(err.Error(), filepath.Base(names[0])) {
 		t.Fatalf("verify of a corrupt spool: %v", err)
 	}
 }
 
+// runSpool runs `qcdp spool ARGS...` in-process and returns its error.
+func runSpool(ctx context.Context, out io.Writer, args []string) error {
+	root := newRootCommand(out, io.Discard)
+	root.SetArgs(append([]string{"spool"}, args...))
+	return root.ExecuteContext(ctx)
+}
+
 func TestSpoolUsage(t *testing.T) {
-	var out bytes.Buffer
-	for _, args := range [][]string{nil, {"bogus"}, {"show"}, {"apply", "--spool", "x"}} {
-		if err := spoolCommand(context.Background(), args, &out); !errors.As(err, new(usageError)) {
-			t.Errorf("spool %q: %v, want a usage error", args, err)
+	for _, args := range [][]string{nil, {"bogus"}, {"show"}, {"apply", "--spool", "x"}, {"show", "--spool", "x", "extra"}} {
+		var out, errOut bytes.Buffer
+		if code := run(append([]string{"spool"}, args...), &out, &errOut); code != 2 {
+			t.Errorf("qcdp spool %q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
 		}
 	}
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/qcdp/qcdp/protect"
 )
@@ -18,16 +20,36 @@ type statusOptions struct {
 	metrics bool
 }
 
-func statusCommand(ctx context.Context, args []string, out io.Writer) error {
+func newStatusCommand() *cobra.Command {
 	var opts statusOptions
-	fs := newFlags("status", out)
-	fs.StringVar(&opts.socket, "socket", "/run/qcdp/host.sock", "control socket of `qcdp host`")
-	fs.BoolVar(&opts.json, "json", false, "print JSON")
-	fs.BoolVar(&opts.metrics, "metrics", false, "print Prometheus metrics (RPO per group, disk states), e.g. for node_exporter's textfile collector")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "status [--json | --metrics]",
+		Short: "show protection groups and disk states",
+		Long: `Shows the host daemon's protection groups: spool, stream to the replica and RPO, and
+every protected disk's state (initial-sync, syncing, tracking, resync, paused,
+error, detached). --metrics prints the same in Prometheus text format, e.g. for
+node_exporter's textfile collector.`,
+		Example: `  qcdp status
+  qcdp status --json
+  qcdp status --metrics > /var/lib/node_exporter/textfile/qcdp.prom`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if opts.json && opts.metrics {
+				return usagef("give --json or --metrics, not both")
+			}
+			return runStatus(cmd.Context(), opts, cmd.OutOrStdout())
+		},
 	}
-	return runStatus(ctx, opts, out)
+	addHostSocketFlag(cmd.Flags(), &opts.socket)
+	addJSONFlag(cmd.Flags(), &opts.json)
+	cmd.Flags().BoolVar(&opts.metrics, "metrics", false, "print Prometheus metrics (RPO per group, disk states)")
+	return cmd
+}
+
+// addHostSocketFlag adds the --socket of the commands that talk to the host
+// daemon.
+func addHostSocketFlag(fs *pflag.FlagSet, v *string) {
+	fs.StringVar(v, "socket", "/run/qcdp/host.sock", "`PATH` of the host daemon's control socket")
 }
 
 func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
@@ -39,9 +61,7 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 		return protect.WriteMetrics(out, st)
 	}
 	if opts.json {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
+		return printJSON(out, st)
 	}
 	for _, g := range st.Groups {
 		fmt.Fprintf(out, "group %s: seq %d (acked %d), spool %s of %s, %d NBD writes, %d errors\n",
@@ -56,6 +76,9 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 			}
 			fmt.Fprintf(out, "  replica %s: RPO %v, acked seq %d, sent %s (%.1fx compressed)\n",
 				link, r.RPO.Round(time.Millisecond), r.LastAcked, humanBytes(r.BytesSent), r.Ratio())
+		}
+		for _, u := range g.Unmatched {
+			fmt.Fprintf(out, "  protects nothing: %s\n", u)
 		}
 		if len(g.Disks) == 0 {
 			fmt.Fprintln(out, "  no disk protected yet")

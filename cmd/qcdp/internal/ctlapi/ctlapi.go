@@ -110,19 +110,32 @@ func Reply(w http.ResponseWriter, v any, err error, codes map[error]string) {
 
 // Client talks to a control API.
 type Client struct {
-	path string
-	hc   *http.Client
+	path   string
+	daemon string // "host" or "replica": whose socket, for messages
+	hc     *http.Client
 }
 
-// NewClient returns a client of the control socket at path.
-func NewClient(path string) *Client {
-	return &Client{path: path, hc: &http.Client{Transport: &http.Transport{
+// NewClient returns a client of the control socket at path, served by the
+// daemon `qcdp DAEMON` ("host" or "replica").
+func NewClient(path, daemon string) *Client {
+	return &Client{path: path, daemon: daemon, hc: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var dl net.Dialer
 			return dl.DialContext(ctx, "unix", path)
 		},
 	}}}
 }
+
+// clientError is an error of the client's side of an exchange: a message
+// for people that names the daemon and its socket, and the cause kept for
+// errors.Is.
+type clientError struct {
+	msg string
+	err error
+}
+
+func (e *clientError) Error() string { return e.msg }
+func (e *clientError) Unwrap() error { return e.err }
 
 // Do sends one request and decodes the reply into out (nil to discard). An
 // error reply comes back as *Error.
@@ -137,26 +150,48 @@ func (c *Client) Do(ctx context.Context, method, path string, q url.Values, out 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("control socket %s: %w (is the daemon running?)", c.path, err)
+		return c.failed(ctx, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
-		return fmt.Errorf("control API %s: %w", path, err)
+		return c.failed(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		e := &Error{Status: resp.StatusCode}
 		if json.Unmarshal(body, e) != nil || e.Msg == "" {
-			return fmt.Errorf("control API %s: %s", path, resp.Status)
+			return &clientError{msg: fmt.Sprintf("the %s daemon at %s answered %s", c.daemon, c.path, resp.Status)}
 		}
 		return e
 	}
 	if out != nil {
 		if err := json.Unmarshal(body, out); err != nil {
-			return fmt.Errorf("control API %s: decode: %w", path, err)
+			return &clientError{fmt.Sprintf("cannot read the answer of the %s daemon at %s: %v", c.daemon, c.path, err), err}
 		}
 	}
 	return nil
+}
+
+// failed says why an exchange with the daemon failed, without the
+// request's URL (it is internal).
+func (c *Client) failed(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	var op *net.OpError
+	switch {
+	case errors.As(err, &op) && op.Op == "dial" && errors.Is(err, os.ErrPermission):
+		return &clientError{fmt.Sprintf("cannot reach the %s daemon at %s: permission denied (its control socket is root's only)", c.daemon, c.path), err}
+	case errors.As(err, &op) && op.Op == "dial":
+		return &clientError{fmt.Sprintf("cannot reach the %s daemon at %s: is `qcdp %s` running?", c.daemon, c.path, c.daemon), err}
+	case os.Geteuid() != 0:
+		return &clientError{fmt.Sprintf("the %s daemon at %s closed the connection: its control API answers root only", c.daemon, c.path), err}
+	}
+	return &clientError{fmt.Sprintf("lost the connection to the %s daemon at %s: %v", c.daemon, c.path, err), err}
 }
 
 // fromRoot reports whether the peer of a unix connection runs as root.
