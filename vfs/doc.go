@@ -5,7 +5,9 @@
 // ENOSPC or EIO into chosen operations.
 //
 // It also owns Publish, the one way to durably replace a small file: write a
-// temporary file, fsync it, rename it over the target, fsync the directory.
+// temporary file, fsync it, rename it over the target, fsync the directory;
+// and Datasync, fdatasync(2) where the file supports it, for a small file of
+// fixed size rewritten in place (the journal's acknowledged mark).
 //
 // It does not own file formats, paths or naming policy.
 package vfs

@@ -20,7 +20,7 @@ type Op int
 const (
 	OpOpen  Op = iota + 1 // OpenFile, Create, Open
 	OpRead                // Read, ReadAt
-	OpWrite               // Write
+	OpWrite               // Write, WriteAt
 	OpSync                // File.Sync
 	OpTruncate
 	OpClose
@@ -471,6 +471,35 @@ func (f *memFile) Write(p []byte) (int, error) {
 	}
 	copy(f.n.data[f.off:], p)
 	f.off += int64(len(p))
+	f.n.modTime = time.Now()
+	if err != nil {
+		return len(p), pathErr("write", f.name, err)
+	}
+	return len(p), nil
+}
+
+// WriteAt writes p at off, growing the file when it ends before. An
+// injected Write error is a partial write, as for Write.
+func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if err := f.check("write", true); err != nil {
+		return 0, err
+	}
+	if f.flag&os.O_APPEND != 0 {
+		return 0, pathErr("write", f.name, errors.New("invalid use of WriteAt on a file opened with O_APPEND"))
+	}
+	if off < 0 {
+		return 0, pathErr("write", f.name, syscall.EINVAL)
+	}
+	err := f.fs.injected(OpWrite, f.name)
+	if err != nil {
+		p = p[:len(p)/2]
+	}
+	if end := off + int64(len(p)); end > int64(len(f.n.data)) {
+		f.n.data = append(f.n.data, make([]byte, end-int64(len(f.n.data)))...)
+	}
+	copy(f.n.data[off:], p)
 	f.n.modTime = time.Now()
 	if err != nil {
 		return len(p), pathErr("write", f.name, err)

@@ -9,11 +9,13 @@ import (
 	"sort"
 )
 
-// File is an open file.
+// File is an open file. WriteAt writes in place (a handle opened with
+// O_APPEND refuses it, as *os.File does).
 type File interface {
 	io.Reader
 	io.ReaderAt
 	io.Writer
+	io.WriterAt
 	io.Closer
 	Sync() error
 	Truncate(size int64) error

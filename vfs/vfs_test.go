@@ -186,3 +186,117 @@ func TestInjectPartialWrite(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// TestWriteAt: in-place writes on both filesystems, refused on an O_APPEND
+// handle; on MemFS they are lost by a crash until fsync'd, and an injected
+// error writes half.
+func TestWriteAt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fs   FS
+		dir  string
+	}{
+		{"os", Default, t.TempDir()},
+		{"mem", NewMemFS(), "/d"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := tc.fs
+			if err := fs.MkdirAll(tc.dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			name := filepath.Join(tc.dir, "slots")
+			if err := Publish(fs, name, []byte("aaaabbbb")); err != nil {
+				t.Fatal(err)
+			}
+			f, err := fs.OpenFile(name, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range []struct {
+				off int64
+				s   string
+			}{{4, "BB"}, {0, "A"}, {9, "z"}} {
+				if n, err := f.WriteAt([]byte(w.s), w.off); err != nil || n != len(w.s) {
+					t.Fatalf("WriteAt(%q, %d) = %d, %v", w.s, w.off, n, err)
+				}
+			}
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if got := readAll(t, fs, name); string(got) != "AaaaBBbb\x00z" {
+				t.Fatalf("contents %q", got)
+			}
+			a, err := fs.OpenFile(name, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.WriteAt([]byte("x"), 0); err == nil {
+				t.Fatal("WriteAt on an O_APPEND handle succeeded")
+			}
+			a.Close()
+		})
+	}
+	fs := NewCrashFS()
+	fs.MkdirAll("/d", 0o755)
+	if err := Publish(fs, "/d/s", []byte("0000")); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := fs.OpenFile("/d/s", os.O_RDWR, 0)
+	f.WriteAt([]byte("11"), 0)
+	f.Sync()
+	f.WriteAt([]byte("22"), 2)
+	fs.SetInjector(FailNth(OpWrite, 1, syscall.EIO))
+	g, _ := fs.OpenFile("/d/s", os.O_RDWR, 0)
+	if n, err := g.WriteAt([]byte("3333"), 0); !errors.Is(err, syscall.EIO) || n != 2 {
+		t.Fatalf("injected WriteAt = %d, %v", n, err)
+	}
+	fs.SetInjector(nil)
+	if got := readAll(t, fs, "/d/s"); string(got) != "3322" {
+		t.Fatalf("before the crash %q", got)
+	}
+	fs.Crash()
+	if got := readAll(t, fs, "/d/s"); string(got) != "1100" {
+		t.Fatalf("after the crash %q, want the fsync'd %q", got, "1100")
+	}
+}
+
+// TestDatasync: on the OS filesystem it is fdatasync(2); on MemFS it is
+// Sync, so what it covers survives a crash and an injected OpSync error
+// fails it.
+func TestDatasync(t *testing.T) {
+	dir := t.TempDir()
+	f, err := Default.OpenFile(filepath.Join(dir, "f"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.(DataSyncer); !ok {
+		t.Fatal("an OS file opened for writing has no Datasync")
+	}
+	f.WriteAt([]byte("x"), 0)
+	if err := Datasync(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	fs := NewCrashFS()
+	fs.MkdirAll("/d", 0o755)
+	if err := Publish(fs, "/d/s", []byte("00")); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := fs.OpenFile("/d/s", os.O_RDWR, 0)
+	m.WriteAt([]byte("1"), 0)
+	if err := Datasync(m); err != nil {
+		t.Fatal(err)
+	}
+	m.WriteAt([]byte("2"), 1)
+	fs.SetInjector(FailNth(OpSync, 1, syscall.EIO))
+	if err := Datasync(m); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("Datasync with an injected error: %v", err)
+	}
+	fs.SetInjector(nil)
+	fs.Crash()
+	if got := readAll(t, fs, "/d/s"); string(got) != "10" {
+		t.Fatalf("after the crash %q, want %q", got, "10")
+	}
+}

@@ -3,6 +3,8 @@
 // its first seq (or id), then records in package record's framing. It owns
 // the header codec, the recovery scan that tells a clean end, a torn tail
 // and corruption apart, and cutting a torn tail off while keeping a copy.
+// A user that knows how much of a file it acknowledged as durable says so
+// (ScanOptions.Durable): only what follows may then be a torn tail.
 //
 // It does not own what the files mean: each user describes its kind of file
 // with a Format (magic, version, the words of its messages and its own
@@ -102,6 +104,11 @@ type ScanOptions struct {
 	First   uint64 // what the file's name says its header holds
 	Ordered bool   // the records' seqs run on from the header's first seq
 	MayTear bool   // the newest file: its tail may be torn
+	// Durable is the end of the bytes the file's owner acknowledged as
+	// durable (0: unknown). Only bytes from Durable on may be a torn tail:
+	// a record that does not decode before it, or a file that ends before
+	// it, is corruption even when MayTear is set.
+	Durable int64
 }
 
 // Result is what scanning a file found.
@@ -118,10 +125,10 @@ type Result struct {
 // Scan reads every record of the file at path (size bytes), checking its
 // checksums, and calls visit (when not nil) with each good record and its
 // offset; the record's payload is valid only during the call. A torn tail
-// of a file that may tear is reported in Result.Torn (then Header.Len is 0
-// when even the header is torn); anything else that does not decode is
-// Format.Corrupt naming the file, offset and seq. A file of another group
-// is Format.Group.
+// of a file that may tear, from o.Durable on, is reported in Result.Torn
+// (then Header.Len is 0 when even the header is torn); anything else that
+// does not decode, and a file that ends before o.Durable, is Format.Corrupt
+// naming the file, offset and seq. A file of another group is Format.Group.
 func (f Format) Scan(file vfs.File, path string, size int64, o ScanOptions, visit func(r *record.Record, pos int64) error) (Result, error) {
 	res := Result{Size: size}
 	rd := vfs.NewWindow(file)
@@ -135,11 +142,15 @@ func (f Format) Scan(file vfs.File, path string, size int64, o ScanOptions, visi
 		if err != nil {
 			return res, fmt.Errorf("%s: read %s: %w", f.Prefix, path, err)
 		}
-		if o.MayTear && (errors.Is(herr, ErrHeaderShort) || zero) {
+		if o.MayTear && o.Durable == 0 && (errors.Is(herr, ErrHeaderShort) || zero) {
 			res.Torn = fmt.Errorf("%w: %s offset 0: %s header: %w", f.Torn, path, f.Kind, herr)
 			return res, nil
 		}
-		return res, fmt.Errorf("%w: %s offset 0: %s header: %w", f.Corrupt, path, f.Kind, herr)
+		where := path + " offset 0"
+		if o.Ordered {
+			where += fmt.Sprintf(", seq %d", o.First)
+		}
+		return res, fmt.Errorf("%w: %s: %s header: %w", f.Corrupt, where, f.Kind, herr)
 	}
 	if hdr.Group != o.Group {
 		return res, fmt.Errorf("%w: %s belongs to group %q, not %q", f.Group, path, hdr.Group, o.Group)
@@ -168,7 +179,7 @@ func (f Format) Scan(file vfs.File, path string, size int64, o ScanOptions, visi
 			res.End = off
 			continue
 		case derr != nil:
-			return res, f.bad(rd, &res, path, off, next, o.MayTear, derr)
+			return res, f.bad(rd, &res, path, off, next, o.MayTear && off >= o.Durable, derr)
 		case o.Ordered && r.Seq != next:
 			return res, fmt.Errorf("%w: %s offset %d: seq %d, want %d", f.Corrupt, path, off, r.Seq, next)
 		}
@@ -185,6 +196,10 @@ func (f Format) Scan(file vfs.File, path string, size int64, o ScanOptions, visi
 		next++
 		off += int64(n)
 		res.End = off
+	}
+	if res.End < o.Durable {
+		return res, fmt.Errorf("%w: %s offset %d, seq %d: the file ends there, but it was acknowledged up to offset %d",
+			f.Corrupt, path, res.End, next, o.Durable)
 	}
 	return res, nil
 }
@@ -231,7 +246,10 @@ func (f Format) CutTorn(fs vfs.FS, dir, path string, res Result) (string, error)
 		return "", fmt.Errorf("%s: %w", f.Prefix, err)
 	}
 	defer file.Close()
-	var tail []byte // bounded by the torn record; a longer tail is zeroes from a crash
+	// The copy is bounded by one record: a longer tail is zeroes from a
+	// crash, or records the owner never acknowledged (whose sender still
+	// holds them); of those only the place is kept, in the copy's name.
+	var tail []byte
 	if res.Size-res.End <= record.MaxLen+vfs.WindowChunk {
 		tail = make([]byte, res.Size-res.End)
 		if _, err := file.ReadAt(tail, res.End); err != nil && !errors.Is(err, io.EOF) {

@@ -2,6 +2,8 @@ package logfile
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/qcdp/qcdp/record"
@@ -77,5 +79,46 @@ func TestScan(t *testing.T) {
 	res, err = scan(t, b[:HeaderLen("g1")-1], o)
 	if err != nil || !errors.Is(res.Torn, errTorn) || res.Header.Len != 0 {
 		t.Fatalf("torn header: %+v, %v", res, err)
+	}
+}
+
+// TestScanDurable: only bytes past what the owner acknowledged may be a
+// torn tail; a file cut, flipped or ended before it is corruption naming
+// the offset and seq of the first record lost.
+func TestScanDurable(t *testing.T) {
+	b, ends := file(t)
+	hl := int(HeaderLen("g1"))
+	for _, durable := range []int{0, hl, ends[0], ends[1], ends[2]} {
+		o := ScanOptions{Group: "g1", First: 5, Ordered: true, MayTear: true, Durable: int64(durable)}
+		for cut := 0; cut <= len(b); cut++ {
+			res, err := scan(t, b[:cut], o)
+			if cut < durable {
+				if !errors.Is(err, errCorrupt) {
+					t.Fatalf("durable %d, cut at %d: %+v, %v, want corruption", durable, cut, res, err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("durable %d, cut at %d: %v", durable, cut, err)
+			}
+		}
+		// A bit flipped in the newest record, which ends at the end of the
+		// file: torn only when it was not acknowledged.
+		bad := append([]byte(nil), b...)
+		bad[ends[2]-1] ^= 1
+		res, err := scan(t, bad, o)
+		switch {
+		case durable <= ends[1]:
+			if err != nil || !errors.Is(res.Torn, errTorn) || res.End != int64(ends[1]) {
+				t.Fatalf("durable %d, newest record flipped: %+v, %v, want a torn tail", durable, res, err)
+			}
+		case !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("/f offset %d, seq 7", ends[1])):
+			t.Fatalf("durable %d, newest record flipped: %v, want corruption at offset %d, seq 7", durable, err, ends[1])
+		}
+	}
+	// The file ends cleanly before what was acknowledged.
+	_, err := scan(t, b[:ends[1]], ScanOptions{Group: "g1", First: 5, Ordered: true, MayTear: true, Durable: int64(ends[2])})
+	if !errors.Is(err, errCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("/f offset %d, seq 7", ends[1])) {
+		t.Fatalf("ends before the acknowledged offset: %v", err)
 	}
 }

@@ -42,10 +42,10 @@ func (j *Journal) Compact(ctx context.Context, now time.Time) error {
 		j.mu.RUnlock()
 		return ErrClosed
 	}
-	plan, err := j.planLocked(ret, now)
+	plan := j.planLocked(ret, now)
 	j.mu.RUnlock()
-	if err != nil || plan == nil {
-		return err
+	if plan == nil {
+		return nil
 	}
 	var made []layerRef
 	fail := func(err error) error {
@@ -185,139 +185,77 @@ type source struct {
 	from, to uint64 // records (from, to], when layer is nil
 }
 
-// planLocked decides the new window start and layers.
-func (j *Journal) planLocked(ret Retention, now time.Time) (*plan, error) {
-	first := j.first
-	if ret.Window > 0 {
-		cut := now.Add(-ret.Window).UnixNano()
-		i := sort.Search(len(j.recs), func(i int) bool { return j.recs[i].time >= cut })
-		first = max(first, j.first+uint64(i))
+// planLocked decides the new window start and layers (the rules are in
+// retention.go), or returns nil when the layers stay as they are.
+func (j *Journal) planLocked(ret Retention, now time.Time) *plan {
+	first := windowStart(j.recs, j.first, ret, now)
+	cands := j.candidatesLocked(first)
+	keep := keptPoints(cands, ret, now)
+	bounds := layerBounds(keep, j.pins, first)
+	if len(bounds) == 0 {
+		return nil
 	}
-	if ret.WindowBytes > 0 {
-		var sum int64
-		i := len(j.recs)
-		for i > 0 && sum+j.recs[i-1].encodedLen() <= ret.WindowBytes {
-			sum += j.recs[i-1].encodedLen()
-			i--
+	old := make([]layerRef, len(j.layers))
+	for i, l := range j.layers {
+		old[i] = l.ref
+	}
+	layout := planLayers(old, bounds, j.first)
+	if unchanged(layout, old, keep, first != j.first) {
+		return nil
+	}
+	cmap := map[uint64]candidate{}
+	for _, c := range cands {
+		cmap[c.seq] = c
+	}
+	p := &plan{old: j.man, first: first, nextID: j.man.nextID}
+	for _, nl := range layout {
+		ref := layerRef{from: nl.from, to: nl.to, time: j.timeOfLocked(nl.to), kept: keep[nl.to]}
+		if c, ok := cmap[nl.to]; ok { // the candidates are all the valid points
+			ref.valid, ref.marker, ref.name = true, c.mk, c.name
 		}
-		first = max(first, j.first+uint64(i))
+		var srcs []source
+		for _, i := range nl.olds {
+			srcs = append(srcs, source{layer: j.layers[i]})
+		}
+		if nl.recs {
+			srcs = append(srcs, source{from: nl.recFrom, to: nl.to})
+		}
+		var reuse *layer
+		if nl.reuse >= 0 {
+			reuse = j.layers[nl.reuse]
+			ref.id = reuse.ref.id
+		} else {
+			ref.id = p.nextID
+			p.nextID++
+		}
+		p.refs = append(p.refs, ref)
+		p.reuse = append(p.reuse, reuse)
+		p.srcs = append(p.srcs, srcs)
 	}
-	// Candidate restore points: old layer ends and the boundaries that leave
-	// the window. keepers: the ones some rule keeps.
-	type cand struct {
-		seq  uint64
-		time int64
-		mk   record.MarkerKind
-		name string
-	}
-	var cands []cand
+	p.state = j.stateAtLocked(first - 1)
+	return p
+}
+
+// candidatesLocked returns the restore points a retention rule may keep
+// when the window moves to start at first: the ends of the old layers
+// below the window, and the valid boundaries that leave it.
+func (j *Journal) candidatesLocked(first uint64) []candidate {
+	var cands []candidate
 	for _, l := range j.layers {
 		if l.ref.valid && l.ref.to < j.first-1 {
-			cands = append(cands, cand{l.ref.to, l.ref.time, l.ref.marker, l.ref.name})
+			cands = append(cands, candidate{l.ref.to, l.ref.time, l.ref.marker, l.ref.name})
 		}
 	}
 	for s := max(j.first, 2) - 1; s < first && s <= j.last; s++ {
 		if !inSpans(j.invalid, s) {
-			c := cand{seq: s, time: j.timeOfLocked(s)}
+			c := candidate{seq: s, time: j.timeOfLocked(s)}
 			if s >= j.first && j.recs[s-j.first].kind == record.Marker {
 				c.mk, c.name = j.recs[s-j.first].marker, j.names[s]
 			}
 			cands = append(cands, c)
 		}
 	}
-	keep := map[uint64]bool{} // kept by a rule
-	for _, c := range cands {
-		if ret.Bookmarks > 0 && (c.mk == record.UserBookmark || c.mk == record.AppConsistent) && c.time >= now.Add(-ret.Bookmarks).UnixNano() {
-			keep[c.seq] = true
-		}
-	}
-	for _, sc := range ret.Schedules {
-		if sc.Every <= 0 || sc.Keep <= 0 {
-			continue
-		}
-		oldest := now.Add(-sc.Keep).UnixNano()
-		slot := map[int64]uint64{}
-		for _, c := range cands {
-			if c.time < oldest {
-				continue
-			}
-			k := c.time / int64(sc.Every)
-			slot[k] = max(slot[k], c.seq)
-		}
-		for _, s := range slot {
-			keep[s] = true
-		}
-	}
-	// New boundaries: the kept points below the window, then its start.
-	var bounds []uint64
-	for s := range keep {
-		if s+1 < first {
-			bounds = append(bounds, s)
-		}
-	}
-	for s := range j.pins {
-		if s+1 < first && !keep[s] {
-			bounds = append(bounds, s)
-		}
-	}
-	slices.Sort(bounds)
-	if first > 1 {
-		bounds = append(bounds, first-1)
-	}
-	if len(bounds) == 0 {
-		return nil, nil
-	}
-	p := &plan{old: j.man, first: first, nextID: j.man.nextID}
-	cmap := map[uint64]cand{}
-	for _, c := range cands {
-		cmap[c.seq] = c
-	}
-	from := uint64(0)
-	same := len(bounds) == len(j.layers) && first == j.first
-	for i, b := range bounds {
-		ref := layerRef{from: from, to: b, time: j.timeOfLocked(b), kept: keep[b]}
-		if c, ok := cmap[b]; ok { // the candidates are all the valid points
-			ref.valid, ref.marker, ref.name = true, c.mk, c.name
-		}
-		var reuse *layer
-		var srcs []source
-		for _, l := range j.layers {
-			if l.ref.from >= from && l.ref.to <= b {
-				srcs = append(srcs, source{layer: l})
-				if l.ref.from == from && l.ref.to == b {
-					reuse = l
-				}
-			}
-		}
-		if lo := max(from, j.first-1); b > lo {
-			srcs = append(srcs, source{from: lo, to: b})
-			reuse = nil
-		}
-		if reuse != nil {
-			ref.id = reuse.ref.id
-		} else {
-			ref.id = p.nextID
-			p.nextID++
-		}
-		same = same && reuse != nil && i < len(j.layers) && j.layers[i] == reuse && j.layers[i].ref.kept == ref.kept
-		p.refs = append(p.refs, ref)
-		p.reuse = append(p.reuse, reuse)
-		p.srcs = append(p.srcs, srcs)
-		from = b
-	}
-	if same {
-		return nil, nil
-	}
-	p.state = cloneState(j.start)
-	for q := j.first; q < first; q++ {
-		e := &j.recs[q-j.first]
-		d := ""
-		if e.disk != noDisk {
-			d = j.disks[e.disk]
-		}
-		applyState(p.state, e, d)
-	}
-	return p, nil
+	return cands
 }
 
 // item is one extent of a source in a fold; newer items have a higher prio.

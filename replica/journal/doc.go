@@ -14,11 +14,12 @@
 // # Files
 //
 //	DIR/MANIFEST                          root: layers, first retained seq, stream state (vfs.Publish)
+//	DIR/ACKED                             the acknowledged mark: the newest seq Append acknowledged
 //	DIR/00000000000000000001.seg          a segment, named by its first seq
 //	DIR/00000000000000000001.seg.idx      its index file, written when the segment is sealed
 //	DIR/00000000000000000007.lay          a layer, named by its id
 //	DIR/00000000000000000007.lay.idx      its index file
-//	DIR/<segment>.torn-<offset>           a torn tail cut off by recovery, kept for inspection
+//	DIR/<segment>.torn-<offset>           a torn tail (or what followed the mark) cut off by recovery, kept for inspection
 //	DIR/overlays/                         scratch files of writable views, removed at Close and Open
 //
 // A segment or layer file is a header followed by encoded records (package
@@ -39,14 +40,35 @@
 // one CRC32C over the whole file; it also says which file size it covers.
 // It is a cache: when it is missing, stale or damaged, Open scans the file
 // (checking every checksum) and writes it again. The manifest ("QCJM") is
-// laid out in manifest.go. Integers are little-endian. All these layouts
-// are on disk: never change them; a new layout takes a new version.
+// laid out in manifest.go.
+//
+// ACKED is two 512-byte slots, each a mark followed by zeroes:
+//
+//	0      4      6   7   8          16          24         32      32+g     36+g  512
+//	+------+------+---+---+----------+-----------+----------+-------+--------+-----+
+//	|"QCJA"| vers |g  | 0 | seq      | segment   | end      | group | CRC32C | 0.. |
+//	+------+------+---+---+----------+-----------+----------+-------+--------+-----+
+//
+// seq is the newest acknowledged seq, segment the first seq (the name) of
+// the segment holding its record and end the offset where that record ends
+// (both 0 when no segment holds it: it was folded). The CRC32C covers bytes
+// [0, 32+g). Each write goes to the slot that does not hold the newest
+// mark, in place, then is fsync'd: a crash during it leaves the other
+// slot. The newer of two slots that check is the mark. Integers are
+// little-endian. All these layouts are on disk: never change them; a new
+// layout takes a new version.
 //
 // # Promises
 //
 // Append returns once the records are written and fsync'd (and the
-// directory too when a segment was created): nothing it acknowledged is
-// lost by a crash. The index lives in memory: for each disk, the records
+// directory too when a segment was created), and then the mark naming the
+// newest of them is written and fsync'd: nothing it acknowledged is lost by
+// a crash, and what it acknowledged is known after one. LastSeq moves only
+// once the mark is durable, so an acknowledgement (the receiver's Ack and
+// Welcome carry LastSeq) never gets ahead of the mark. The mark costs one
+// 512-byte in-place write and one fdatasync per Append (per segment when a
+// batch spans segments); the receiver appends the batches that arrived
+// together with one Append. The index lives in memory: for each disk, the records
 // touching each 64 KiB chunk (16 MiB chunks for records of 4 MiB and more,
 // one list for records of 1 GiB and more), by seq. Open rebuilds it from
 // the index files (about 1 s for a million records); opening a view is a
@@ -57,7 +79,7 @@
 // A record is checked whole (both CRCs, and that it is the record the index
 // names) the first time any of its bytes is served; a damaged record fails
 // the read with ErrCorrupt, never serves wrong bytes. Verify checks every
-// record of every file.
+// record of every file, and both slots of ACKED against the mark held.
 //
 // # Restore points
 //
@@ -75,7 +97,8 @@
 //
 // Compact moves the window start to what Retention allows, keeps the
 // long-term points its schedules and bookmark rule pick (and the point of
-// every open view), and rebuilds the layers: layer i holds, as a sparse
+// every open view), and rebuilds the layers (the rules are in retention.go,
+// the mechanics in compact.go): layer i holds, as a sparse
 // delta, the newest version of every byte written in (point i-1, point i];
 // the oldest layer is the base (the state at the oldest retained point).
 // A layer whose range is unchanged is kept as it is; a layer whose point
@@ -88,12 +111,36 @@
 //
 // # Recovery
 //
-// Open tells three things apart: a clean end; a torn tail in the newest
-// segment (a record cut short, or zeroes; the bytes are saved beside the
-// segment, the segment is truncated, and the journal goes on); and
-// corruption anywhere else (ErrCorrupt naming file, offset and seq: Open
-// refuses the journal). A bit flip in the newest record of the newest
-// segment cannot be told from a torn write and is treated as one.
+// Open tells three things apart: a clean end; a torn tail (a record cut
+// short, or zeroes, or records never acknowledged: the bytes are saved
+// beside the segment, the segment is truncated, and the journal goes on);
+// and corruption (ErrCorrupt naming file, offset and seq: Open refuses the
+// journal and the registry quarantines its group).
+//
+// The mark decides which is which. Every record up to it was acknowledged:
+// one that does not check, is cut short or is missing is corruption, the
+// newest one too. Only what follows the mark may be a torn tail, and all
+// of it is cut, complete records too: Append never acknowledged them (a
+// crash came between their fsync and the mark's, or their fsync failed and
+// the page cache still held them), and the host sends them again. Cutting
+// them rather than fsyncing them again is what makes a reopen after a
+// failed fsync safe: a second fsync may report success for pages the
+// kernel already gave up on. When one slot of ACKED does not check (a
+// crash during its write, or damage), the other is a lower bound: the
+// intact records after it are kept, since they may have been acknowledged,
+// and fsync'd before Open reports them. Both slots damaged is corruption.
+//
+// Before it returns, Open writes the mark again (into the slot that does
+// not hold it) naming exactly what LastSeq reports, so a mark read from a
+// page whose fsync failed becomes durable, or Open fails.
+//
+// A journal written before the mark existed has no ACKED. Open recovers it
+// as it always did: only the newest segment may tear, and there a bit flip
+// or a cut in the newest record cannot be told from a torn write and is
+// treated as one (only for that first Open: the newest record, though
+// fsync'd and acknowledged, may be cut with a warning). It fsyncs the
+// newest segment, then creates ACKED naming what it kept; from then on the
+// journal has the full guarantee.
 //
 // # Limits
 //

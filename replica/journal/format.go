@@ -24,6 +24,11 @@ const (
 	manMagic      = "QCJM"
 	manVersion    = 1
 	manifestName  = "MANIFEST"
+	ackedName     = "ACKED"
+	ackedMagic    = "QCJA"
+	ackedVersion  = 1
+	ackedFixed    = 32  // magic, version, group length, reserved, seq, segment, end
+	ackedSlotLen  = 512 // the file is two slots, each in a sector of its own
 	segSuffix     = ".seg"
 	layerSuffix   = ".lay"
 	idxSuffix     = ".idx"

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,22 +14,39 @@ import (
 	"time"
 
 	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/record/logfile"
+	"github.com/qcdp/qcdp/vfs"
 )
 
 // testdata/golden-v1 is a journal directory written by file version 1,
 // index version 1 and manifest version 1: segments with their sealed index
 // files, two layers made by a Compact with a retention window (the base,
 // kept as the long-term point of a bookmark, and a fold boundary), and the
-// MANIFEST. testdata/corrupt-layer-v1 has one bit of a layer record flipped,
-// testdata/corrupt-idx-v1 one bit of a segment index and one of a layer
-// index. Never edit them: a new layout takes a new version and a new
-// fixture, and these must still open. QCDP_WRITE_GOLDEN=1 writes the
-// fixtures that are missing; remove one first to write it again on purpose.
+// MANIFEST. It has no ACKED file: it was written before the acknowledged
+// mark existed. testdata/corrupt-layer-v1 has one bit of a layer record
+// flipped, testdata/corrupt-idx-v1 one bit of a segment index and one of a
+// layer index.
+//
+// testdata/golden-v2 is the same journal written by the same calls once
+// the mark existed: the same files and an ACKED file (version 1).
+// testdata/corrupt-tail-v2 has one bit flipped 100 bytes before the end of
+// its newest segment, testdata/cut-tail-v2 that segment cut by 10 bytes
+// (both acknowledged), testdata/corrupt-acked-v2 one bit flipped in the
+// slot of ACKED holding the newest mark.
+//
+// Never edit them: a new layout takes a new version and a new fixture, and
+// these must still open. QCDP_WRITE_GOLDEN=1 writes the fixtures that are
+// missing; remove one first to write it again on purpose (golden-v1 cannot
+// be written again: the current code writes ACKED).
 
 const (
 	goldenDir        = "testdata/golden-v1"
 	goldenLayerDir   = "testdata/corrupt-layer-v1"
 	goldenIdxDir     = "testdata/corrupt-idx-v1"
+	goldenV2Dir      = "testdata/golden-v2"
+	goldenFlipDir    = "testdata/corrupt-tail-v2"
+	goldenCutDir     = "testdata/cut-tail-v2"
+	goldenAckedDir   = "testdata/corrupt-acked-v2"
 	goldenGroup      = "db-prod"
 	goldenSegBytes   = 1024
 	goldenT0         = int64(1_700_000_000) * 1e9
@@ -106,8 +125,11 @@ func TestGoldenWrite(t *testing.T) {
 		t.Skip("QCDP_WRITE_GOLDEN=1 writes the fixtures that are missing")
 	}
 	ctx := context.Background()
-	if _, err := os.Stat(goldenDir); errors.Is(err, os.ErrNotExist) {
-		j, err := Open(ctx, goldenOptions(goldenDir))
+	if _, err := os.Stat(goldenDir); err != nil {
+		t.Fatalf("%v: it was written before ACKED existed; restore it from version control", err)
+	}
+	if _, err := os.Stat(goldenV2Dir); errors.Is(err, os.ErrNotExist) {
+		j, err := Open(ctx, goldenOptions(goldenV2Dir))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,21 +146,30 @@ func TestGoldenWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	corrupt := func(dst string, edit func(dir string)) {
+	corrupt := func(dst, src string, edit func(dir string)) {
 		if _, err := os.Stat(dst); err == nil {
 			return
 		}
-		tmp := copyGoldenDir(t, goldenDir)
+		tmp := copyGoldenDir(t, src)
 		edit(tmp)
 		if err := os.Rename(tmp, dst); err != nil {
 			t.Fatal(err)
 		}
 	}
-	corrupt(goldenLayerDir, func(dir string) { flipBit(t, filepath.Join(dir, goldenLayerFile), goldenLayerFlip) })
-	corrupt(goldenIdxDir, func(dir string) {
+	corrupt(goldenLayerDir, goldenDir, func(dir string) { flipBit(t, filepath.Join(dir, goldenLayerFile), goldenLayerFlip) })
+	corrupt(goldenIdxDir, goldenDir, func(dir string) {
 		flipBit(t, filepath.Join(dir, goldenIdxSeg), goldenIdxFlip)
 		flipBit(t, filepath.Join(dir, goldenLayerFile+idxSuffix), goldenIdxFlip)
 	})
+	corrupt(goldenFlipDir, goldenV2Dir, func(dir string) {
+		flipBit(t, filepath.Join(dir, goldenNewestSeg), goldenNewestSize-100)
+	})
+	corrupt(goldenCutDir, goldenV2Dir, func(dir string) {
+		if err := os.Truncate(filepath.Join(dir, goldenNewestSeg), goldenNewestSize-10); err != nil {
+			t.Fatal(err)
+		}
+	})
+	corrupt(goldenAckedDir, goldenV2Dir, func(dir string) { flipBit(t, filepath.Join(dir, ackedName), goldenAckedFlip) })
 }
 
 func goldenOptions(dir string) Options {
@@ -210,6 +241,14 @@ const (
 	goldenIdxFlip   = 30
 )
 
+// The newest segment of the fixtures and its size; goldenAckedFlip is a
+// byte of the seq in the ACKED slot holding golden-v2's newest mark.
+const (
+	goldenNewestSeg  = "00000000000000000016.seg"
+	goldenNewestSize = 213
+	goldenAckedFlip  = ackedSlotLen + 8
+)
+
 // goldenFiles are the fixture's files and sizes.
 var goldenFiles = map[string]int{
 	"MANIFEST":                     136,
@@ -252,16 +291,48 @@ var goldenIndexes = map[string]*idxFile{
 	}, names: map[uint64]string{10: "cc-10", 12: "before upgrade"}},
 }
 
-// TestGoldenFormats decodes the fixture's manifest and index files and
-// encodes them back byte for byte.
+// goldenMarks are what the slots of golden-v2's ACKED say: the mark of
+// the Append of seqs 13..15, then of 16..18.
+var goldenMarks = [2]mark{{seq: 15, seg: 9, end: 1549}, {seq: 18, seg: 16, end: goldenNewestSize}}
+
+// goldenMark is the mark of the fixtures' journal once opened.
+var goldenMark = mark{seq: goldenLastSeq, seg: 16, end: goldenNewestSize}
+
+// TestGoldenFormats decodes the fixtures' manifest, index and ACKED files
+// and encodes them back byte for byte.
 func TestGoldenFormats(t *testing.T) {
-	files := readDirFiles(t, goldenDir)
+	for _, fixture := range []string{goldenDir, goldenV2Dir} {
+		t.Run(filepath.Base(fixture), func(t *testing.T) { checkGoldenFormats(t, fixture) })
+	}
+}
+
+func checkGoldenFormats(t *testing.T, fixture string) {
+	files := readDirFiles(t, fixture)
 	got := map[string]int{}
 	for n, b := range files {
 		got[n] = len(b)
 	}
-	if !reflect.DeepEqual(got, goldenFiles) {
-		t.Fatalf("files %v\nwant %v", got, goldenFiles)
+	want := maps.Clone(goldenFiles)
+	if fixture == goldenV2Dir {
+		want[ackedName] = 2 * ackedSlotLen
+		b := files[ackedName]
+		for i, wm := range goldenMarks {
+			slot := b[i*ackedSlotLen : (i+1)*ackedSlotLen]
+			m, err := decodeMarkSlot(goldenGroup, slot)
+			if err != nil || m != wm {
+				t.Fatalf("ACKED slot %d: %+v, %v, want %+v", i, m, err, wm)
+			}
+			enc := markSlot(goldenGroup, m)
+			if !bytes.Equal(enc, slot) {
+				t.Fatalf("ACKED slot %d no longer encodes to the fixture's bytes", i)
+			}
+		}
+		if rm, slot, st, err := readAcked(vfs.Default, filepath.Join(fixture, ackedName), goldenGroup); err != nil || rm != goldenMarks[1] || slot != 1 || st != ackExact {
+			t.Fatalf("readAcked: %+v slot %d state %d, %v", rm, slot, st, err)
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("files %v\nwant %v", got, want)
 	}
 	m, err := decodeManifest(goldenGroup, files[manifestName])
 	if err != nil {
@@ -293,16 +364,32 @@ func TestGoldenFormats(t *testing.T) {
 	}
 }
 
-// TestGoldenJournal opens a copy of the fixture with the current code,
+// TestGoldenJournal opens a copy of each fixture with the current code,
 // checks its points, views and integrity, and that Open used every file as
-// it is (an index it could not read would have been written again).
+// it is (an index it could not read would have been written again). The
+// only file Open writes is ACKED: golden-v1 has none, and gets one naming
+// its newest record; golden-v2's older slot is written again with the
+// newest mark.
 func TestGoldenJournal(t *testing.T) {
-	dir := copyGoldenDir(t, goldenDir)
-	checkGoldenJournal(t, dir)
-	if got, want := readDirFiles(t, dir), readDirFiles(t, goldenDir); !reflect.DeepEqual(got, want) {
+	for _, fixture := range []string{goldenDir, goldenV2Dir} {
+		t.Run(filepath.Base(fixture), func(t *testing.T) {
+			dir := copyGoldenDir(t, fixture)
+			checkGoldenJournal(t, dir)
+			checkGoldenFiles(t, dir, fixture, encodeAcked(goldenGroup, goldenMark))
+		})
+	}
+}
+
+// checkGoldenFiles checks that the files of dir are those of fixture, with
+// acked as the ACKED file.
+func checkGoldenFiles(t *testing.T, dir, fixture string, acked []byte) {
+	t.Helper()
+	got, want := readDirFiles(t, dir), readDirFiles(t, fixture)
+	want[ackedName] = acked
+	if !reflect.DeepEqual(got, want) {
 		for n := range want {
 			if !bytes.Equal(got[n], want[n]) {
-				t.Errorf("%s changed by Open, Verify and Close", n)
+				t.Errorf("%s differs after Open, Verify and Close", n)
 			}
 		}
 		t.Fatalf("files %d, want %d", len(got), len(want))
@@ -397,7 +484,7 @@ func checkGoldenJournal(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if want := (Report{Segments: 3, Layers: 2, Records: 4 + 7 + 3 + 2 + 2, Bytes: 1275 + 1549 + 213 + 1673 + 649}); !reflect.DeepEqual(rep, want) {
+	if want := (Report{Segments: 3, Layers: 2, Records: 4 + 7 + 3 + 2 + 2, Bytes: 1275 + 1549 + 213 + 1673 + 649, AckedSeq: goldenLastSeq}); !reflect.DeepEqual(rep, want) {
 		t.Fatalf("Verify: %+v, want %+v", rep, want)
 	}
 }
@@ -414,15 +501,7 @@ func TestGoldenCorruptIndex(t *testing.T) {
 		}
 	}
 	checkGoldenJournal(t, dir)
-	got, want := readDirFiles(t, dir), readDirFiles(t, goldenDir)
-	for n := range want {
-		if !bytes.Equal(got[n], want[n]) {
-			t.Errorf("%s differs from the intact fixture after Open", n)
-		}
-	}
-	if len(got) != len(want) {
-		t.Fatalf("%d files, want %d", len(got), len(want))
-	}
+	checkGoldenFiles(t, dir, goldenDir, encodeAcked(goldenGroup, goldenMark))
 }
 
 // TestGoldenCorruptLayer: a flipped bit in a layer record is never served
@@ -472,4 +551,69 @@ func TestGoldenCorruptLayer(t *testing.T) {
 	if _, err := Open(ctx, goldenOptions(dir)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), filepath.Join(dir, goldenLayerFile)+" offset 27") {
 		t.Fatalf("Open with the layer index gone: %v, want ErrCorrupt at %s offset 27", err, goldenLayerFile)
 	}
+}
+
+// TestGoldenAckedTail: damage to the newest record of golden-v2, which
+// Append acknowledged, is corruption naming file, offset and seq; the same
+// damage in golden-v1, which has no mark, is a torn tail as it always was.
+func TestGoldenAckedTail(t *testing.T) {
+	ctx := context.Background()
+	recs := goldenRecords()
+	start17 := int(logfile.HeaderLen(goldenGroup)) + record.EncodedLen(&recs[15])
+	start18 := start17 + record.EncodedLen(&recs[16])
+	for _, tc := range []struct {
+		fixture string
+		where   string
+		legacy  uint64 // LastSeq without the mark; 0: corrupt then too
+	}{
+		{goldenFlipDir, fmt.Sprintf("offset %d, seq 17", start17), 0}, // 100 bytes before the end is inside seq 17
+		{goldenCutDir, fmt.Sprintf("offset %d, seq 18", start18), 17},
+	} {
+		t.Run(filepath.Base(tc.fixture), func(t *testing.T) {
+			dir := copyGoldenDir(t, tc.fixture)
+			where := filepath.Join(dir, goldenNewestSeg) + " " + tc.where
+			j, err := Open(ctx, goldenOptions(dir))
+			if err == nil {
+				j.Close()
+				t.Fatalf("Open accepted damage to acknowledged records: LastSeq %d", j.LastSeq())
+			}
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), where) {
+				t.Fatalf("Open: %v, want ErrCorrupt at %q", err, where)
+			}
+			// Without the mark (a journal written before it existed), a
+			// newest record cut short is a torn tail, as it always was; a
+			// damaged record before the newest is corruption either way.
+			if err := os.Remove(filepath.Join(dir, ackedName)); err != nil {
+				t.Fatal(err)
+			}
+			j, err = Open(ctx, goldenOptions(dir))
+			if tc.legacy == 0 {
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), where) {
+					t.Fatalf("Open without ACKED: %v, want ErrCorrupt at %q", err, where)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Open without ACKED: %v", err)
+			}
+			defer j.Close()
+			if j.LastSeq() != tc.legacy {
+				t.Fatalf("Open without ACKED: LastSeq %d, want %d", j.LastSeq(), tc.legacy)
+			}
+		})
+	}
+}
+
+// TestGoldenCorruptAcked: a damaged slot of ACKED is what a crash during
+// its write leaves; Open takes the other slot as a lower bound, keeps the
+// intact records after it, and writes the damaged slot again.
+func TestGoldenCorruptAcked(t *testing.T) {
+	dir := copyGoldenDir(t, goldenAckedDir)
+	if _, _, st, err := readAcked(vfs.Default, filepath.Join(dir, ackedName), goldenGroup); err != nil || st != ackDamaged {
+		t.Fatalf("the fixture's ACKED: state %d, %v", st, err)
+	}
+	checkGoldenJournal(t, dir)
+	// The damaged slot 1 is written again with the newest mark, slot 0
+	// still says 15: that is golden-v2's ACKED.
+	checkGoldenFiles(t, dir, goldenV2Dir, readDirFiles(t, goldenV2Dir)[ackedName])
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"math/rand/v2"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -75,9 +77,14 @@ func copyFS(t testing.TB, src vfs.FS, edit func(name string, b []byte) []byte) *
 	return dst
 }
 
-// TestTruncateEveryOffset cuts the newest segment at every offset: Open
-// keeps every complete record, saves the torn tail and cuts it off, and the
-// journal takes the next seq.
+// TestTruncateEveryOffset cuts the newest segment at every offset. It
+// holds 20 acknowledged records, then 10 more whose fsync completed but
+// whose mark a crash cut short (never acknowledged). A cut inside what was
+// acknowledged is corruption naming the first record lost; a cut past it
+// is a torn tail: Open keeps the acknowledged records and only those,
+// saves what follows and cuts it off, and the journal takes the next seq.
+// A journal written before the mark existed (no ACKED) recovers as it
+// always did: every complete record is kept.
 func TestTruncateEveryOffset(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -92,64 +99,106 @@ func TestTruncateEveryOffset(t *testing.T) {
 			break
 		}
 	}
+	const acked = 20
 	src := newFS()
 	j := openT(t, src, func(o *Options) { o.SegmentBytes = 1 << 30 })
-	appendAll(t, j, rng, recs)
+	appendAll(t, j, rng, recs[:acked])
+	src.SetInjector(func(op vfs.Op, path string) error {
+		if op == vfs.OpWrite && filepath.Base(path) == ackedName {
+			return errors.New("power lost")
+		}
+		return nil
+	})
+	if err := j.Append(ctx, recs[acked:]); !errors.Is(err, ErrBroken) {
+		t.Fatalf("Append with the power going before its mark: %v", err)
+	}
+	src.SetInjector(nil)
+	src.Crash()
 	j.Close()
 	seg := filepath.Join(dir, segName(1))
 	whole := readAll(t, src, seg)
-	// Record boundaries.
-	ends := map[int]uint64{}
-	off := int(logfile.HeaderLen("g1"))
-	ends[off] = 0
-	for i := range recs {
+	// Where each record starts and ends.
+	hl := int(logfile.HeaderLen("g1"))
+	starts, ends := []int{}, []int{}
+	for i, off := 0, hl; i < len(recs); i++ {
+		starts = append(starts, off)
 		off += record.EncodedLen(&recs[i])
-		ends[off] = recs[i].Seq
+		ends = append(ends, off)
 	}
-	complete := uint64(0)
+	if ends[len(recs)-1] != len(whole) {
+		t.Fatalf("segment of %d bytes, want %d: the fsync'd records did not survive", len(whole), ends[len(recs)-1])
+	}
+	markEnd := ends[acked-1]
 	for cut := 0; cut <= len(whole); cut++ {
-		if s, ok := ends[cut]; ok {
-			complete = s
-		}
-		fs := copyFS(t, src, func(n string, b []byte) []byte {
-			if n == segName(1) {
-				return b[:cut]
+		complete, boundary := uint64(0), cut == hl
+		lost := 0 // the first record not wholly kept
+		for i := range recs {
+			if ends[i] <= cut {
+				complete, lost = recs[i].Seq, i+1
 			}
-			return b
-		})
-		j, err := Open(ctx, Options{Dir: dir, Group: "g1", FS: fs, Logger: quiet()})
-		if err != nil {
-			t.Fatalf("cut at %d: Open: %v", cut, err)
+			boundary = boundary || ends[i] == cut
 		}
-		if j.LastSeq() != complete {
-			t.Fatalf("cut at %d: LastSeq %d, want %d", cut, j.LastSeq(), complete)
+		for _, legacy := range []bool{false, true} {
+			fs := copyFS(t, src, func(n string, b []byte) []byte {
+				switch {
+				case n == segName(1):
+					return b[:cut]
+				case n == ackedName && legacy:
+					return nil
+				}
+				return b
+			})
+			j, err := Open(ctx, Options{Dir: dir, Group: "g1", FS: fs, Logger: quiet()})
+			if !legacy && cut < markEnd {
+				where := fmt.Sprintf("%s offset %d, seq %d", seg, starts[lost], recs[lost].Seq)
+				if cut < hl {
+					where = fmt.Sprintf("%s offset 0, seq 1", seg)
+				}
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), where) {
+					t.Fatalf("cut at %d, inside what was acknowledged: Open: %v, want ErrCorrupt at %q", cut, err, where)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("cut at %d (legacy %v): Open: %v", cut, legacy, err)
+			}
+			want, cutTail := complete, !boundary && cut != hl
+			if !legacy {
+				want, cutTail = acked, cut > markEnd
+			}
+			if j.LastSeq() != want {
+				t.Fatalf("cut at %d (legacy %v): LastSeq %d, want %d", cut, legacy, j.LastSeq(), want)
+			}
+			names, _ := fs.ReadDir(dir)
+			kept := false
+			for _, n := range names {
+				kept = kept || strings.Contains(n, tornInfix)
+			}
+			if kept != cutTail {
+				t.Fatalf("cut at %d (legacy %v): tail copy kept %v, files %v", cut, legacy, kept, names)
+			}
+			if !slices.Contains(names, ackedName) {
+				t.Fatalf("cut at %d (legacy %v): no %s after Open: %v", cut, legacy, ackedName, names)
+			}
+			if _, err := j.Verify(ctx); err != nil {
+				t.Fatalf("cut at %d (legacy %v): Verify after recovery: %v", cut, legacy, err)
+			}
+			next := dataRec(want+1, "vda", 0, []byte("after"))
+			if err := j.Append(ctx, []record.Record{next}); err != nil {
+				t.Fatalf("cut at %d (legacy %v): Append after recovery: %v", cut, legacy, err)
+			}
+			if want > 0 && cut%17 == 0 {
+				snaps := snapsAt(recs, map[uint64]bool{want: true})
+				checkView(t, j, want, snaps[want])
+			}
+			j.Close()
 		}
-		names, _ := fs.ReadDir(dir)
-		_, boundary := ends[cut]
-		kept := false
-		for _, n := range names {
-			kept = kept || strings.Contains(n, tornInfix)
-		}
-		if kept == boundary && cut != int(logfile.HeaderLen("g1")) {
-			t.Fatalf("cut at %d: torn copy kept %v, files %v", cut, kept, names)
-		}
-		if _, err := j.Verify(ctx); err != nil {
-			t.Fatalf("cut at %d: Verify after recovery: %v", cut, err)
-		}
-		next := dataRec(complete+1, "vda", 0, []byte("after"))
-		if err := j.Append(ctx, []record.Record{next}); err != nil {
-			t.Fatalf("cut at %d: Append after recovery: %v", cut, err)
-		}
-		if complete > 0 && cut%17 == 0 {
-			snaps := snapsAt(recs, map[uint64]bool{complete: true})
-			checkView(t, j, complete, snaps[complete])
-		}
-		j.Close()
 	}
 }
 
-// TestBitFlips flips bits all over the segments and layers: Verify reports
-// each, and no view ever serves a wrong byte.
+// TestBitFlips flips bits all over the segments and layers, the newest
+// records included: Open or Verify reports each, and no view ever serves a
+// wrong byte.
 func TestBitFlips(t *testing.T) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(3, 1))
@@ -181,10 +230,19 @@ func TestBitFlips(t *testing.T) {
 			continue
 		}
 		size := len(readAll(t, src, filepath.Join(dir, n)))
+		var at []int
 		for pos := rng.IntN(40); pos < size; pos += 1 + rng.IntN(size/6+1) {
-			if n == lastSeg && pos >= size-(130<<10) {
-				break // a flip in the newest records is a torn tail; see TestTruncateEveryOffset
+			at = append(at, pos)
+		}
+		if n == lastSeg {
+			// The newest records were acknowledged like any other: a flip
+			// there is corruption too, never a torn tail.
+			at = append(at, size-1, max(0, size-100))
+			for range 8 {
+				at = append(at, size-1-rng.IntN(min(size, 130<<10)))
 			}
+		}
+		for _, pos := range at {
 			bit := byte(1 << rng.IntN(8))
 			fs := copyFS(t, src, func(name string, b []byte) []byte {
 				if name == n {
@@ -297,21 +355,26 @@ func FuzzManifest(f *testing.F) {
 }
 
 // FuzzSegment feeds arbitrary bytes after a valid segment header to the
-// recovery scan: it must classify them (records, torn tail or corruption)
-// without panicking or allocating from a length it read.
+// recovery scan, with a part of them acknowledged: it must classify them
+// (records, torn tail or corruption) without panicking or allocating from a
+// length it read, and never keep less than was acknowledged.
 func FuzzSegment(f *testing.F) {
 	hdr := segFormat.AppendHeader(nil, "g1", 1)
 	r1 := dataRec(1, "vda", 0, []byte("hello"))
 	r2 := markRec(2, record.UserBookmark, "", "bm")
-	f.Add(record.AppendEncode(record.AppendEncode(nil, &r1), &r2))
-	f.Add([]byte{0, 0, 0})
-	f.Fuzz(func(t *testing.T, body []byte) {
+	f.Add(record.AppendEncode(record.AppendEncode(nil, &r1), &r2), uint16(0))
+	f.Add([]byte{0, 0, 0}, uint16(0))
+	f.Add(record.AppendEncode(nil, &r1), uint16(20))
+	f.Fuzz(func(t *testing.T, body []byte, acked uint16) {
+		// acked: how much of the body was acknowledged; only what follows
+		// may be a torn tail.
+		durable := int64(len(hdr)) + int64(min(int(acked), len(body)))
 		for _, tear := range []bool{false, true} {
 			fs := newFS()
 			path := filepath.Join(dir, segName(1))
 			writeFile(t, fs, path, append(bytes.Clone(hdr), body...))
 			fl, _ := fs.Open(path)
-			sc, err := scanFile(fl, path, int64(len(hdr)+len(body)), segMagic, "g1", 1, tear, func(r *record.Record, pos int64) error {
+			sc, err := scanFile(fl, path, int64(len(hdr)+len(body)), segMagic, "g1", 1, tear, durable, func(r *record.Record, pos int64) error {
 				if err := r.Validate(); err != nil {
 					t.Fatalf("scanned an invalid record: %v", err)
 				}
@@ -326,6 +389,9 @@ func FuzzSegment(f *testing.F) {
 			}
 			if sc.Torn != nil && !tear {
 				t.Fatal("torn tail where none may be")
+			}
+			if err == nil && sc.End < durable {
+				t.Fatalf("the scan kept %d bytes, but %d were acknowledged", sc.End, durable)
 			}
 		}
 	})

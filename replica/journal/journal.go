@@ -72,6 +72,9 @@ type Journal struct {
 	wf        vfs.File   // the active segment's write handle
 	buf       []byte
 	iov       [][]byte
+	ackf      vfs.File // the ACKED file, read-write
+	ackSlot   int      // the slot of ACKED holding the newest mark
+	mark      mark     // the newest mark, durable
 
 	mu      sync.RWMutex
 	closed  bool
@@ -98,9 +101,12 @@ type Journal struct {
 
 // Open opens (creating if need be) the journal in opts.Dir and recovers it:
 // the manifest names the layers and the first retained seq; every segment is
-// checked (through its index file when it has a valid one); a torn tail of
-// the newest segment is kept beside it and cut off; corruption anywhere else
-// fails with ErrCorrupt.
+// checked (through its index file when it has a valid one); what follows the
+// acknowledged mark (ACKED), a torn tail or records never acknowledged, is
+// kept beside its segment and cut off; anything acknowledged that is
+// damaged or missing, and corruption anywhere else, fails with ErrCorrupt.
+// Before it returns, what it reports as durable (LastSeq) is fsync'd and
+// is the mark.
 func Open(ctx context.Context, opts Options) (*Journal, error) {
 	if err := record.ValidDiskName(opts.Group); err != nil {
 		return nil, fmt.Errorf("journal: group: %w", err)
@@ -140,6 +146,14 @@ func (j *Journal) recover(ctx context.Context) error {
 		return err
 	}
 	j.man = man
+	ackPath := j.path(ackedName)
+	m, slot, st, err := readAcked(j.fs, ackPath, j.opts.Group)
+	if err != nil {
+		return err
+	}
+	if st == ackExact && m.seq+1 < man.first {
+		return fmt.Errorf("%w: %s: acknowledged up to seq %d, but the manifest has folded up to seq %d", ErrCorrupt, ackPath, m.seq, man.first-1)
+	}
 	j.first, j.last = man.first, man.first-1
 	j.start = cloneState(man.state)
 	j.state = cloneState(man.state)
@@ -204,7 +218,12 @@ func (j *Journal) recover(ctx context.Context) error {
 				continue
 			}
 		}
-		if err := j.loadSegment(n, first, isLast); err != nil {
+		if err := j.loadSegment(n, first, isLast, ruleFor(m, st, first, isLast)); err != nil {
+			return err
+		}
+	}
+	if st != ackNone {
+		if err := j.checkMark(m, st); err != nil {
 			return err
 		}
 	}
@@ -222,7 +241,7 @@ func (j *Journal) recover(ctx context.Context) error {
 		}
 		j.wf = f
 	}
-	return nil
+	return j.persistMark(m, slot, st)
 }
 
 func (j *Journal) removeQuiet(name string) {
@@ -232,14 +251,23 @@ func (j *Journal) removeQuiet(name string) {
 }
 
 // loadSegment adds the segment file name to the journal: from its index
-// file when that is valid and covers the whole file, else by scanning it.
-func (j *Journal) loadSegment(name string, first uint64, isLast bool) error {
+// file when that is valid and covers the whole file, else by scanning it
+// as rule says.
+func (j *Journal) loadSegment(name string, first uint64, isLast bool, rule segRule) error {
 	path := j.path(name)
 	fi, err := j.fs.Stat(path)
 	if err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	if !isLast {
+	if rule.dropAll {
+		j.removeQuiet(name + idxSuffix)
+		return j.cutUnacked(path, logfile.Result{Size: fi.Size()})
+	}
+	size := fi.Size()
+	if rule.limit >= 0 {
+		size = min(size, rule.limit)
+	}
+	if !isLast && size == fi.Size() {
 		if x := j.readIndex(path+idxSuffix, idxKindSeg); x != nil && x.covered == fi.Size() && j.useIndex(x, first) {
 			j.segs = append(j.segs, newSegment(path, first, first+uint64(len(x.entries))-1, fi.Size()))
 			return nil
@@ -254,7 +282,7 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool) error {
 	if first > j.last+1 && j.last+1 >= j.first {
 		return fmt.Errorf("%w: %s: first seq %d, but the journal ends at %d: records missing", ErrCorrupt, path, first, j.last)
 	}
-	sc, err := scanFile(f, path, fi.Size(), segMagic, j.opts.Group, first, isLast, func(r *record.Record, pos int64) error {
+	sc, err := scanFile(f, path, size, segMagic, j.opts.Group, first, rule.mayTear, rule.durable, func(r *record.Record, pos int64) error {
 		next = r.Seq + 1
 		if r.Seq < j.first {
 			return nil // folded into the layers
@@ -274,6 +302,10 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool) error {
 		}
 		if sc.Header.Len == 0 {
 			return nil
+		}
+	} else if size < fi.Size() {
+		if err := j.cutUnacked(path, logfile.Result{Header: sc.Header, Size: fi.Size(), End: sc.End}); err != nil {
+			return err
 		}
 	}
 	j.segs = append(j.segs, newSegment(path, first, next-1, sc.End))
@@ -379,18 +411,156 @@ func (j *Journal) cutTorn(path string, sc logfile.Result) error {
 	return nil
 }
 
+// cutUnacked saves the bytes of a segment past the acknowledged mark beside
+// it, then cuts them off (or removes the segment when res.Header.Len is 0).
+// Append never acknowledged them: a crash came before their fsync or their
+// mark, or the fsync failed. The host still holds them and sends them again.
+func (j *Journal) cutUnacked(path string, res logfile.Result) error {
+	keep, err := segFormat.CutTorn(j.fs, j.opts.Dir, path, res)
+	if err != nil {
+		return err
+	}
+	j.log.Warn("journal: cut records past the acknowledged mark", "segment", path, "offset", res.End, "bytes", res.Size-res.End, "kept", keep)
+	return nil
+}
+
+// checkMark fails with ErrCorrupt, naming the file, offset and first seq
+// lost, when records the mark says were acknowledged are missing; and when
+// an exact mark is not where the records say.
+func (j *Journal) checkMark(m mark, st ackState) error {
+	var seg *segment
+	for _, s := range j.segs {
+		if s.first == m.seg {
+			seg = s
+		}
+	}
+	if j.last < m.seq {
+		path, off := j.path(segName(m.seg)), m.end
+		switch n := len(j.segs); {
+		case seg != nil:
+			off = seg.size
+		case m.seg == 0 && n > 0:
+			path, off = j.segs[n-1].path, j.segs[n-1].size
+		case m.seg == 0:
+			path, off = j.opts.Dir, 0
+		}
+		return fmt.Errorf("%w: %s offset %d, seq %d: missing, but seqs up to %d were acknowledged (%s: segment %d, offset %d)",
+			ErrCorrupt, path, off, j.last+1, m.seq, ackedName, m.seg, m.end)
+	}
+	if st == ackExact && m.seq >= j.first && m.seg != 0 && (seg == nil || seg.last != m.seq || seg.size != m.end) {
+		return fmt.Errorf("%w: %s offset %d, seq %d: the acknowledged mark (%s) is not where the segment's records end",
+			ErrCorrupt, j.path(segName(m.seg)), m.end, m.seq, ackedName)
+	}
+	return nil
+}
+
+// markOfLocked returns the mark of the journal as it is: its last seq and
+// where that record ends, when a segment holds it.
+func (j *Journal) markOfLocked() mark {
+	m := mark{seq: j.last}
+	for _, s := range j.segs {
+		if s.last >= s.first && s.last == j.last {
+			m.seg, m.end = s.first, s.size
+		}
+	}
+	return m
+}
+
+// persistMark makes what Open reports durable and the mark: the records it
+// kept past the old mark (which recovery read from files that may hold
+// pages no fsync reached) are fsync'd first; then the mark is written into
+// the slot that does not hold the old one, or, for a journal that has none,
+// the ACKED file is created.
+func (j *Journal) persistMark(old mark, slot int, st ackState) error {
+	m := j.markOfLocked()
+	path := j.path(ackedName)
+	if st != ackExact && len(j.segs) > 0 {
+		var sync []*segment
+		for _, s := range j.segs {
+			// Without a mark, only the newest segment can hold what no
+			// fsync reached: Append fsync'd each segment before the next.
+			if st == ackNone && s == j.segs[len(j.segs)-1] || st == ackDamaged && s.last > old.seq {
+				sync = append(sync, s)
+			}
+		}
+		for _, s := range sync {
+			if err := syncFile(j.fs, s.path); err != nil {
+				return fmt.Errorf("journal: make what recovery found durable: %w", err)
+			}
+		}
+		if err := j.fs.SyncDir(j.opts.Dir); err != nil {
+			return fmt.Errorf("journal: make what recovery found durable: %w", err)
+		}
+	}
+	if st == ackNone {
+		if err := vfs.Publish(j.fs, path, encodeAcked(j.opts.Group, m)); err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+	}
+	f, err := j.fs.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	j.ackf, j.ackSlot, j.mark = f, slot, m
+	if st == ackNone {
+		return nil
+	}
+	// Written again even when unchanged: the mark just read may be a page
+	// whose fsync failed, which a later fsync would not write.
+	if err := j.writeMark(m); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	return nil
+}
+
+// syncFile fsyncs the file at path.
+func syncFile(fs vfs.FS, path string) error {
+	f, err := fs.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return nil
+}
+
+// writeMark makes m the durable mark: it is written into the slot of the
+// ACKED file that does not hold the newest mark, then fsync'd. A crash
+// during the write leaves the other slot, which names less. The caller
+// holds appendMu or is Open.
+func (j *Journal) writeMark(m mark) error {
+	slot := 1 - j.ackSlot
+	// The whole slot, the zeroes after its checksum too: a damaged slot is
+	// written again whole.
+	if _, err := j.ackf.WriteAt(markSlot(j.opts.Group, m), int64(slot)*ackedSlotLen); err != nil {
+		return fmt.Errorf("write %s: %w", j.path(ackedName), err)
+	}
+	if err := vfs.Datasync(j.ackf); err != nil { // in place: the size never changes
+		return fmt.Errorf("fsync %s: %w", j.path(ackedName), err)
+	}
+	j.ackSlot, j.mark = slot, m
+	return nil
+}
+
 // writevMin is the payload size from which Append writes the payload with
 // writev instead of copying it behind its header.
 const writevMin = 64 << 10
 
-// Append makes recs durable (written and fsync'd) before it returns. recs
-// must be in seq order with recs[0].Seq == LastSeq()+1, else ErrSeq and
-// nothing is written. Payloads are written before Append returns: the
-// caller may reuse its buffers at once. After a failed write the segment is
-// cut back to its last complete record; if that fails too, or an fsync
+// Append makes recs durable (written and fsync'd) and the acknowledged mark
+// (ACKED) name the newest of them before it returns: from then on, losing
+// any of them is corruption, never a torn tail. recs must be in seq order
+// with recs[0].Seq == LastSeq()+1, else ErrSeq and nothing is written.
+// Payloads are written before Append returns: the caller may reuse its
+// buffers at once. After a failed write the segment is cut back to its last
+// complete record; if that fails too, or an fsync or the mark's write
 // fails, the journal is broken (ErrBroken) until reopened. A batch that
-// spans segments is made durable segment by segment: after an error a
-// prefix of recs may be durable, and LastSeq says how far.
+// spans segments is made durable and marked segment by segment: after an
+// error a prefix of recs may be durable, and LastSeq says how far.
 func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -444,6 +614,15 @@ func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
 				return j.breakOn(fmt.Errorf("fsync directory %s: %w", j.opts.Dir, err))
 			}
 			segNew = false
+		}
+		end := seg.size
+		for i := range recs[:n] {
+			end += int64(record.EncodedLen(&recs[i]))
+		}
+		// The mark is durable before LastSeq names the records, so no
+		// acknowledgement gets ahead of it.
+		if err := j.writeMark(mark{seq: recs[n-1].Seq, seg: seg.first, end: end}); err != nil {
+			return j.breakOn(err)
 		}
 		j.mu.Lock()
 		pos := seg.size
@@ -587,6 +766,12 @@ func (j *Journal) closeFiles() error {
 			errs = append(errs, fmt.Errorf("journal: %w", err))
 		}
 		j.wf = nil
+	}
+	if j.ackf != nil {
+		if err := j.ackf.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("journal: %w", err))
+		}
+		j.ackf = nil
 	}
 	for _, s := range j.segs {
 		s.file.closeReader()

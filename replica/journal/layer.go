@@ -44,7 +44,7 @@ func (j *Journal) loadLayer(ref layerRef, prev *layer) (*layer, error) {
 		}
 		x = &idxFile{kind: idxKindLayer, covered: fi.Size()}
 		ids := map[string]uint16{}
-		_, err = scanFile(f, path, fi.Size(), layerMagic, j.opts.Group, ref.id, false, func(r *record.Record, pos int64) error {
+		_, err = scanFile(f, path, fi.Size(), layerMagic, j.opts.Group, ref.id, false, 0, func(r *record.Record, pos int64) error {
 			if r.Kind == record.Marker {
 				return fmt.Errorf("%w: %s offset %d: a marker in a layer", ErrCorrupt, path, pos)
 			}

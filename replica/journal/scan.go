@@ -27,9 +27,10 @@ func formatOf(magic string) logfile.Format {
 // checksums, and calls visit with each record and its file offset (the
 // record's payload is valid only during the call). A segment's seqs must
 // run on from its header's first seq. Only the newest segment (mayTear) may
-// have a torn tail; anything else that does not decode is ErrCorrupt naming
-// the file, offset and seq.
-func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirst uint64, mayTear bool, visit func(r *record.Record, pos int64) error) (logfile.Result, error) {
+// have a torn tail, and only from durable on (the acknowledged bytes end
+// there); anything else that does not decode is ErrCorrupt naming the file,
+// offset and seq.
+func scanFile(f vfs.File, path string, size int64, magic, group string, nameFirst uint64, mayTear bool, durable int64, visit func(r *record.Record, pos int64) error) (logfile.Result, error) {
 	return formatOf(magic).Scan(f, path, size, logfile.ScanOptions{
-		Group: group, First: nameFirst, Ordered: magic == segMagic, MayTear: mayTear}, visit)
+		Group: group, First: nameFirst, Ordered: magic == segMagic, MayTear: mayTear, Durable: durable}, visit)
 }

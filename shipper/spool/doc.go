@@ -40,5 +40,16 @@
 // torn tail in the last segment (ErrTorn: a record cut short, or zeroes
 // left by a crash; the bytes are saved beside the segment, the segment is
 // truncated and the spool goes on); and corruption anywhere else (ErrCorrupt,
-// naming the file, offset and seq: Open refuses the spool).
+// naming the file, offset and seq: Open refuses the spool). What it keeps it
+// reports as durable (Sync has nothing left to do for it), so it fsyncs every
+// segment it keeps and the directory before Open returns, and Open fails if
+// that fsync does: after a crash of the daemon, or a failed fsync before a
+// reopen, the page cache may hold records no fsync has reached.
+//
+// A limit: on Linux, an fsync after a failed one may report success for
+// pages the kernel has already given up writing; they stay readable in the
+// page cache, to a new process too, until they are evicted. A spool reopened
+// after ErrBroken from an fsync may therefore report such records as
+// durable. Once those pages are gone a read of the records fails its
+// checksum (ErrCorrupt): the loss is detected, never served.
 package spool

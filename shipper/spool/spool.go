@@ -99,6 +99,7 @@ type Spool struct {
 // Open opens (creating if need be) the spool in opts.Dir and recovers it:
 // every complete record is kept, a torn tail of the last segment is saved
 // beside it and cut off, corruption anywhere else fails with ErrCorrupt.
+// What it keeps is fsync'd before it returns (if that fails, so does Open).
 func Open(ctx context.Context, opts Options) (*Spool, error) {
 	if err := record.ValidDiskName(opts.Group); err != nil {
 		return nil, fmt.Errorf("spool: group: %w", err)
@@ -236,6 +237,18 @@ func (s *Spool) recover(ctx context.Context) error {
 		s.retained -= s.segs[n-1].size
 		s.segs = s.segs[:n-1]
 	}
+	// Recovery reports what it found as durable (synced: Sync has nothing
+	// to do for it): make it so. The files may hold pages no fsync has
+	// reached, left by a crash of the daemon or by a failed fsync before a
+	// reopen.
+	for _, seg := range s.segs {
+		if err := syncFile(s.fs, seg.path); err != nil {
+			return fmt.Errorf("spool: make what recovery found durable: %w", err)
+		}
+	}
+	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+		return fmt.Errorf("spool: make what recovery found durable: %w", err)
+	}
 	if n := len(s.segs); n > 0 && s.segs[n-1].last == s.last {
 		seg := s.segs[n-1]
 		f, err := s.fs.OpenFile(seg.path, os.O_WRONLY|os.O_APPEND, 0)
@@ -244,6 +257,22 @@ func (s *Spool) recover(ctx context.Context) error {
 		}
 		seg.f = f
 		s.active = seg
+	}
+	return nil
+}
+
+// syncFile fsyncs the file at path.
+func syncFile(fs vfs.FS, path string) error {
+	f, err := fs.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
 }
