@@ -127,7 +127,7 @@ func (j *Journal) resolveLocked(t Target) (uint64, error) {
 	case t.Bookmark != "":
 		for i := len(j.marks) - 1; i >= 0; i-- {
 			s := j.marks[i]
-			if m := j.recs[s-j.first].marker; (m == record.UserBookmark || m == record.AppConsistent) && j.names[s] == t.Bookmark {
+			if m := j.recs[s-j.first].marker; isBookmark(m, j.names[s]) && j.names[s] == t.Bookmark {
 				return j.checkSeqLocked(s, t)
 			}
 		}

@@ -85,8 +85,15 @@ func keptPoints(cands []candidate, ret Retention, now time.Time) map[uint64]bool
 	return keep
 }
 
-// keptBookmarks returns, ascending, the user and app-consistent bookmarks
-// among cands that are younger than keep (0: none is kept).
+// isBookmark reports whether a marker is a bookmark: a user's, an
+// app-consistent one, or a named crash-consistent one (an app-consistent
+// bookmark whose freeze fell back keeps its name).
+func isBookmark(mk record.MarkerKind, name string) bool {
+	return mk == record.UserBookmark || mk == record.AppConsistent || mk == record.CrashConsistent && name != ""
+}
+
+// keptBookmarks returns, ascending, the bookmarks among cands that are
+// younger than keep (0: none is kept).
 func keptBookmarks(cands []candidate, keep time.Duration, now time.Time) []uint64 {
 	if keep <= 0 {
 		return nil
@@ -94,7 +101,7 @@ func keptBookmarks(cands []candidate, keep time.Duration, now time.Time) []uint6
 	oldest := now.Add(-keep).UnixNano()
 	var out []uint64
 	for _, c := range cands {
-		if (c.mk == record.UserBookmark || c.mk == record.AppConsistent) && c.time >= oldest {
+		if isBookmark(c.mk, c.name) && c.time >= oldest {
 			out = append(out, c.seq)
 		}
 	}

@@ -49,6 +49,7 @@ func TestKeptBookmarks(t *testing.T) {
 		{seq: 9, time: sec(9), mk: record.UserBookmark, name: "b9"},
 		{seq: 3, time: sec(3), mk: record.AppConsistent, name: "a3"},
 		{seq: 5, time: sec(5), mk: record.CrashConsistent},
+		{seq: 7, time: sec(7), mk: record.CrashConsistent, name: "app-fell-back"}, // an app bookmark whose freeze fell back
 		{seq: 6, time: sec(6)},
 		{seq: 1, time: sec(1), mk: record.UserBookmark, name: "b1"},
 	}
@@ -60,8 +61,8 @@ func TestKeptBookmarks(t *testing.T) {
 		{0, nil},
 		{500 * time.Millisecond, nil},
 		{time.Second, []uint64{9}}, // the bound is inclusive
-		{7 * time.Second, []uint64{3, 9}},
-		{time.Hour, []uint64{1, 3, 9}}, // crash-consistent points and plain boundaries are no bookmarks
+		{7 * time.Second, []uint64{3, 7, 9}},
+		{time.Hour, []uint64{1, 3, 7, 9}}, // unnamed crash-consistent points and plain boundaries are no bookmarks
 	} {
 		if got := keptBookmarks(cands, tc.keep, now); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("keep %v: %v, want %v", tc.keep, got, tc.want)
