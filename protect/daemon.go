@@ -121,7 +121,7 @@ func Open(ctx context.Context, pol *configs.Policy, log *slog.Logger) (*Engine, 
 		}
 		return nil, err
 	}
-	e.ownLV = true
+	e.ownLV = lv != nil
 	return e, nil
 }
 
