@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -495,11 +497,22 @@ func (d *Site) URI(name string) string {
 	return "nbd+unix:///" + name + "?socket=" + d.cfg.NBDSocket
 }
 
-// Restore writes one disk of a group at target into a raw file at path
-// (created, never overwritten). The disk is named as ResolveDisk takes it.
-func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (RestoreInfo, error) {
+// Restore writes one disk of a group at target into a new image at path
+// (an absolute path on the replica host, never overwritten), raw or qcow2
+// (holes stay holes: qemu-img converts the point served over the site's
+// NBD socket). The image is written beside its name, fsync'd, and linked
+// into place only when whole; the directory is fsync'd after: an
+// interrupted restore leaves no image that looks complete, and a finished
+// one survives a power cut.
+func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path, format string) (RestoreInfo, error) {
 	if !filepath.IsAbs(path) {
 		return RestoreInfo{}, fmt.Errorf("%w: restore target %q is not an absolute path", ErrBadTarget, path)
+	}
+	if format == "" {
+		format = "raw"
+	}
+	if format != "raw" && format != "qcow2" {
+		return RestoreInfo{}, fmt.Errorf("%w: image format %q (raw or qcow2)", ErrBadTarget, format)
 	}
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
@@ -521,24 +534,13 @@ func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Tar
 	if _, err := os.Lstat(path); err == nil {
 		return RestoreInfo{}, fmt.Errorf("%w: %s exists; a restore never overwrites a file", ErrBadTarget, path)
 	}
-	// Written beside its name and linked into place only when whole: an
-	// interrupted restore leaves no image that looks complete.
 	partial := path + ".partial"
-	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return RestoreInfo{}, fmt.Errorf("restore target: %w", err)
-	}
 	defer os.Remove(partial)
-	if err := f.Truncate(dv.Size()); err != nil {
-		f.Close()
-		return RestoreInfo{}, fmt.Errorf("restore target %s: %w", partial, err)
-	}
-	n, err := journal.Restore(ctx, dv, f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	var n int64
+	if format == "raw" {
+		n, err = restoreRaw(ctx, dv, partial)
+	} else {
+		n, err = d.restoreQcow2(ctx, dv, partial)
 	}
 	if err == nil {
 		err = os.Link(partial, path) // fails if path appeared meanwhile
@@ -550,4 +552,54 @@ func (d *Site) Restore(ctx context.Context, tenant, group string, at journal.Tar
 		return RestoreInfo{}, fmt.Errorf("restore %s of %s/%s into %s: %w", name, tenant, group, path, err)
 	}
 	return RestoreInfo{Point: v.Point(), Disk: name, Path: path, Bytes: n}, nil
+}
+
+// restoreRaw writes dv into a new raw file at partial and fsyncs it; it
+// returns the bytes of data written.
+func restoreRaw(ctx context.Context, dv *journal.DiskView, partial string) (int64, error) {
+	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	if err := f.Truncate(dv.Size()); err != nil {
+		f.Close()
+		return 0, err
+	}
+	n, err := journal.Restore(ctx, dv, f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}
+
+// restoreQcow2 serves dv on the site's NBD socket under a name of its own
+// for as long as qemu-img converts it into a new qcow2 file at partial,
+// then fsyncs that file. It returns the image file's size.
+func (d *Site) restoreQcow2(ctx context.Context, dv *journal.DiskView, partial string) (int64, error) {
+	d.mu.Lock()
+	d.nextID++
+	name := fmt.Sprintf("restore%d", d.nextID)
+	d.mu.Unlock()
+	d.exports.Add(name, dv)
+	defer d.exports.Remove(name)
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", d.URI(name), partial)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("qemu-img convert: %w: %s", err, strings.TrimSpace(string(b)))
+	}
+	f, err := os.Open(partial)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }

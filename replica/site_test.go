@@ -165,11 +165,11 @@ func TestRestoreRules(t *testing.T) {
 	ctx := context.Background()
 	j := fill(t, d, "acme", "db", "vda")
 	at := journal.Target{Seq: j.LastSeq()}
-	if _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw"); !errors.Is(err, ErrBadTarget) {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", "relative.raw", "raw"); !errors.Is(err, ErrBadTarget) {
 		t.Fatalf("restore to a relative path: %v", err)
 	}
 	out := filepath.Join(t.TempDir(), "vda.raw")
-	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err != nil {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out, "raw"); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(out)
@@ -179,7 +179,7 @@ func TestRestoreRules(t *testing.T) {
 	if _, err := os.Stat(out + ".partial"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the partial file was left: %v", err)
 	}
-	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out); err == nil {
+	if _, err := d.Restore(ctx, "acme", "db", at, "vda", out, "raw"); err == nil {
 		t.Fatal("restore overwrote an existing image")
 	}
 }
@@ -203,7 +203,7 @@ func TestRestoreDiskNames(t *testing.T) {
 		{"vdc", "", ErrUnknownDisk},
 		{"1.vdb", "", ErrUnknownDisk},
 	} {
-		r, err := d.Restore(ctx, "acme", "db", at, c.name, filepath.Join(dir, c.name+".raw"))
+		r, err := d.Restore(ctx, "acme", "db", at, c.name, filepath.Join(dir, c.name+".raw"), "raw")
 		if c.err == nil {
 			if err != nil || r.Disk != c.want || r.Point.Seq != at.Seq {
 				t.Errorf("restore %q: %+v %v, want disk %s", c.name, r, err, c.want)

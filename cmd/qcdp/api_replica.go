@@ -104,7 +104,7 @@ func replicaAPI(site *replica.Site) http.Handler {
 			ctlapi.Reply(w, nil, err, replicaCodes)
 			return
 		}
-		ri, err := site.Restore(r.Context(), tenant, group, at, q.Get("disk"), q.Get("path"))
+		ri, err := site.Restore(r.Context(), tenant, group, at, q.Get("disk"), q.Get("path"), q.Get("format"))
 		ctlapi.Reply(w, ri, err, replicaCodes)
 	}))
 	mux.HandleFunc("POST /v1/verify", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
@@ -173,12 +173,13 @@ func (c *replicaClient) Unexport(ctx context.Context, id string) error {
 	return c.c.Do(ctx, http.MethodPost, "/v1/unexport", url.Values{"id": {id}}, nil)
 }
 
-// Restore materializes one disk of a group at a point into a raw file the
-// daemon creates at path.
-func (c *replicaClient) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path string) (replica.RestoreInfo, error) {
+// Restore materializes one disk of a group at a point into an image file
+// (raw or qcow2) the daemon creates at path.
+func (c *replicaClient) Restore(ctx context.Context, tenant, group string, at journal.Target, disk, path, format string) (replica.RestoreInfo, error) {
 	q := groupQuery(tenant, group, &at)
 	q.Set("disk", disk)
 	q.Set("path", path)
+	q.Set("format", format)
 	var out replica.RestoreInfo
 	err := c.c.Do(ctx, http.MethodPost, "/v1/restore", q, &out)
 	return out, err

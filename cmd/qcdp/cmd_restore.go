@@ -4,15 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/qcdp/qcdp/replica"
 	"github.com/qcdp/qcdp/replica/journal"
 )
 
@@ -65,64 +61,18 @@ into place only when whole; an existing file is never overwritten.`,
 }
 
 func runRestore(ctx context.Context, opts restoreOptions, at journal.Target, out io.Writer) error {
-	c := newReplicaClient(opts.socket)
-	var r replica.RestoreInfo
-	var err error
-	if opts.format == "raw" {
-		r, err = c.Restore(ctx, opts.tenant, opts.group, at, opts.disk, opts.out)
-	} else {
-		r, err = restoreQcow2(ctx, c, opts.tenant, opts.group, at, opts.disk, opts.out)
-	}
+	r, err := newReplicaClient(opts.socket).Restore(ctx, opts.tenant, opts.group, at, opts.disk, opts.out, opts.format)
 	if err != nil {
 		return err
 	}
 	if opts.json {
 		return printJSON(out, r)
 	}
-	fmt.Fprintf(out, "restored %s at seq %d (%s) into %s (%d bytes of data)\n", r.Disk, r.Point.Seq,
-		r.Point.Time.UTC().Format(time.RFC3339Nano), r.Path, r.Bytes)
+	what := "bytes of data"
+	if opts.format == "qcow2" {
+		what = "bytes of qcow2 image"
+	}
+	fmt.Fprintf(out, "restored %s at seq %d (%s) into %s (%d %s)\n", r.Disk, r.Point.Seq,
+		r.Point.Time.UTC().Format(time.RFC3339Nano), r.Path, r.Bytes, what)
 	return nil
-}
-
-// restoreQcow2 writes a qcow2 image of one disk at a restore point by
-// converting the point's NBD export with qemu-img (holes stay holes).
-func restoreQcow2(ctx context.Context, c *replicaClient, tenant, group string, at journal.Target, disk, path string) (replica.RestoreInfo, error) {
-	var r replica.RestoreInfo
-	if _, err := os.Lstat(path); err == nil {
-		return r, fmt.Errorf("%s exists; a restore never overwrites a file", path)
-	}
-	e, err := c.Export(ctx, tenant, group, at, false)
-	if err != nil {
-		return r, err
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		c.Unexport(uctx, e.ID)
-	}()
-	disks := make([]string, 0, len(e.URIs))
-	for d := range e.URIs {
-		disks = append(disks, d)
-	}
-	name, err := replica.ResolveDisk(disks, disk)
-	if err != nil {
-		return r, fmt.Errorf("group %s/%s at seq %d: %w", e.Tenant, e.Group, e.Point.Seq, err)
-	}
-	uri := e.URIs[name]
-	// Converted beside its name and linked into place only when whole, so
-	// neither an interrupted restore nor a file created meanwhile is lost.
-	partial := path + ".partial"
-	defer os.Remove(partial)
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", uri, partial)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return r, fmt.Errorf("qemu-img convert %s: %w: %s", uri, err, strings.TrimSpace(string(b)))
-	}
-	if err := os.Link(partial, path); err != nil {
-		return r, err
-	}
-	st, err := os.Stat(path)
-	if err != nil {
-		return r, err
-	}
-	return replica.RestoreInfo{Point: e.Point, Disk: name, Path: path, Bytes: st.Size()}, nil
 }
