@@ -78,9 +78,12 @@ type mountNS struct {
 	cwd    string
 }
 
-// newMountNS makes the namespace with each of binds (target → source
-// directory or file) mounted over its target.
-func newMountNS(t *testing.T, binds map[string]string, env []string, cwd string) *mountNS {
+// bind is a directory or file mounted over a target in the namespace.
+type bind struct{ src, target string }
+
+// newMountNS makes the namespace with each of binds mounted over its
+// target, in order.
+func newMountNS(t *testing.T, binds []bind, env []string, cwd string) *mountNS {
 	t.Helper()
 	args := []string{"-c", `set -e
 while [ "$1" != -- ]; do
@@ -90,8 +93,8 @@ while [ "$1" != -- ]; do
 done
 echo ready
 exec sleep 3600`, "sh"}
-	for target, src := range binds {
-		args = append(args, src, target)
+	for _, b := range binds {
+		args = append(args, b.src, b.target)
 	}
 	args = append(args, "--")
 	cmd := exec.Command("/bin/sh", args...)
@@ -174,18 +177,31 @@ func TestREADMECommands(t *testing.T) {
 	}
 	port := freePort(t)
 	ns := filepath.Join(dir, "ns")
-	binds := map[string]string{}
-	for target, sub := range map[string]string{"/etc/qcdp": "etc-qcdp", "/run/qcdp": "run-qcdp", "/var/lib/qcdp": "var-lib-qcdp",
-		"/etc/bash_completion.d": "bash-completion", "/tmp": "tmp"} {
-		binds[target] = filepath.Join(ns, sub)
-		if err := os.MkdirAll(binds[target], 0o755); err != nil {
+	paths := map[string]string{} // target → the test's directory
+	var binds []bind
+	if strings.HasPrefix(repo, "/tmp/") { // kept visible under the namespace's own /tmp
+		keep := filepath.Join(ns, "repo")
+		if err := os.MkdirAll(keep, 0o755); err != nil {
 			t.Fatal(err)
 		}
+		binds = append(binds, bind{repo, keep})
 	}
-	binds["/etc/hosts"] = filepath.Join(ns, "hosts")
-	writeFile(t, binds["/etc/hosts"], "127.0.0.1 localhost dr1.example.com\n::1 localhost\n")
+	for _, m := range []struct{ target, sub string }{{"/etc/qcdp", "etc-qcdp"}, {"/run/qcdp", "run-qcdp"},
+		{"/var/lib/qcdp", "var-lib-qcdp"}, {"/etc/bash_completion.d", "bash-completion"}, {"/tmp", "tmp"}} {
+		paths[m.target] = filepath.Join(ns, m.sub)
+		if err := os.MkdirAll(paths[m.target], 0o755); err != nil {
+			t.Fatal(err)
+		}
+		binds = append(binds, bind{paths[m.target], m.target})
+	}
+	hosts := filepath.Join(ns, "hosts")
+	writeFile(t, hosts, "127.0.0.1 localhost dr1.example.com\n::1 localhost\n")
+	binds = append(binds, bind{hosts, "/etc/hosts"})
+	if strings.HasPrefix(repo, "/tmp/") {
+		binds = append(binds, bind{filepath.Join(ns, "repo"), repo})
+	}
 	inNS := func(p string) string { // a path in the namespace, seen from outside
-		for target, src := range binds {
+		for target, src := range paths {
 			if rel, ok := strings.CutPrefix(p, target+"/"); ok {
 				return filepath.Join(src, rel)
 			}
