@@ -174,6 +174,11 @@ func TestLibvirt(t *testing.T) {
 	if v := c.Greeting(); !v.AtLeast(4, 0) {
 		t.Errorf("QEMU version through passthrough = %v", v)
 	}
+	// The QEMU process behind the passthrough is the domain's (libvirt
+	// gives QEMU -uuid).
+	if p, err := QEMUProcess(ctx, c); err != nil || !cmdlineHas(p, uuid) {
+		t.Errorf("QEMUProcess through libvirt = %v, %v; want the QEMU of domain %s", p, err, uuid)
+	}
 	nodes, err := c.QueryNamedBlockNodes(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/qcdp/qcdp/proc"
 )
 
 const (
@@ -40,6 +42,7 @@ type conn struct {
 	bw   *bufio.Writer
 	werr error
 
+	peer     Peer // set before negotiation
 	sess     *session
 	inflight chan struct{} // semaphore for dispatched requests
 	workers  sync.WaitGroup
@@ -85,6 +88,16 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return c
 }
 
+// peerOf returns who connected nc; a peer the kernel does not name (not a
+// unix socket, or gone already) has no credentials.
+func peerOf(nc net.Conn) Peer {
+	p := Peer{Addr: remoteName(nc)}
+	if cred, err := proc.PeerOf(nc); err == nil {
+		p.Cred, p.HasCred = cred, true
+	}
+	return p
+}
+
 func remoteName(nc net.Conn) string {
 	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
 		return a.String()
@@ -101,9 +114,11 @@ func (c *conn) serve(ctx context.Context) {
 	if c.srv.shuttingDown() { // Shutdown may have set a deadline just before
 		return
 	}
+	c.peer = peerOf(c.nc)
 	sess, err := c.negotiate()
 	if err != nil {
-		if !errors.Is(err, ErrAborted) && !errors.Is(err, io.EOF) {
+		// A refusal was logged with its reason where it was decided.
+		if !errors.Is(err, ErrAborted) && !errors.Is(err, io.EOF) && !errors.Is(err, ErrNotAllowed) {
 			c.log.Info("nbd negotiation ended", "err", err)
 		}
 		return

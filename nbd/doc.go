@@ -13,9 +13,20 @@
 //
 // It does not own what an export is: the caller supplies a Catalog of
 // Exports, and what each can do follows from the small interfaces it
-// implements (Reader, Writer, Zeroer, Trimmer, Flusher, Extenter). It does
-// not own durability either: a write is acknowledged when the export's
-// WriteAt returns, so the export decides what that promise is.
+// implements (Reader, Writer, Zeroer, Trimmer, Flusher, Extenter,
+// Authorizer). It does not own durability either: a write is acknowledged
+// when the export's WriteAt returns, so the export decides what that promise
+// is.
+//
+// Who may open an export. Whoever can connect to the socket may negotiate;
+// the socket's permissions are the first gate. On a unix socket the server
+// asks the kernel who connected (SO_PEERCRED: PID, user, group, with the
+// process's start time so that a reused PID is told apart; package proc)
+// and hands that Peer to an export that implements Authorizer before it
+// opens the export, describes it, or lists it. A refusal is answered
+// NBD_REP_ERR_POLICY and logged with the peer and the reason; the export
+// stays out of that peer's NBD_OPT_LIST. Exports without Authorizer are
+// open to every client, as before.
 //
 // Ordering and concurrency. Each connection has one request loop. It reads
 // requests in arrival order and runs WRITE, WRITE_ZEROES and TRIM inline, so

@@ -2,8 +2,11 @@ package nbd
 
 import (
 	"context"
+	"log/slog"
 	"sort"
 	"sync"
+
+	"github.com/qcdp/qcdp/proc"
 )
 
 // Export is one disk the server can serve. What a connection may do with it
@@ -65,8 +68,41 @@ type Extenter interface {
 	Extents(ctx context.Context, off, length int64) ([]Extent, error)
 }
 
+// Peer is who is at the other end of a connection.
+type Peer struct {
+	Addr string // the remote address, as net.Conn says
+	// Cred is the process that connected and its user and group, as the
+	// kernel recorded them (SO_PEERCRED) and read when the server accepted
+	// the connection. HasCred is false when the kernel does not say: a
+	// transport other than a unix socket.
+	Cred    proc.Cred
+	HasCred bool
+}
+
+// LogValue implements slog.LogValuer.
+func (p Peer) LogValue() slog.Value {
+	if !p.HasCred {
+		return slog.GroupValue(slog.String("addr", p.Addr), slog.Bool("cred", false))
+	}
+	return slog.GroupValue(slog.Int("pid", p.Cred.PID), slog.Uint64("start", p.Cred.Start),
+		slog.Uint64("uid", uint64(p.Cred.UID)), slog.Uint64("gid", uint64(p.Cred.GID)))
+}
+
+// Authorizer is an Export that decides who may open it. The server asks
+// Allow before it opens the export (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) or
+// tells anything about it (NBD_OPT_INFO, the meta context options), and
+// leaves the export out of NBD_OPT_LIST for a peer it refuses. A refused
+// option is answered NBD_REP_ERR_POLICY (NBD_OPT_EXPORT_NAME, which cannot
+// carry an error, closes the connection), and the server logs who was
+// refused and Allow's error. An export without Allow is open to whoever can
+// connect. Allow must be quick: it runs during negotiation.
+type Authorizer interface {
+	Allow(p Peer) error
+}
+
 // Catalog is where the server finds exports by name. Lookup is called once
-// per NBD_OPT_GO, NBD_OPT_INFO or NBD_OPT_EXPORT_NAME.
+// per NBD_OPT_GO, NBD_OPT_INFO or NBD_OPT_EXPORT_NAME, and for each name
+// NBD_OPT_LIST would show (to ask an Authorizer).
 type Catalog interface {
 	Lookup(name string) (Export, bool)
 	Names() []string

@@ -14,6 +14,7 @@ var (
 	ErrBadClientFlags = errors.New("nbd: client did not accept fixed newstyle")
 	ErrAborted        = errors.New("nbd: client aborted negotiation")
 	ErrUnknownExport  = errors.New("nbd: unknown export")
+	ErrNotAllowed     = errors.New("nbd: export refused to this peer")
 	ErrProtocol       = errors.New("nbd: protocol violation")
 )
 
@@ -144,6 +145,9 @@ func (n *negotiator) list(opt uint32, data []byte) error {
 		return n.reply(opt, repErrInvalid, []byte("list takes no data"))
 	}
 	for _, name := range n.c.srv.cat.Names() {
+		if e, ok := n.c.srv.cat.Lookup(name); !ok || !allows(e, n.c.peer) {
+			continue // gone since Names, or not this peer's to know of
+		}
 		b := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
 		if err := n.reply(opt, repServer, append(b, name...)); err != nil {
 			return err
@@ -152,12 +156,15 @@ func (n *negotiator) list(opt uint32, data []byte) error {
 	return n.reply(opt, repAck, nil)
 }
 
-// exportName is the old way in: no error can be sent, so an unknown export
-// closes the connection.
+// exportName is the old way in: no error can be sent, so an unknown or
+// refused export closes the connection.
 func (n *negotiator) exportName(name string) (*session, error) {
 	e, ok := n.c.srv.cat.Lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("%w %q (export-name)", ErrUnknownExport, name)
+	}
+	if !n.allow(optExportName, name, e) {
+		return nil, fmt.Errorf("%w: %q (export-name)", ErrNotAllowed, name)
 	}
 	b := make([]byte, 10, 134)
 	binary.BigEndian.PutUint64(b[0:], uint64(e.Size()))
@@ -191,6 +198,9 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 	e, found := n.c.srv.cat.Lookup(name)
 	if !found {
 		return nil, n.reply(opt, repErrUnknown, []byte("unknown export "+quote(name)))
+	}
+	if !n.allow(opt, name, e) {
+		return nil, n.reply(opt, repErrPolicy, []byte("export "+quote(name)+" is not open to this client"))
 	}
 	wantName := false
 	for i := 0; i < nreq; i++ {
@@ -252,8 +262,12 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	if len(rest) != 0 {
 		return n.reply(opt, repErrInvalid, []byte("trailing bytes after meta context queries"))
 	}
-	if _, found := n.c.srv.cat.Lookup(name); !found {
+	e, found := n.c.srv.cat.Lookup(name)
+	if !found {
 		return n.reply(opt, repErrUnknown, []byte("unknown export "+quote(name)))
+	}
+	if !n.allow(opt, name, e) {
+		return n.reply(opt, repErrPolicy, []byte("export "+quote(name)+" is not open to this client"))
 	}
 	match := false
 	for _, q := range queries {
@@ -278,6 +292,44 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 		}
 	}
 	return n.reply(opt, repAck, nil)
+}
+
+// allows reports whether e lets p open it (see Authorizer).
+func allows(e Export, p Peer) bool {
+	a, ok := e.(Authorizer)
+	return !ok || a.Allow(p) == nil
+}
+
+// allow asks e whether this connection's peer may use it for opt, and logs
+// and counts a refusal: who, which export, and why.
+func (n *negotiator) allow(opt uint32, name string, e Export) bool {
+	a, ok := e.(Authorizer)
+	if !ok {
+		return true
+	}
+	err := a.Allow(n.c.peer)
+	if err == nil {
+		return true
+	}
+	n.c.srv.refused.Add(1)
+	n.c.log.Warn("nbd export refused to peer", "export", name, "option", optionName(opt), "peer", n.c.peer, "err", err)
+	return false
+}
+
+func optionName(opt uint32) string {
+	switch opt {
+	case optExportName:
+		return "EXPORT_NAME"
+	case optInfo:
+		return "INFO"
+	case optGo:
+		return "GO"
+	case optListMetaContext:
+		return "LIST_META_CONTEXT"
+	case optSetMetaContext:
+		return "SET_META_CONTEXT"
+	}
+	return fmt.Sprintf("option %d", opt)
 }
 
 // takeString reads a 32-bit length-prefixed string bounded by the protocol.

@@ -33,6 +33,7 @@ type Stats struct {
 	Reads        int64
 	BytesRead    int64
 	Errors       int64 // error replies sent
+	Refused      int64 // options refused because an export's Allow said no
 }
 
 // Server serves exports from a Catalog over any net.Listener (unix or TCP).
@@ -51,7 +52,7 @@ type Server struct {
 	ctx    context.Context // cancelled when Shutdown gives up waiting
 	cancel context.CancelFunc
 
-	accepted, open, writes, bytesWritten, reads, bytesRead, errs atomic.Int64
+	accepted, open, writes, bytesWritten, reads, bytesRead, errs, refused atomic.Int64
 }
 
 // NewServer returns a server for the exports in cat.
@@ -177,7 +178,7 @@ func (s *Server) Stats() Stats {
 		Connections: s.open.Load(), Accepted: s.accepted.Load(),
 		Writes: s.writes.Load(), BytesWritten: s.bytesWritten.Load(),
 		Reads: s.reads.Load(), BytesRead: s.bytesRead.Load(),
-		Errors: s.errs.Load(),
+		Errors: s.errs.Load(), Refused: s.refused.Load(),
 	}
 }
 

@@ -3,6 +3,7 @@ package qmp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	goqmp "github.com/digitalocean/go-qemu/qmp"
+	"github.com/qcdp/qcdp/proc"
 )
 
 // Client is one QMP connection. Its methods are safe for concurrent use;
@@ -18,6 +20,8 @@ import (
 type Client struct {
 	mon     monitor
 	version Version
+	peer    proc.Cred // the process serving a QMP unix socket (Dial)
+	peerErr error     // why peer is unknown
 
 	closing chan struct{} // closed by Close
 	wake    chan struct{} // a subscriber's context ended
@@ -113,7 +117,26 @@ func Dial(ctx context.Context, socketPath string, opts ...Option) (*Client, erro
 		return nil, err
 	}
 	c.version = Version{Major: v.QEMU.Major, Minor: v.QEMU.Minor, Micro: v.QEMU.Micro, Package: v.Package}
+	c.peer, c.peerErr = proc.PeerOf(conn)
 	return c, nil
+}
+
+// ErrNoPeer is Peer's answer for a connection that is not a unix socket
+// of its own (libvirt's passthrough).
+var ErrNoPeer = errors.New("qmp: the monitor's process is not known on this transport")
+
+// Peer returns the process that listens on the QMP unix socket Dial
+// connected to, as the kernel recorded it (SO_PEERCRED; see package proc):
+// for `-qmp unix:PATH,server=on`, the QEMU process itself. A Client over
+// libvirt's passthrough has none (ErrNoPeer).
+func (c *Client) Peer() (proc.Cred, error) {
+	if c.peerErr != nil {
+		return proc.Cred{}, fmt.Errorf("qmp: peer of the monitor socket: %w", c.peerErr)
+	}
+	if c.peer.PID == 0 {
+		return proc.Cred{}, ErrNoPeer
+	}
+	return c.peer, nil
 }
 
 // newClient starts a Client on a connected monitor.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -341,5 +342,21 @@ func TestCloseEndsSubscriptionsAndCommands(t *testing.T) {
 	}
 	if _, ok := <-events; ok {
 		t.Error("subscription still open after Close")
+	}
+}
+
+// TestPeer: a Client dialed on a unix socket knows the process serving it
+// (here the fake QEMU, this test process); one on another transport does
+// not.
+func TestPeer(t *testing.T) {
+	f := newFakeQEMU(t, func(string, json.RawMessage) string { return `{"return": {}}` })
+	c := dialFake(t, f)
+	p, err := c.Peer()
+	if err != nil || p.PID != os.Getpid() || p.Start == 0 {
+		t.Fatalf("Peer() = %+v, %v; want this process (pid %d)", p, err, os.Getpid())
+	}
+	var none Client
+	if _, err := none.Peer(); !errors.Is(err, ErrNoPeer) {
+		t.Fatalf("Peer() of a client without a socket: %v, want ErrNoPeer", err)
 	}
 }

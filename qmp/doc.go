@@ -18,7 +18,9 @@
 // that). The unix-socket transport here therefore speaks the same protocol
 // but hands the raw reply, error object included, to the Client, which
 // decodes it into *Error. A libvirt transport plugs in behind the same
-// interface; it must likewise hand back the raw reply.
+// interface; it must likewise hand back the raw reply. A Client dialed on a
+// unix socket also knows the process listening on it (Peer, from the
+// kernel's SO_PEERCRED); one over libvirt does not.
 //
 // # Cancellation
 //
