@@ -27,7 +27,8 @@
 // runs past the end of the data (a torn tail). The body length is at most
 // MaxBody; nothing is allocated from it.
 //
-// Body of types Data (1), Zero (2), Trim (3) and Marker (4), version 1:
+// Body of types Data (1), Zero (2), Trim (3), Marker (4) and Members (5),
+// version 1:
 //
 //	0       8       16      24      32  33  34  35  36
 //	+-------+-------+-------+-------+---+---+---+---+------+------+---------+
@@ -38,12 +39,39 @@
 // nanoseconds (int64); offset and length the byte range of the disk (uint64).
 // mk is the marker kind (Marker records only, else 0), dl the disk name
 // length, nl the marker name length; the disk and name bytes follow. The
-// payload is the rest of the body: exactly length bytes for Data, empty for
-// Zero, Trim and Marker.
+// payload is the rest of the body: exactly length bytes for Data and
+// Members, empty for Zero, Trim and Marker.
+//
+// Members (5), version 1, has the same body: offset 0, length the length
+// of the payload, mk, dl and nl 0; the payload is the group's whole
+// membership, a Declaration (integers little-endian):
+//
+//	0       2       4
+//	+-------+-------+-----------+-----------+--
+//	| count | 0     | member    | member    | ...   count members, sorted by disk name
+//	+-------+-------+-----------+-----------+--
+//
+//	member: 0      8    9    10   11   12
+//	        +------+----+----+----+----+------+----+--------+--------+
+//	        | size | dl | vl | nl | tl | disk | vm | vmname | target |
+//	        +------+----+----+----+----+------+----+--------+--------+
+//
+// size is the disk's exact size in bytes (1..MaxDiskSize); disk its name in
+// the stream (ValidDiskName, unique); vm the stable id of its VM, vmname
+// the VM's name and target the disk's name in the VM (at most MaxLabel
+// bytes of UTF-8 each, possibly empty). count is at most MaxGroupDisks. A
+// declaration holds from its record's seq until the next one replaces it
+// whole: the group's records of a disk name a declared disk, and their
+// ranges end within its size (Declaration.Admit; ErrMembership).
 //
 // All values above (offsets, sizes, type, version and marker numbers,
-// MaxPayload) are on disk and on the wire: never change them. A new layout
-// gets a new type or version number, and readers skip types they do not
-// know (ErrUnknownType); testdata/ keeps a fixture of every version ever
-// written and TestGolden reads them all.
+// MaxPayload, MaxGroupDisks, MaxDiskSize, MaxLabel) are on disk and on the
+// wire: never change them. A new layout gets a new type or version number,
+// and readers skip types they do not know (ErrUnknownType); testdata/
+// keeps a fixture of every version ever written (v1.hex, v1-members.hex)
+// and TestGolden and TestGoldenMembers read them all. A skipped record still took a seq, though: a reader that checks
+// that seqs follow each other (a spool's or a journal's recovery scan)
+// sees a gap after it. So the version that added Members cannot be
+// replaced by an older one over a spool or journal that holds one: the
+// older one reports it corrupt (it never serves it).
 package record

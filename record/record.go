@@ -18,6 +18,9 @@ const (
 	Zero   Kind = 2 // the range reads as zeroes
 	Trim   Kind = 3 // the range was discarded
 	Marker Kind = 4 // a point in the stream; see MarkerKind
+	// Members declares the group's membership: Payload holds a Declaration
+	// (see DecodeDeclaration).
+	Members Kind = 5
 )
 
 func (k Kind) String() string {
@@ -30,6 +33,8 @@ func (k Kind) String() string {
 		return "trim"
 	case Marker:
 		return "marker"
+	case Members:
+		return "members"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -40,7 +45,7 @@ func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // UnmarshalText reads what MarshalText writes, "kind(N)" included.
 func (k *Kind) UnmarshalText(b []byte) error {
-	for c := Data; c <= Marker; c++ {
+	for c := Data; c <= Members; c++ {
 		if string(b) == c.String() {
 			*k = c
 			return nil
@@ -159,14 +164,15 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type Record struct {
 	Seq    uint64     // the group's sequence number, from 1
 	Time   int64      // capture time, unix nanoseconds
-	Kind   Kind       // Data, Zero, Trim or Marker
-	Disk   string     // the disk (Data, Zero, Trim); optional for Marker
+	Kind   Kind       // Data, Zero, Trim, Marker or Members
+	Disk   string     // the disk (Data, Zero, Trim); optional for Marker; "" for Members
 	Offset uint64     // first byte of the range
 	Length uint64     // bytes covered; for Data equals len(Payload)
 	Marker MarkerKind // Marker records only
 	Name   string     // marker or bookmark name; may be empty
-	// Payload is the data of a Data record. After Decode it aliases the
-	// decoded buffer: copy it to keep it past the buffer's reuse.
+	// Payload is the data of a Data record, the encoded declaration of a
+	// Members record. After Decode it aliases the decoded buffer: copy it to
+	// keep it past the buffer's reuse.
 	Payload []byte
 }
 
@@ -227,6 +233,13 @@ func (r *Record) Validate() error {
 		}
 		if r.Offset != 0 || r.Length != 0 || len(r.Payload) != 0 {
 			return fmt.Errorf("%w: marker with a range or payload", ErrInvalid)
+		}
+	case Members:
+		if r.Disk != "" || r.Name != "" || r.Marker != 0 || r.Offset != 0 || r.Length != uint64(len(r.Payload)) {
+			return fmt.Errorf("%w: members record with a disk, name, marker or range", ErrInvalid)
+		}
+		if _, err := DecodeDeclaration(r.Payload); err != nil {
+			return fmt.Errorf("members record: %w", err)
 		}
 	default:
 		return fmt.Errorf("%w: kind %d", ErrInvalid, r.Kind)
@@ -331,7 +344,7 @@ func Decode(b []byte) (r Record, n int, err error) {
 	}
 	k := Kind(b[8])
 	switch k {
-	case Data, Zero, Trim, Marker:
+	case Data, Zero, Trim, Marker, Members:
 	default:
 		return Record{}, n, fmt.Errorf("%w: type %d", ErrUnknownType, b[8])
 	}

@@ -247,6 +247,8 @@ func FuzzDecode(f *testing.F) {
 	for _, r := range testRecords() {
 		f.Add(AppendEncode(nil, &r))
 	}
+	m := goldenMembers()
+	f.Add(AppendEncode(nil, &m))
 	f.Add(encodeRaw(200, 1, []byte("future")))
 	f.Add([]byte{})
 	f.Add(make([]byte, FrameLen))

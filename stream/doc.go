@@ -12,8 +12,9 @@
 // # Conversation
 //
 //	host (sender)                              replica (receiver)
-//	Hello{group, host, last seq held}   ──►
-//	                                    ◄──    Welcome{durable seq} | Refuse{code, message}
+//	Hello{group, host, spool id,        ──►
+//	      last seq held, intact seq}
+//	                                    ◄──    Welcome{durable seq, spool id} | Refuse{code, message}
 //	Batch{first seq, count, records}    ──►    (verify, trim what is durable, append, fsync)
 //	Batch ...                           ──►
 //	                                    ◄──    Ack{seq}: every record up to seq is durable
@@ -50,10 +51,11 @@
 // before anything is read or allocated, and the payload buffer grows only
 // as bytes actually arrive.
 //
-// Payloads of version 1:
+// Payloads of version 2:
 //
-//	Hello   (1)  | last seq (8) | gl (1) | hl (1) | 0 (2) | group (gl) | host (hl) |
-//	Welcome (2)  | durable seq (8) |
+//	Hello   (1)  | last seq (8) | gl (1) | hl (1) | 0 (2) | spool id (16) | created (8) | epoch (8) |
+//	             | intact seq (8) | group (gl) | host (hl) |
+//	Welcome (2)  | durable seq (8) | spool id (16) | epoch (8) |
 //	Refuse  (3)  | code (2) | ml (2) | message (ml) |
 //	Batch   (4)  | first seq (8) | count (4) | flags (2) | 0 (2) | raw length (4) | data |
 //	Ack     (5)  | seq (8) |
@@ -69,11 +71,37 @@
 // consecutive seqs from first seq; Data records whose payload is all
 // zeroes travel as Zero records. A record type the receiver does not know
 // fails the batch: a new record type needs a new protocol version.
+// Version 2 batches may carry Members records (record type 5: the group's
+// declared membership, see package record), which version 1 batches never
+// held; testdata/v2-batch-members.hex keeps one.
+//
+// Version 1 had the same frames but for the handshake: its Hello was
+// | last seq (8) | gl (1) | hl (1) | 0 (2) | group (gl) | host (hl) | and
+// its Welcome | durable seq (8) |. Both sides of version 2 refuse a peer of
+// version 1 (a v1 host gets "replica speaks stream v2, host sent v1"; a v2
+// host reads a v1 replica's Refuse, whose layout every version shares),
+// and a data frame of version 1 is never read as one of version 2.
 //
 // Every value above (offsets, type numbers, flag bits, refusal codes,
 // Version, the limits) is on the wire: never change it. A new layout takes
 // a new protocol version; a peer of another version is refused during the
 // handshake with a message naming both versions.
+//
+// # Spool identity
+//
+// A Hello names the spool its records come from (package shipper/spool):
+// a random 16-byte id made with the spool, its creation time, and its
+// epoch, bumped at every open of the spool. The intact seq is the highest
+// seq up to which the spool vouches for every record it ever held since
+// the replica last welcomed it (a spool that lost unsynced records in a
+// host crash, or was restored from an older copy, vouches only for what
+// it kept). The replica binds a group's journal to the first spool that
+// streams into it and refuses, with CodeDiverged, a Hello of any other
+// spool, of an older epoch of its own, or whose intact seq is below what
+// the journal holds: records of two spools are never spliced into one
+// journal. A Welcome echoes the spool id and epoch it bound; the host
+// acknowledges to its spool (deletes) the records up to the durable seq
+// only when they name its own spool.
 //
 // # Identity
 //

@@ -42,8 +42,10 @@ func (t Type) String() string {
 
 // Layout constants. Never change.
 const (
-	// Version is the stream protocol version this package speaks.
-	Version = 1
+	// Version is the stream protocol version this package speaks. Version
+	// 2 added the spool identity to Hello and Welcome; a peer of version 1
+	// is refused during the handshake.
+	Version = 2
 	// HeaderLen is the length of the frame header.
 	HeaderLen = 16
 	// MaxBatchRaw bounds the uncompressed data of a batch: it holds a
@@ -79,7 +81,9 @@ func MaxPayload(t Type) (int, bool) {
 	switch t {
 	case Hello:
 		return helloFixed + MaxName + MaxHost, true
-	case Welcome, Ack:
+	case Welcome:
+		return welcomeLen, true
+	case Ack:
 		return 8, true
 	case Refuse:
 		return 4 + MaxMessage, true

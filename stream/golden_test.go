@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,16 +15,21 @@ import (
 	"github.com/qcdp/qcdp/record"
 )
 
-// The fixtures in testdata/v1-*.hex are frames of stream version 1 as this
+// The fixtures in testdata/v<N>-*.hex are frames of stream version N as this
 // package wrote them. Never edit them: a new protocol version gets new
-// fixtures, and these must still decode (handshake frames of any version
-// must stay readable). QCDP_WRITE_GOLDEN=1 writes the fixtures that are
-// missing; remove one first to write it again on purpose.
+// fixtures. Those of the current version must decode and be written again
+// byte for byte; those of older versions must still be read far enough to
+// be refused clearly (TestGoldenOlderVersions). QCDP_WRITE_GOLDEN=1 writes
+// the fixtures of the current version that are missing; remove one first
+// to write it again on purpose.
 
 // goldenHello, goldenWelcome and so on are what the fixtures hold.
 var (
-	goldenHello   = HelloMsg{Version: 1, Group: "db-prod", Host: "host-17.example", LastSeq: 0x0102030405060708}
-	goldenWelcome = uint64(1 << 40)
+	goldenHello = HelloMsg{Version: Version, Group: "db-prod", Host: "host-17.example", LastSeq: 0x0102030405060708,
+		Spool: SpoolID{ID: [16]byte{0x3f, 0x2a, 0x9c, 0x1d, 0x44, 0x05, 0x4b, 0x67, 0x80, 0x11, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01},
+			Created: 1700000000123456789, Epoch: 7},
+		Intact: 0x0102030405060700}
+	goldenWelcome = WelcomeMsg{Durable: 1 << 40, Spool: goldenHello.Spool.ID, Epoch: 7}
 	goldenRefuse  = RefusedError{Code: CodeDiverged, Message: "replica holds seq 42, host holds 41"}
 	goldenAck     = uint64(0xfedcba9876543210)
 	// goldenRawBatch holds one record of each kind; goldenZstdBatch
@@ -70,19 +76,31 @@ func goldenFrames(t testing.TB) map[string][]byte {
 	}
 }
 
-func goldenPath(name string) string { return filepath.Join("testdata", "v1-"+name+".hex") }
+func goldenPath(name string) string { return goldenPathV(Version, name) }
 
-// readGoldenFrame reads a fixture and returns its raw bytes and its one frame.
-func readGoldenFrame(t *testing.T, name string) ([]byte, Frame) {
+func goldenPathV(v int, name string) string {
+	return filepath.Join("testdata", fmt.Sprintf("v%d-%s.hex", v, name))
+}
+
+// readGolden reads the bytes of a fixture.
+func readGolden(t *testing.T, path string) []byte {
 	t.Helper()
-	h, err := os.ReadFile(goldenPath(name))
+	h, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("%v (QCDP_WRITE_GOLDEN=1 writes missing fixtures)", err)
 	}
 	b, err := hex.DecodeString(strings.Join(strings.Fields(string(h)), ""))
 	if err != nil {
-		t.Fatalf("%s: %v", goldenPath(name), err)
+		t.Fatalf("%s: %v", path, err)
 	}
+	return b
+}
+
+// readGoldenFrame reads a fixture of the current version and returns its
+// raw bytes and its one frame.
+func readGoldenFrame(t *testing.T, name string) ([]byte, Frame) {
+	t.Helper()
+	b := readGolden(t, goldenPath(name))
 	r := NewReader(bytes.NewReader(b))
 	f, err := r.Next()
 	if err != nil {
@@ -91,8 +109,8 @@ func readGoldenFrame(t *testing.T, name string) ([]byte, Frame) {
 	if _, err := r.Next(); !errors.Is(err, io.EOF) {
 		t.Fatalf("%s: after the frame: %v, want io.EOF", goldenPath(name), err)
 	}
-	if f.Version != 1 {
-		t.Fatalf("%s: frame version %d, want 1", goldenPath(name), f.Version)
+	if f.Version != Version {
+		t.Fatalf("%s: frame version %d, want %d", goldenPath(name), f.Version, Version)
 	}
 	return b, f
 }
@@ -140,17 +158,17 @@ func TestGoldenFrames(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h.Version != goldenHello.Version || h.Group != goldenHello.Group || h.Host != goldenHello.Host || h.LastSeq != goldenHello.LastSeq {
+		if h != goldenHello {
 			t.Fatalf("hello %+v, want %+v", h, goldenHello)
 		}
 		reencode(t, "hello", b)
 	})
 	t.Run("welcome", func(t *testing.T) {
 		b, f := readGoldenFrame(t, "welcome")
-		checkFrame(t, f, Welcome, 8)
-		d, err := DecodeWelcome(f)
-		if err != nil || d != goldenWelcome {
-			t.Fatalf("welcome durable seq %d (%v), want %d", d, err, goldenWelcome)
+		checkFrame(t, f, Welcome, welcomeLen)
+		w, err := DecodeWelcome(f)
+		if err != nil || w != goldenWelcome {
+			t.Fatalf("welcome %+v (%v), want %+v", w, err, goldenWelcome)
 		}
 		reencode(t, "welcome", b)
 	})
@@ -205,6 +223,68 @@ func TestGoldenFrames(t *testing.T) {
 		}
 		reencode(t, "ping", b)
 	})
+}
+
+// TestGoldenOlderVersions reads the fixtures of stream version 1 with the
+// current code: every frame's checksums still check, a Hello or Welcome
+// of version 1 is refused naming both versions, a Refuse of version 1 is
+// read whole (it is how a host hears an old replica refuse it), and a data
+// frame of version 1 is never taken for one of the current version.
+func TestGoldenOlderVersions(t *testing.T) {
+	const v = 1
+	frame := func(t *testing.T, name string) (Frame, error) {
+		t.Helper()
+		f, err := NewReader(bytes.NewReader(readGolden(t, goldenPathV(v, name)))).Next()
+		if err == nil && f.Version != v {
+			t.Fatalf("%s: frame version %d, want %d", goldenPathV(v, name), f.Version, v)
+		}
+		return f, err
+	}
+	wantVersionError := func(t *testing.T, err error) {
+		t.Helper()
+		var ve *VersionError
+		if !errors.As(err, &ve) || ve.Local != Version || ve.Peer != v {
+			t.Fatalf("got %v, want a VersionError naming v%d and v%d", err, Version, v)
+		}
+		if want := fmt.Sprintf("this side speaks stream v%d, the peer sent v%d", Version, v); !strings.Contains(err.Error(), want) {
+			t.Fatalf("message %q, want it to say %q", err, want)
+		}
+	}
+	t.Run("hello", func(t *testing.T) {
+		f, err := frame(t, "hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := DecodeHello(f)
+		wantVersionError(t, err)
+		if h.Version != v {
+			t.Fatalf("hello version %d, want %d", h.Version, v)
+		}
+	})
+	t.Run("welcome", func(t *testing.T) {
+		f, err := frame(t, "welcome")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = DecodeWelcome(f)
+		wantVersionError(t, err)
+	})
+	t.Run("refuse", func(t *testing.T) {
+		f, err := frame(t, "refuse")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := DecodeRefuse(f)
+		if err != nil || r.Code != CodeDiverged || r.Message != "replica holds seq 42, host holds 41" {
+			t.Fatalf("refuse %+v %v", r, err)
+		}
+	})
+	for _, name := range []string{"batch-raw", "batch-zstd", "ack", "ping"} {
+		t.Run(name, func(t *testing.T) {
+			_, err := frame(t, name)
+			wantVersionError(t, err)
+		})
+	}
 }
 
 func checkGoldenBatch(t *testing.T, f Frame, wantInfo BatchInfo, want []record.Record) {

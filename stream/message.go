@@ -2,6 +2,8 @@ package stream
 
 import (
 	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
 
 	"github.com/qcdp/qcdp/record"
@@ -11,25 +13,72 @@ import (
 // follow the disk name rules).
 const MaxName = record.MaxDisk
 
-const helloFixed = 12
+// helloFixed is the fixed part of a Hello payload, welcomeLen a Welcome's
+// payload (version 2).
+const (
+	helloFixed = 52
+	welcomeLen = 32
+)
 
-// HelloMsg opens a stream: the host names the group it ships and the last
-// seq its spool holds.
-type HelloMsg struct {
-	Version uint8  // the protocol version the host speaks (the frame's version)
-	Group   string // checked by the receiver before any use (record.ValidDiskName)
-	Host    string // the host's own name, for logs; the certificate is what counts
-	LastSeq uint64 // the last seq the host's spool holds (appended or acknowledged)
+// SpoolID names one spool on the host: a random ID made when the spool
+// was created (never all zero), its creation time, and its epoch, which
+// the spool bumps every time it is opened (package shipper/spool). The
+// replica binds a group's journal to the ID of the first spool that
+// streams into it and refuses every other as diverged.
+type SpoolID struct {
+	ID      [16]byte
+	Created int64  // Unix nanoseconds: tells an operator which spool is older
+	Epoch   uint64 // at least 1
 }
 
-// AppendHello appends a Hello frame. It fails if a name is too long.
+// String is the ID in hex.
+func (s SpoolID) String() string { return hex.EncodeToString(s.ID[:]) }
+
+// HelloMsg opens a stream: the host names the group it ships, the spool
+// it ships from and the last seq that spool holds.
+type HelloMsg struct {
+	Version uint8   // the protocol version the host speaks (the frame's version)
+	Group   string  // checked by the receiver before any use (record.ValidDiskName)
+	Host    string  // the host's own name, for logs; the certificate is what counts
+	Spool   SpoolID // the spool the records come from
+	LastSeq uint64  // the last seq the host's spool holds (appended or acknowledged)
+	// Intact is the highest seq up to which the spool vouches that every
+	// record it ever held is unchanged since the replica last welcomed it
+	// (at most LastSeq). A spool that lost records it had (a crash before
+	// their fsync, a spool directory restored from a copy) reports where
+	// the loss begins: a replica holding more than Intact holds records
+	// the spool no longer has, and refuses it as diverged.
+	Intact uint64
+}
+
+func (h HelloMsg) check() error {
+	switch {
+	case h.Spool.ID == [16]byte{}:
+		return errors.New("no spool id")
+	case h.Spool.Epoch == 0:
+		return errors.New("spool epoch 0")
+	case h.Intact > h.LastSeq:
+		return fmt.Errorf("intact seq %d past the last seq %d", h.Intact, h.LastSeq)
+	}
+	return nil
+}
+
+// AppendHello appends a Hello frame. It fails if a name is too long or
+// the spool is not named.
 func AppendHello(dst []byte, h HelloMsg) ([]byte, error) {
 	if len(h.Group) > MaxName || len(h.Host) > MaxHost {
 		return dst, fmt.Errorf("%w: hello: group of %d bytes or host of %d bytes too long", ErrTooLarge, len(h.Group), len(h.Host))
 	}
+	if err := h.check(); err != nil {
+		return dst, fmt.Errorf("%w: hello: %w", ErrProtocol, err)
+	}
 	p := make([]byte, helloFixed, helloFixed+len(h.Group)+len(h.Host))
 	binary.LittleEndian.PutUint64(p, h.LastSeq)
 	p[8], p[9] = byte(len(h.Group)), byte(len(h.Host))
+	copy(p[12:28], h.Spool.ID[:])
+	binary.LittleEndian.PutUint64(p[28:], uint64(h.Spool.Created))
+	binary.LittleEndian.PutUint64(p[36:], h.Spool.Epoch)
+	binary.LittleEndian.PutUint64(p[44:], h.Intact)
 	p = append(append(p, h.Group...), h.Host...)
 	return appendFrame(dst, Hello, p), nil
 }
@@ -52,33 +101,58 @@ func DecodeHello(f Frame) (HelloMsg, error) {
 	if gl > MaxName || p[10] != 0 || p[11] != 0 || helloFixed+gl+hl != len(p) {
 		return HelloMsg{}, fmt.Errorf("%w: hello: group length %d, host length %d in %d bytes", ErrCorrupt, gl, hl, len(p))
 	}
-	return HelloMsg{
+	h := HelloMsg{
 		Version: f.Version,
 		LastSeq: binary.LittleEndian.Uint64(p),
-		Group:   string(p[helloFixed : helloFixed+gl]),
-		Host:    string(p[helloFixed+gl:]),
-	}, nil
+		Spool: SpoolID{
+			ID:      [16]byte(p[12:28]),
+			Created: int64(binary.LittleEndian.Uint64(p[28:])),
+			Epoch:   binary.LittleEndian.Uint64(p[36:]),
+		},
+		Intact: binary.LittleEndian.Uint64(p[44:]),
+		Group:  string(p[helloFixed : helloFixed+gl]),
+		Host:   string(p[helloFixed+gl:]),
+	}
+	if err := h.check(); err != nil {
+		return HelloMsg{}, fmt.Errorf("%w: hello: %w", ErrCorrupt, err)
+	}
+	return h, nil
 }
 
-// AppendWelcome appends a Welcome frame: the replica holds every record up
-// to durable.
-func AppendWelcome(dst []byte, durable uint64) []byte {
-	return appendFrame(dst, Welcome, binary.LittleEndian.AppendUint64(nil, durable))
+// WelcomeMsg accepts a stream: the replica holds every record up to
+// Durable, and they came from the spool whose ID and epoch it echoes (the
+// host acknowledges nothing to a spool the replica did not name).
+type WelcomeMsg struct {
+	Durable uint64
+	Spool   [16]byte
+	Epoch   uint64
 }
 
-// DecodeWelcome decodes a Welcome frame and returns the durable seq. A
-// Welcome of another version fails with a *VersionError.
-func DecodeWelcome(f Frame) (uint64, error) {
+// AppendWelcome appends a Welcome frame.
+func AppendWelcome(dst []byte, w WelcomeMsg) []byte {
+	p := binary.LittleEndian.AppendUint64(make([]byte, 0, welcomeLen), w.Durable)
+	p = append(p, w.Spool[:]...)
+	return appendFrame(dst, Welcome, binary.LittleEndian.AppendUint64(p, w.Epoch))
+}
+
+// DecodeWelcome decodes a Welcome frame. A Welcome of another version
+// fails with a *VersionError.
+func DecodeWelcome(f Frame) (WelcomeMsg, error) {
 	if f.Type != Welcome {
-		return 0, fmt.Errorf("%w: %v frame where a welcome belongs", ErrProtocol, f.Type)
+		return WelcomeMsg{}, fmt.Errorf("%w: %v frame where a welcome belongs", ErrProtocol, f.Type)
 	}
 	if f.Version != Version {
-		return 0, &VersionError{Local: Version, Peer: f.Version, What: "welcome"}
+		return WelcomeMsg{}, &VersionError{Local: Version, Peer: f.Version, What: "welcome"}
 	}
-	if len(f.Payload) != 8 {
-		return 0, fmt.Errorf("%w: welcome of %d bytes", ErrCorrupt, len(f.Payload))
+	p := f.Payload
+	if len(p) != welcomeLen {
+		return WelcomeMsg{}, fmt.Errorf("%w: welcome of %d bytes", ErrCorrupt, len(p))
 	}
-	return binary.LittleEndian.Uint64(f.Payload), nil
+	return WelcomeMsg{
+		Durable: binary.LittleEndian.Uint64(p),
+		Spool:   [16]byte(p[8:24]),
+		Epoch:   binary.LittleEndian.Uint64(p[24:]),
+	}, nil
 }
 
 // AppendAck appends an Ack frame: every record up to seq is durable.
@@ -109,7 +183,7 @@ const (
 	CodeBadRequest  Code = 2 // a malformed hello, or a group name that is not a valid name
 	CodeDenied      Code = 3 // the host's certificate may not write this group (tenant, host)
 	CodeUnavailable Code = 4 // the replica cannot open the group's journal now
-	CodeDiverged    Code = 5 // the replica holds records the host does not: resync needed
+	CodeDiverged    Code = 5 // the replica holds records of another spool, or records the host's spool lost: resync needed
 	CodeProtocol    Code = 6 // a frame out of place, a corrupt batch, a seq gap
 	CodeReplaced    Code = 7 // a newer connection for the same group took over
 	CodeShutdown    Code = 8 // the replica daemon is stopping

@@ -87,23 +87,29 @@ func TestBatchRoundTrip(t *testing.T) {
 	}
 }
 
+// testSpool is a spool identity for tests.
+var testSpool = SpoolID{ID: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}, Created: 1, Epoch: 1}
+
 func TestHandshakeMessages(t *testing.T) {
-	b, err := AppendHello(nil, HelloMsg{Group: "web", Host: "kvm1", LastSeq: 77})
+	hello := HelloMsg{Group: "web", Host: "kvm1", LastSeq: 77, Spool: testSpool, Intact: 70}
+	b, err := AppendHello(nil, hello)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b = AppendWelcome(b, 70)
+	welcome := WelcomeMsg{Durable: 70, Spool: testSpool.ID, Epoch: 1}
+	b = AppendWelcome(b, welcome)
 	b = AppendAck(b, 71)
 	b = AppendRefuse(b, CodeDenied, "no")
 	b = AppendPing(b)
 	r := NewReader(bytes.NewReader(b))
 	f, _ := r.Next()
-	if h, err := DecodeHello(f); err != nil || h.Group != "web" || h.Host != "kvm1" || h.LastSeq != 77 || h.Version != Version {
+	hello.Version = Version
+	if h, err := DecodeHello(f); err != nil || h != hello {
 		t.Fatalf("hello %+v %v", h, err)
 	}
 	f, _ = r.Next()
-	if s, err := DecodeWelcome(f); err != nil || s != 70 {
-		t.Fatalf("welcome %d %v", s, err)
+	if w, err := DecodeWelcome(f); err != nil || w != welcome {
+		t.Fatalf("welcome %+v %v", w, err)
 	}
 	f, _ = r.Next()
 	if s, err := DecodeAck(f); err != nil || s != 71 {
@@ -121,29 +127,67 @@ func TestHandshakeMessages(t *testing.T) {
 	}
 }
 
-// A Hello of a future version is still read far enough to refuse it with a
-// message naming both versions.
+// A Hello that does not name its spool, or vouches past its last seq, is
+// neither written nor read.
+func TestHelloNamesItsSpool(t *testing.T) {
+	for name, h := range map[string]HelloMsg{
+		"no spool id":   {Group: "web", Spool: SpoolID{Epoch: 1}},
+		"epoch 0":       {Group: "web", Spool: SpoolID{ID: testSpool.ID}},
+		"intact > last": {Group: "web", Spool: testSpool, LastSeq: 5, Intact: 6},
+	} {
+		if _, err := AppendHello(nil, h); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s: AppendHello: %v", name, err)
+		}
+		good := HelloMsg{Group: h.Group, Spool: testSpool, LastSeq: 9}
+		b, err := AppendHello(nil, good)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := b[HeaderLen:]
+		copy(p[12:28], h.Spool.ID[:])
+		p[36], p[44], p[0] = byte(h.Spool.Epoch), byte(h.Intact), byte(h.LastSeq)
+		setVersion(b, Version)
+		f, err := readOne(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeHello(f); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: DecodeHello: %v", name, err)
+		}
+	}
+}
+
+// A Hello of another version (an older host's, or a future one's) is still
+// read far enough to refuse it with a message naming both versions.
 func TestForeignVersion(t *testing.T) {
-	b, _ := AppendHello(nil, HelloMsg{Group: "web", Host: "kvm1"})
-	b = append(b, make([]byte, 100)...) // a longer v7 hello
-	setVersion(b, 7)
-	f, err := readOne(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = DecodeHello(f)
-	var ve *VersionError
-	if !errors.As(err, &ve) || !errors.Is(err, ErrVersion) || ve.Peer != 7 || ve.Local != Version {
-		t.Fatalf("got %v", err)
-	}
-	if !strings.Contains(err.Error(), "v1") || !strings.Contains(err.Error(), "v7") {
-		t.Fatalf("message %q", err)
+	for _, v := range []uint8{1, 7} {
+		b, _ := AppendHello(nil, HelloMsg{Group: "web", Host: "kvm1", Spool: testSpool})
+		if v > Version {
+			b = append(b, make([]byte, 100)...) // a longer future hello
+		} else {
+			b = b[:len(b)-40] // a v1 hello had no spool identity
+		}
+		setVersion(b, v)
+		f, err := readOne(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = DecodeHello(f)
+		var ve *VersionError
+		if !errors.As(err, &ve) || !errors.Is(err, ErrVersion) || ve.Peer != v || ve.Local != Version {
+			t.Fatalf("v%d: got %v", v, err)
+		}
+		if !strings.Contains(err.Error(), fmt.Sprintf("v%d", Version)) || !strings.Contains(err.Error(), fmt.Sprintf("v%d", v)) {
+			t.Fatalf("message %q", err)
+		}
 	}
 	// A data frame of another version is refused by the reader itself.
-	b = AppendAck(nil, 3)
-	setVersion(b, 2)
-	if _, err := readOne(b); !errors.Is(err, ErrVersion) {
-		t.Fatalf("ack v2: %v", err)
+	for _, v := range []uint8{1, 3} {
+		b := AppendAck(nil, 3)
+		setVersion(b, v)
+		if _, err := readOne(b); !errors.Is(err, ErrVersion) {
+			t.Fatalf("ack v%d: %v", v, err)
+		}
 	}
 }
 
@@ -168,7 +212,7 @@ func crcFix(f []byte) {
 func TestTruncation(t *testing.T) {
 	var b []byte
 	var ends []int
-	b, _ = AppendHello(b, HelloMsg{Group: "g", Host: "h", LastSeq: 1})
+	b, _ = AppendHello(b, HelloMsg{Group: "g", Host: "h", LastSeq: 1, Spool: testSpool})
 	ends = append(ends, len(b))
 	b = append(b, encodeBatch(t, true, genRecords(2, 20, 1))...)
 	ends = append(ends, len(b))
@@ -271,9 +315,9 @@ func TestBatchFull(t *testing.T) {
 }
 
 func FuzzFrame(f *testing.F) {
-	hello, _ := AppendHello(nil, HelloMsg{Group: "web", Host: "kvm1", LastSeq: 9})
+	hello, _ := AppendHello(nil, HelloMsg{Group: "web", Host: "kvm1", LastSeq: 9, Spool: testSpool, Intact: 9})
 	f.Add(hello)
-	f.Add(AppendRefuse(AppendWelcome(nil, 4), CodeVersion, "replica speaks stream v1, host sent v7"))
+	f.Add(AppendRefuse(AppendWelcome(nil, WelcomeMsg{Durable: 4, Spool: testSpool.ID, Epoch: 1}), CodeVersion, "replica speaks stream v2, host sent v7"))
 	f.Add(encodeBatch(f, true, genRecords(1, 4, 1)))
 	f.Add(encodeBatch(f, false, genRecords(1, 4, 1)))
 	d := NewBatchDecoder() // shared like a connection's: its buffer is reused
