@@ -182,7 +182,9 @@ func TestCaptureAttachesAndMarksSyncCompleteAtReady(t *testing.T) {
 		t.Errorf("mirror: %v, decoded %+v, want %+v", cmds, mirror, want)
 	}
 	// The copy is bracketed: no restore point inside it, even when the
-	// replica has points of the disk from an earlier attach.
+	// replica has points of the disk from an earlier attach. (Run's loop
+	// writes the marker just after the state shows.)
+	r.m.waitCalls(r.ctx, t, record.ResyncBegin, 1)
 	r.wantMarkers(record.ResyncBegin)
 
 	r.f.ready()

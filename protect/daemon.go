@@ -183,6 +183,10 @@ func (d *Engine) openGroup(ctx context.Context, gc *configs.Group) (*group, erro
 	if err != nil {
 		return nil, err
 	}
+	if err := sg.Sequencer().KeepMembers(nil, d.membersPath(gc)); err != nil {
+		sg.Shutdown(context.Background())
+		return nil, fmt.Errorf("group %s: %w", gc.Name, err)
+	}
 	g := &group{cfg: gc, Group: sg, served: make(chan error, 1)}
 	go func() { g.served <- sg.Serve(context.Background()) }()
 	return g, nil
@@ -290,6 +294,7 @@ func (d *Engine) scan(ctx context.Context) {
 		d.seen, d.scanned = seen, true
 		d.mu.Unlock()
 		d.forgetStopped(func(id string) bool { return !running[id] })
+		d.reconcileMembers(seen)
 	}
 }
 
@@ -382,13 +387,19 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	if err != nil {
 		return fmt.Errorf("QMP of %s: %w", vm.Name, err)
 	}
+	// The group's socket is shared: each export opens to its VM's QEMU only.
+	qemu, err := hypervisor.QEMUProcess(ctx, q)
+	if err != nil {
+		q.Close()
+		return fmt.Errorf("VM %s not protected: its capture exports would be open to every QEMU on the host: %w", vm.Name, err)
+	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
 		}
 		name := StreamName(dk)
-		exp, err := g.Export(name, dk.Size)
+		exp, err := g.OwnedExport(name, dk.Size, qemu)
 		if err != nil {
 			d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
@@ -409,6 +420,10 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		v.close()
 		return fmt.Errorf("VM %s (group %s): no disk to protect", vm.Name, gc.Name)
 	}
+	if err := d.declare(v); err != nil { // before any capture starts (members.go)
+		v.close()
+		return fmt.Errorf("VM %s (group %s): %w", vm.Name, gc.Name, err)
+	}
 	d.mu.Lock()
 	if d.stopping {
 		d.mu.Unlock()
@@ -420,7 +435,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		d.start(dc)
 	}
 	d.mu.Unlock()
-	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks))
+	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks), "qemu_pid", qemu.PID)
 	return nil
 }
 
@@ -508,9 +523,11 @@ func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 		return err
 	}
 	var errs []error
+	var gone []string // detached: they leave the group's membership
 	for _, dc := range dcs {
 		select {
 		case <-dc.done:
+			gone = append(gone, dc.name)
 			continue
 		default:
 		}
@@ -519,6 +536,12 @@ func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 			continue
 		}
 		<-dc.done
+		gone = append(gone, dc.name)
+	}
+	if len(gone) > 0 {
+		if _, err := v.group.Sequencer().Undeclare(gone...); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if disk == "" && len(errs) == 0 {
 		d.mu.Lock()

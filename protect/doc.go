@@ -24,6 +24,13 @@
 // lifecycle needs its events); under Proxmox, which allows one connection
 // at a time, that keeps `qm monitor` out while protected.
 //
+// Supervision. Under systemd (Type=notify, WatchdogSec) the Supervisor
+// sends READY=1, STOPPING=1, and WATCHDOG=1 only just after every group's
+// write path was seen to move (shipper.Group.ProbeAppend) and while no
+// fsync is stuck: a hung daemon holds a guest write at most about
+// WatchdogSec before systemd ends it and QEMU goes on without it
+// (invariant 1; see watchdog.go).
+//
 // It does not own the NBD protocol, the spool or stream formats, the QMP
 // commands of a capture (package filter), nor the control socket.
 package protect

@@ -15,6 +15,7 @@ import (
 
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/proc"
 	"github.com/qcdp/qcdp/qmp"
 	"github.com/qcdp/qcdp/qmp/qmptest"
 	"github.com/qcdp/qcdp/record"
@@ -29,6 +30,9 @@ type fakeQEMU struct {
 	jobs map[string]string // job id → node
 	node string            // the disk's format node
 	srv  *qmptest.Server
+	// threads are the vCPU thread ids query-cpus-fast reports; nil: this
+	// process's, for the fake QEMU is this process.
+	threads []int
 }
 
 func newFakeQEMU(t *testing.T, node string) *fakeQEMU {
@@ -53,6 +57,16 @@ func (q *fakeQEMU) handle(cmd qmptest.Command) []string {
 		return []string{qmptest.Return(jobs)}
 	case "query-named-block-nodes":
 		return []string{qmptest.Return([]map[string]any{{"node-name": q.node, "drv": "raw", "dirty-bitmaps": []any{}}})}
+	case "query-cpus-fast":
+		threads := q.threads
+		if threads == nil {
+			threads = []int{os.Getpid()}
+		}
+		cpus := []map[string]any{}
+		for i, tid := range threads {
+			cpus = append(cpus, map[string]any{"cpu-index": i, "thread-id": tid})
+		}
+		return []string{qmptest.Return(cpus)}
 	case "blockdev-mirror":
 		var args struct {
 			JobID  string `json:"job-id"`
@@ -317,5 +331,53 @@ func TestEngineBookmarks(t *testing.T) {
 	want := record.UserBookmark.String() + ":before-upgrade," + record.CrashConsistent.String() + ":app"
 	if strings.Join(got, ",") != want {
 		t.Fatalf("g2's spool holds %v, want %s", got, want)
+	}
+}
+
+// TestEngineAttachOwnsExports: a VM's capture export opens only to the VM's
+// QEMU process, found through its QMP channel; a VM whose QEMU process
+// cannot be told is not attached at all, rather than given an export any
+// QEMU could open.
+func TestEngineAttachOwnsExports(t *testing.T) {
+	good := newFakeQEMU(t, "node-vm1")
+	bad := newFakeQEMU(t, "node-vm2")
+	bad.threads = []int{1 << 30} // a thread no process has
+	src := &fakeSource{
+		vms: []hypervisor.VM{
+			{ID: "vm1", Name: "vm1", Running: true, Source: hypervisor.SourceQMP},
+			{ID: "vm2", Name: "vm2", Running: true, Source: hypervisor.SourceQMP},
+		},
+		qemu: map[string]*fakeQEMU{"vm1": good, "vm2": bad},
+	}
+	e, _ := newEngine(t, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e.scan(ctx)
+	waitDisk(t, e, "g1", "vm1", "initial-sync")
+
+	v, ok := e.find("vm1")
+	if !ok || len(v.disks) != 1 {
+		t.Fatalf("vm1 not attached with its disk: %+v", v)
+	}
+	self, err := proc.Lookup(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if owner, ok := v.disks[0].exp.Owner(); !ok || owner != self {
+		t.Fatalf("vm1's export owner %v (%v), want its QEMU %v", owner, ok, self)
+	}
+
+	if _, ok := e.find("vm2"); ok {
+		t.Fatal("vm2 attached though its QEMU process is unknown")
+	}
+	if got := e.groups["g2"].Exports(); len(got) != 0 {
+		t.Fatalf("g2 exports %v for a VM whose QEMU is unknown, want none", got)
+	}
+	if n := bad.jobCount(); n != 0 {
+		t.Fatalf("%d mirror jobs in vm2's QEMU, want none", n)
+	}
+	err = e.Attach(ctx, "vm2")
+	if !errors.Is(err, hypervisor.ErrNoProcess) {
+		t.Fatalf("attach of vm2: %v, want hypervisor.ErrNoProcess", err)
 	}
 }

@@ -29,6 +29,16 @@ func WriteMetrics(w io.Writer, st Status) error {
 			fmt.Fprintf(&b, "qcdp_replica_connected{group=%q} %d\n", g.Name, boolInt(g.Replica.Connected))
 		}
 	}
+	help("qcdp_replica_diverged", "gauge", "1 while the replica refuses the group's stream as diverged (another spool's journal, or records the spool lost): a resync is needed.")
+	for _, g := range st.Groups {
+		if g.Replica != nil {
+			fmt.Fprintf(&b, "qcdp_replica_diverged{group=%q} %d\n", g.Name, boolInt(g.Replica.Diverged != ""))
+		}
+	}
+	help("qcdp_group_healing", "gauge", "1 while the group's spool is broken and being reopened: writes are refused and disks go to tracking.")
+	for _, g := range st.Groups {
+		fmt.Fprintf(&b, "qcdp_group_healing{group=%q} %d\n", g.Name, boolInt(strings.HasPrefix(g.State, "healing")))
+	}
 	help("qcdp_spool_bytes", "gauge", "Bytes the group's spool holds.")
 	for _, g := range st.Groups {
 		fmt.Fprintf(&b, "qcdp_spool_bytes{group=%q} %d\n", g.Name, g.Bytes)

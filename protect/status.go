@@ -19,7 +19,11 @@ type Status struct {
 
 // GroupStatus is one protection group.
 type GroupStatus struct {
-	Name     string       `json:"name"`
+	Name string `json:"name"`
+	// State is the group's own state: "ok", or "healing: ..." while a
+	// broken spool is being reopened (writes are refused meanwhile).
+	State    string       `json:"state"`
+	Heals    int64        `json:"spool_heals,omitempty"`
 	Socket   string       `json:"nbd_socket"`
 	SpoolDir string       `json:"spool_dir"`
 	LastSeq  uint64       `json:"last_seq"`
@@ -71,6 +75,8 @@ func (d *Engine) Status() Status {
 			LastSeq: g.Spool().LastSeq(), Acked: g.Spool().Acked(), Bytes: ss.Bytes, MaxBytes: g.cfg.SpoolMax,
 			NBDWrites: ns.Writes, NBDErrors: ns.Errors, Disks: []DiskStatus{}}
 		gs.ClockStepsBack, _ = g.Sequencer().ClockSteps()
+		h := g.Health()
+		gs.State, gs.Heals = h.String(), h.Heals
 		if snd := g.Sender(); snd != nil {
 			rs := snd.Stats()
 			gs.Replica = &rs

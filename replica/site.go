@@ -347,10 +347,16 @@ type GroupInfo struct {
 	Group   string         `json:"group"`
 	LastSeq uint64         `json:"last_seq"`
 	Window  journal.Window `json:"window"`
-	Error   string         `json:"error,omitempty"` // why the group is quarantined
+	Error   string         `json:"error,omitempty"` // why the group is quarantined, or takes no stream
 	// Clock counts the capture times the receiver corrected: a host clock
 	// that stepped back or runs ahead of this site's (see package receiver).
 	Clock *receiver.ClockReport `json:"host_clock,omitempty"`
+	// Spool is the host spool the journal is bound to (nil: none yet);
+	// Refused the newest stream refused as diverged since the daemon
+	// started: another spool, an older copy of this one, or one that lost
+	// records the journal holds (see package receiver).
+	Spool   *journal.Origin   `json:"spool,omitempty"`
+	Refused *receiver.Refusal `json:"refused,omitempty"`
 }
 
 // Groups lists the open journals.
@@ -382,6 +388,14 @@ func (d *Site) Groups(ctx context.Context) ([]GroupInfo, error) {
 		gi := GroupInfo{Tenant: tenant, Group: group, LastSeq: js[k].LastSeq(), Window: w}
 		if c := d.recv.Clock(tenant, group); c != (receiver.ClockReport{}) {
 			gi.Clock = &c
+		}
+		if o, bound, err := js[k].Origin(); err != nil {
+			gi.Error = err.Error() // its streams are refused until the file is repaired
+		} else if bound {
+			gi.Spool = &o
+		}
+		if r, ok := d.recv.Refused(tenant, group); ok {
+			gi.Refused = &r
 		}
 		out = append(out, gi)
 	}

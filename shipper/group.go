@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/proc"
 	"github.com/qcdp/qcdp/shipper/sender"
 	"github.com/qcdp/qcdp/shipper/spool"
 )
@@ -36,6 +37,10 @@ type GroupOptions struct {
 	// something else acknowledges it.
 	Replica *sender.Options
 	Logger  *slog.Logger
+	// HealMinBackoff and HealMaxBackoff bound the wait between attempts
+	// to reopen a broken spool (defaults DefaultHealMinBackoff and
+	// DefaultHealMaxBackoff); see Serve.
+	HealMinBackoff, HealMaxBackoff time.Duration
 }
 
 // Group is one protection group on the protected host: its spool, its
@@ -45,18 +50,26 @@ type GroupOptions struct {
 // tests all use it; nothing else wires these four together.
 //
 // OpenGroup opens the spool and listens; Serve runs the capture server and
-// the sender until ctx ends or Shutdown is called; Shutdown stops both and
-// closes the spool. Exports may be added before or while Serve runs.
+// the sender, and heals a broken spool, until ctx ends or Shutdown is
+// called; Shutdown stops both and closes the spool. Exports may be added
+// before or while Serve runs.
 type Group struct {
-	name string
-	opts GroupOptions
-	log  *slog.Logger
-	sp   *spool.Spool
-	seq  *Sequencer
-	cat  nbd.Exports
-	srv  *nbd.Server  // nil without a socket
-	ln   net.Listener // nil without a socket
-	snd  *sender.Sender
+	name    string
+	opts    GroupOptions
+	log     *slog.Logger
+	seq     *Sequencer
+	cat     nbd.Exports
+	srv     *nbd.Server     // nil without a socket
+	ln      net.Listener    // nil without a socket
+	sndOpts *sender.Options // nil without a replica; Spool set per spool
+
+	// hmu guards what healing replaces: the spool, its sender, and the
+	// group's health.
+	hmu       sync.Mutex
+	sp        *spool.Spool
+	snd       *sender.Sender
+	health    Health
+	reopening bool // sp is closed: a broken spool is being reopened
 
 	mu       sync.Mutex
 	served   bool
@@ -83,15 +96,16 @@ func OpenGroup(ctx context.Context, opts GroupOptions) (*Group, error) {
 		return nil, fmt.Errorf("group %s: %w", name, err)
 	}
 	g := &Group{name: name, opts: opts, log: log, sp: sp, seq: NewSequencer(sp),
+		health:  Health{State: StateOK},
 		closing: make(chan struct{}), serveEnd: make(chan struct{})}
 	g.seq.SetLogger(log)
 	if opts.Replica != nil {
 		so := *opts.Replica
-		so.Spool = sp
 		if so.Logger == nil {
 			so.Logger = log
 		}
-		if g.snd, err = sender.New(so); err != nil {
+		g.sndOpts = &so
+		if g.snd, err = g.newSender(sp); err != nil {
 			sp.Close()
 			return nil, fmt.Errorf("group %s: %w", name, err)
 		}
@@ -138,7 +152,8 @@ func ListenUnix(path string) (net.Listener, error) {
 
 // Restrict gives path to root and group gid with mode, or to root alone
 // (the group bits cleared) when gid is negative: whoever can connect to a
-// capture socket can write into a group's stream.
+// capture socket can write into the group's exports that have no owner
+// (see CaptureExport).
 func Restrict(path string, mode os.FileMode, gid int) error {
 	if gid < 0 {
 		mode &^= 0o070
@@ -157,14 +172,24 @@ func (g *Group) Name() string { return g.name }
 // Socket is the capture server's socket ("" without one).
 func (g *Group) Socket() string { return g.opts.Socket }
 
-// Spool is the group's spool.
-func (g *Group) Spool() *spool.Spool { return g.sp }
+// Spool is the group's spool now: healing replaces a broken one (see
+// Serve), so callers ask again rather than keep it.
+func (g *Group) Spool() *spool.Spool {
+	g.hmu.Lock()
+	defer g.hmu.Unlock()
+	return g.sp
+}
 
 // Sequencer is the group's sequencer: markers go through it.
 func (g *Group) Sequencer() *Sequencer { return g.seq }
 
-// Sender is the group's sender, nil without a replica.
-func (g *Group) Sender() *sender.Sender { return g.snd }
+// Sender is the group's sender now, nil without a replica: healing
+// replaces it with the spool it ships.
+func (g *Group) Sender() *sender.Sender {
+	g.hmu.Lock()
+	defer g.hmu.Unlock()
+	return g.snd
+}
 
 // ServerStats are the capture server's figures (zero without a server).
 func (g *Group) ServerStats() nbd.Stats {
@@ -176,16 +201,38 @@ func (g *Group) ServerStats() nbd.Stats {
 
 // Export returns the capture export of disk, served under its name. One
 // made earlier with the same size is kept (so a VM restart keeps its
-// export); one of another size is replaced.
+// export); one of another size is replaced. A new export opens to any
+// process the socket admits (`qcdp capture`, tests); one kept keeps its
+// owner. The host engine uses OwnedExport.
 func (g *Group) Export(disk string, size int64) (*CaptureExport, error) {
+	return g.export(disk, size, nil)
+}
+
+// OwnedExport is Export for one process: the export, new or kept, opens
+// only to owner, the QEMU that writes the disk (see CaptureExport.SetOwner).
+// A new export has its owner before it is published: no other process can
+// open it first.
+func (g *Group) OwnedExport(disk string, size int64, owner proc.Process) (*CaptureExport, error) {
+	return g.export(disk, size, &owner)
+}
+
+func (g *Group) export(disk string, size int64, owner *proc.Process) (*CaptureExport, error) {
+	g.mu.Lock() // one export per name, even when two callers race
+	defer g.mu.Unlock()
 	if e, ok := g.cat.Lookup(disk); ok {
 		if ce := e.(*CaptureExport); ce.Size() == size {
+			if owner != nil {
+				ce.SetOwner(*owner)
+			}
 			return ce, nil
 		}
 	}
 	exp, err := g.seq.Export(disk, size)
 	if err != nil {
 		return nil, fmt.Errorf("group %s: %w", g.name, err)
+	}
+	if owner != nil {
+		exp.SetOwner(*owner)
 	}
 	g.cat.Add(disk, exp)
 	return exp, nil
@@ -196,8 +243,18 @@ func (g *Group) Exports() []string { return g.cat.Names() }
 
 // Serve runs the capture server and the sender until ctx ends (it returns
 // nil) or Shutdown is called (ErrGroupClosed). A capture server that fails
-// ends it with that error; a sender that stops is logged and the capture
-// goes on (the spool keeps the writes). Serve runs once.
+// ends it with that error. Serve runs once.
+//
+// Serve also heals the group when its spool breaks (an fsync or a write
+// failed, so what is on disk is unknown: see package spool). Meanwhile the
+// capture exports answer every write EIO at once, so QEMU's mirror stops
+// and QEMU keeps tracking the changes, and each disk owes the stream a
+// resync bracket; the sender stops. Serve closes the broken spool and
+// opens its directory again (recovery finds what is really on disk), at
+// once and then with backoff between HealMinBackoff and HealMaxBackoff
+// while that fails; the sequencer then appends to the reopened spool, a
+// new sender ships it, and the disks' resync re-copies what was refused.
+// Health says where it stands.
 func (g *Group) Serve(ctx context.Context) error {
 	g.mu.Lock()
 	if g.served || g.closed {
@@ -219,15 +276,11 @@ func (g *Group) Serve(ctx context.Context) error {
 			served <- g.srv.Serve(g.ln)
 		}()
 	}
-	if g.snd != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := g.snd.Run(sctx); err != nil {
-				g.log.Error("sender stopped; the spool keeps the writes", "err", err)
-			}
-		}()
-	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		g.keep(sctx)
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -278,11 +331,19 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	if g.ln != nil {
 		os.Remove(g.opts.Socket)
 	}
-	if err := g.sp.Sync(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("group %s: final spool sync: %w", g.name, err))
-	}
-	if err := g.sp.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.name, err))
+	g.hmu.Lock()
+	sp, reopening, health := g.sp, g.reopening, g.health
+	g.hmu.Unlock()
+	if reopening {
+		// Serve has ended: nothing reopens it now; it is closed already.
+		errs = append(errs, fmt.Errorf("group %s: shut down while its broken spool was being reopened: %s", g.name, health.Error))
+	} else {
+		if err := sp.Sync(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("group %s: final spool sync: %w", g.name, err))
+		}
+		if err := sp.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("group %s: spool close: %w", g.name, err))
+		}
 	}
 	g.closeErr = errors.Join(errs...)
 	return g.closeErr

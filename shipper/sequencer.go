@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/proc"
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/shipper/spool"
 )
@@ -17,7 +18,7 @@ import (
 // Sequencer orders the writes of one protection group. Its methods are safe
 // for concurrent use; it must be the only writer of its spool.
 type Sequencer struct {
-	sp  *spool.Spool
+	sp  *spool.Spool // replaced by reopened: read it under mu
 	clk *captureClock
 	log atomic.Pointer[slog.Logger] // nil: slog.Default
 
@@ -33,6 +34,7 @@ type Sequencer struct {
 	// ResyncEnd attempt: such a bracket may not close yet, because QEMU
 	// has one more chunk to re-copy.
 	refused map[string]bool
+	mem     members // the group's declared membership (members.go)
 }
 
 // ErrResyncPending is MarkDisk's answer to a ResyncEnd when a write of the
@@ -95,14 +97,19 @@ func (s *Sequencer) append(r *record.Record) (uint64, error) {
 	return s.appendLocked(r)
 }
 
-// appendLocked first writes the resync-begin markers owed, then r. When the
-// spool refuses r, r's disk owes one.
+// appendLocked first writes the group's membership if it is owed and the
+// resync-begin markers owed (of declared disks), then r. When the spool
+// refuses r, or r's disk is not declared, r's disk owes one.
 func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
+	if err := s.admitLocked(r); err != nil {
+		s.refusedLocked(r)
+		return 0, err
+	}
 	for disk, seq := range s.resync {
 		if s.owed == 0 {
 			break
 		}
-		if seq != 0 {
+		if seq != 0 || !s.mem.declared(disk) {
 			continue
 		}
 		m := record.Record{Kind: record.Marker, Marker: record.ResyncBegin, Disk: disk}
@@ -208,7 +215,31 @@ func (s *Sequencer) Mark(kind record.MarkerKind, name string) (uint64, error) {
 }
 
 // Sync makes every record sequenced so far durable in the spool.
-func (s *Sequencer) Sync(ctx context.Context) error { return s.sp.Sync(ctx) }
+func (s *Sequencer) Sync(ctx context.Context) error { return s.spool().Sync(ctx) }
+
+// spool is the spool appended to now.
+func (s *Sequencer) spool() *spool.Spool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sp
+}
+
+// reopened makes sp, the group's spool opened again after it broke, the
+// one appended to. The old one refused every write since it broke (each
+// refusal owes its disk a resync bracket, written first); seqs go on
+// after sp.LastSeq(). Records the reopened spool no longer holds (they
+// never reached the disk) were answered as written: the log says so, and
+// only a resync by hash comparison brings them back.
+func (s *Sequencer) reopened(sp *spool.Spool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := sp.LastSeq() + 1
+	if next < s.next {
+		s.logger().Error("capture: the reopened spool lost records that were answered as written; the replica needs a resync of the group's disks",
+			"first_lost", next, "last_lost", s.next-1)
+	}
+	s.sp, s.next = sp, next
+}
 
 // Export returns the capture export of one disk of the group, of size bytes.
 func (s *Sequencer) Export(disk string, size int64) (*CaptureExport, error) {
@@ -224,7 +255,16 @@ func (s *Sequencer) Export(disk string, size int64) (*CaptureExport, error) {
 // CaptureExport is the NBD export QEMU's write-blocking mirror writes one
 // disk's writes into. Every write, zero and trim becomes a record of the
 // group's spool, in arrival order. It implements nbd.Export, nbd.Writer,
-// nbd.Zeroer, nbd.Trimmer and nbd.Flusher.
+// nbd.Zeroer, nbd.Trimmer, nbd.Flusher and nbd.Authorizer.
+//
+// Who may open it: one group's capture server serves the disks of every VM
+// in the group on one socket, which QEMU's shared group (or root) may
+// connect to; so an export with an owner (SetOwner: the host engine gives
+// each disk its VM's QEMU process) opens to that process alone, known by
+// the kernel's credentials of the connection, and refuses every other
+// process, root tools included. An export without an owner opens to
+// whoever the socket admits: `qcdp capture` and tests, where nothing
+// knows which process will write.
 //
 // It is write-only (no nbd.Reader): the mirror never reads its target, and
 // a capture export holds no disk image to read from: the replica serves
@@ -233,6 +273,7 @@ type CaptureExport struct {
 	seq    *Sequencer
 	disk   string
 	size   int64
+	owner  atomic.Pointer[proc.Process] // nil: any peer the socket admits
 	paused atomic.Bool
 	// refused counts the writes refused since the last one taken: the
 	// first of a run is logged, and the run's count when writes are
@@ -242,6 +283,43 @@ type CaptureExport struct {
 
 // ErrPaused is why a paused capture export refuses writes.
 var ErrPaused = errors.New("shipper: capture paused by the operator")
+
+// ErrNotOwner is why a capture export refuses to open to a peer.
+var ErrNotOwner = errors.New("shipper: peer is not the capture export's owner")
+
+// SetOwner makes owner the only process that may open the export from now
+// on (see CaptureExport). owner is a PID with the start time it had when
+// the caller found it (proc.Lookup), so a process that later gets the PID
+// of an owner that ended is refused. Connections already open keep their
+// export: the caller sets the owner before the owner connects.
+func (e *CaptureExport) SetOwner(owner proc.Process) { e.owner.Store(&owner) }
+
+// Owner returns the export's owner; ok is false when any peer may open it.
+func (e *CaptureExport) Owner() (owner proc.Process, ok bool) {
+	if o := e.owner.Load(); o != nil {
+		return *o, true
+	}
+	return proc.Process{}, false
+}
+
+// Allow implements nbd.Authorizer: without an owner every peer may open
+// the export; with one, only the connection whose kernel credentials name
+// the owner process (same PID, same start time).
+func (e *CaptureExport) Allow(p nbd.Peer) error {
+	o := e.owner.Load()
+	switch {
+	case o == nil:
+		return nil
+	case !p.HasCred:
+		return fmt.Errorf("capture %s: %w %v: the peer's credentials are unknown", e.disk, ErrNotOwner, *o)
+	case p.Cred.PID != o.PID:
+		return fmt.Errorf("capture %s: %w: pid %d (uid %d) is not the owner %v", e.disk, ErrNotOwner, p.Cred.PID, p.Cred.UID, *o)
+	case p.Cred.Start != o.Start:
+		return fmt.Errorf("capture %s: %w: pid %d started at %d, not at the owner's %d: the owner ended and its PID was reused",
+			e.disk, ErrNotOwner, p.Cred.PID, p.Cred.Start, o.Start)
+	}
+	return nil
+}
 
 // SetPaused makes the export refuse (paused) or take (not paused) writes.
 // A refused write is answered EIO at once, so QEMU's job stops and QEMU keeps
@@ -256,6 +334,8 @@ var (
 	_ nbd.Zeroer  = (*CaptureExport)(nil)
 	_ nbd.Trimmer = (*CaptureExport)(nil)
 	_ nbd.Flusher = (*CaptureExport)(nil)
+
+	_ nbd.Authorizer = (*CaptureExport)(nil)
 )
 
 // Disk returns the disk name.
@@ -279,7 +359,7 @@ func (e *CaptureExport) put(r *record.Record) error {
 	}
 	if _, err := e.seq.append(r); err != nil {
 		if e.refused.Add(1) == 1 {
-			e.seq.logger().Error("capture: the spool refuses writes; answering EIO (the mirror stops and QEMU tracks the changes)",
+			e.seq.logger().Error("capture: the spool refuses writes (or the disk is not declared); answering EIO (the mirror stops and QEMU tracks the changes)",
 				"disk", e.disk, "err", err)
 		}
 		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, err)
@@ -335,7 +415,7 @@ func (e *CaptureExport) Trim(ctx context.Context, off, length int64) error {
 // Flush implements nbd.Flusher: it fsyncs the spool, which holds the
 // writes of every disk of the group, so it covers every connection.
 func (e *CaptureExport) Flush(ctx context.Context) error {
-	if err := e.seq.sp.Sync(ctx); err != nil {
+	if err := e.seq.Sync(ctx); err != nil {
 		return fmt.Errorf("capture %s: flush: %w: %w", e.disk, nbd.EIO, err)
 	}
 	return nil

@@ -36,7 +36,10 @@ func newCaptureCommand() *cobra.Command {
 		Short: "serve capture exports into a spool (the NBD target of QEMU's mirror)",
 		Long: `Serves one capture export per disk over NBD until SIGINT or SIGTERM; every write
 is appended to the group's spool in arrival order before it is acknowledged.
-Without a host daemon: for tests, the demo and QEMU set up by hand.`,
+The disks given are declared in the stream as the group's whole membership:
+a replica offers a restore point once every one of them is in sync, and its
+views have the sizes given here. Without a host daemon: for tests, the demo
+and QEMU set up by hand.`,
 		Example: `  qcdp capture --socket /run/qcdp/g1.sock --spool /var/lib/qcdp/spool/g1 --group g1 \
                --disk vda=20G --disk vdb=100G --max-spool 8G --sync-interval 1s`,
 		Args: noArgs,
@@ -76,12 +79,20 @@ func runCapture(ctx context.Context, opts captureOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var members []record.Member
 	for i, name := range opts.disks.names {
 		size, _ := parseSize(opts.disks.values[i]) // checked by the flag
 		if _, err := g.Export(name, size); err != nil {
 			g.Shutdown(context.Background())
 			return usagef("--disk %s: %v", name, err)
 		}
+		members = append(members, record.Member{Disk: name, Size: uint64(size), Target: name})
+	}
+	// The group is these disks: the replica offers a restore point once
+	// every one of them is in sync, and sizes its views as given here.
+	if _, err := g.Sequencer().Declare("", members); err != nil {
+		g.Shutdown(context.Background())
+		return usagef("--disk: %v", err)
 	}
 	fmt.Fprintf(out, "qcdp capture: group %s, disks %s, serving nbd+unix:///DISK?socket=%s, spool %s (from seq %d)\n",
 		opts.group, opts.disks.String(), opts.socket, opts.spoolDir, g.Spool().LastSeq()+1)

@@ -28,7 +28,12 @@ func newHostCommand() *cobra.Command {
 		Long: `The host daemon: protects the VMs its policy names, as they run and as they start,
 and serves the control API that status, attach, detach, pause, resume and
 bookmark use. It runs until SIGINT or SIGTERM; the capture jobs stay in QEMU
-for the next daemon to adopt.`,
+for the next daemon to adopt.
+
+Under systemd (Type=notify) it reports READY=1 and STOPPING=1, and with
+WatchdogSec it sends WATCHDOG=1 only while every group's write path moves:
+a hung daemon is ended by systemd, so it never holds a guest write for
+much longer than WatchdogSec (configs/systemd/qcdp-host.service).`,
 		Example: "  qcdp host --config /etc/qcdp/host.toml   # example: configs/examples/host.toml",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -49,11 +54,28 @@ func runHost(ctx context.Context, opts hostOptions, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	sup, err := protect.NewSupervisor(d, log)
+	if err != nil {
+		return errors.Join(err, d.Close())
+	}
 	apiCtx, stopAPI := context.WithCancel(ctx)
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- ctlapi.Serve(apiCtx, pol.Host.ControlSocket, hostAPI(d)) }()
 	fmt.Fprintf(out, "qcdp host: policy %s, %d group(s), control socket %s\n", opts.config, len(pol.Groups()), pol.Host.ControlSocket)
+	// systemd: READY=1 now that the capture sockets listen; WATCHDOG=1
+	// while the write paths move; STOPPING=1 as soon as ctx ends.
+	if err := sup.Ready(fmt.Sprintf("protecting the VMs of %d group(s)", len(pol.Groups()))); err != nil {
+		log.Warn("systemd: READY=1 not sent", "err", err)
+	}
+	supCtx, stopSup := context.WithCancel(ctx)
+	supDone := make(chan struct{})
+	go func() {
+		defer close(supDone)
+		sup.Run(supCtx)
+	}()
 	runErr := d.Run(ctx)
+	stopSup()
+	<-supDone
 	stopAPI()
 	apiErr := <-apiDone
 	closeErr := d.Close()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
@@ -62,17 +63,21 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 	go func() { served <- d.Serve(serveCtx) }()
 	fmt.Fprintf(out, "qcdp replica: policy %s, %d tenant(s), listening on %s, journals in %s, views on %s, control socket %s\n",
 		opts.config, len(cfg.Tenants), d.Addr(), cfg.StorageRoot, cfg.NBDSocket, cfg.ControlSocket)
+	sdNotify(log, daemon.SdNotifyReady+"\nSTATUS=receiving on "+d.Addr().String())
 	var apiErr, serveErr error
 	select {
 	case <-runCtx.Done():
+		sdNotify(log, daemon.SdNotifyStopping)
 		stopAPI()
 		apiErr = <-apiDone
 		stopServe()
 		serveErr = <-served
 	case apiErr = <-apiDone:
+		sdNotify(log, daemon.SdNotifyStopping)
 		stopServe()
 		serveErr = <-served
 	case serveErr = <-served:
+		sdNotify(log, daemon.SdNotifyStopping)
 		stopAPI()
 		apiErr = <-apiDone
 	}

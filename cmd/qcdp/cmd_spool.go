@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -79,6 +80,11 @@ func runSpoolShow(ctx context.Context, opts spoolShowOptions, out io.Writer) err
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "spool\t%s\n", rep.Dir)
 	fmt.Fprintf(w, "group\t%s\n", rep.Group)
+	if id := rep.Identity; id != nil {
+		fmt.Fprintf(w, "spool id\t%s (created %s, epoch %d)\n", id.ID, time.Unix(0, id.Created).UTC().Format(time.RFC3339), id.Epoch)
+	} else {
+		fmt.Fprintf(w, "spool id\tnone yet (made at its next open)\n")
+	}
 	fmt.Fprintf(w, "segments\t%d (%d bytes)\n", len(rep.Segments), rep.Bytes)
 	if rep.Records > 0 {
 		fmt.Fprintf(w, "seq\t%d..%d (%d records)\n", rep.FirstSeq, rep.LastSeq, rep.Records)

@@ -66,9 +66,15 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 	for _, g := range st.Groups {
 		fmt.Fprintf(out, "group %s: seq %d (acked %d), spool %s of %s, %d NBD writes, %d errors\n",
 			g.Name, g.LastSeq, g.Acked, humanBytes(g.Bytes), humanBytes(g.MaxBytes), g.NBDWrites, g.NBDErrors)
+		if g.State != "" && g.State != "ok" {
+			fmt.Fprintf(out, "  state %s\n", g.State)
+		}
 		if r := g.Replica; r != nil {
 			link := "connected"
-			if !r.Connected {
+			switch {
+			case r.Diverged != "":
+				link = "diverged (" + r.Diverged + ")"
+			case !r.Connected:
 				link = "not connected"
 				if r.LastError != "" {
 					link += " (" + r.LastError + ")"

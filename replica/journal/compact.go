@@ -72,7 +72,7 @@ func (j *Journal) Compact(ctx context.Context, now time.Time) error {
 			return fail(fmt.Errorf("journal: compact: %w", err))
 		}
 	}
-	man := &manifest{gen: plan.old.gen + 1, first: plan.first, nextID: plan.nextID, state: plan.state, layers: plan.refs}
+	man := &manifest{gen: plan.old.gen + 1, first: plan.first, nextID: plan.nextID, state: plan.state.flags, mem: plan.state.mem, layers: plan.refs}
 	if err := vfs.Publish(j.fs, j.path(manifestName), encodeManifest(j.opts.Group, man)); err != nil {
 		// The new manifest may or may not be durable: keep the new files
 		// (Open removes them if it is not) and never reuse their ids.
@@ -117,7 +117,7 @@ func (j *Journal) Compact(ctx context.Context, now time.Time) error {
 	cut := plan.first - j.first
 	j.recs = slices.Clone(j.recs[cut:])
 	j.first = plan.first
-	j.start = cloneState(plan.state)
+	j.start = plan.state.clone()
 	for _, di := range j.index {
 		di.trim(j.first)
 	}
@@ -135,6 +135,8 @@ func (j *Journal) Compact(ctx context.Context, now time.Time) error {
 		delete(j.names, s)
 	}
 	j.marks = slices.Clone(j.marks[m:])
+	m = sort.Search(len(j.mems), func(i int) bool { return j.mems[i].seq >= j.first })
+	j.mems = slices.Clone(j.mems[m:])
 	var obsoleteSegs []*segment
 	for len(j.segs) > 1 && j.segs[0].last < j.first {
 		obsoleteSegs = append(obsoleteSegs, j.segs[0])
@@ -173,7 +175,7 @@ type plan struct {
 	old    *manifest
 	first  uint64 // new first retained seq
 	nextID uint64
-	state  map[string]uint8
+	state  streamState // as of first-1
 	refs   []layerRef
 	reuse  []*layer   // per ref: the old layer kept as it is, or nil
 	srcs   [][]source // per new layer: what it folds, oldest first
@@ -209,7 +211,7 @@ func (j *Journal) planLocked(ret Retention, now time.Time) *plan {
 	}
 	p := &plan{old: j.man, first: first, nextID: j.man.nextID}
 	for _, nl := range layout {
-		ref := layerRef{from: nl.from, to: nl.to, time: j.timeOfLocked(nl.to), kept: keep[nl.to]}
+		ref := layerRef{from: nl.from, to: nl.to, time: j.timeOfLocked(nl.to), kept: keep[nl.to], mem: j.memAtLocked(nl.to)}
 		if c, ok := cmap[nl.to]; ok { // the candidates are all the valid points
 			ref.valid, ref.marker, ref.name = true, c.mk, c.name
 		}
@@ -336,7 +338,7 @@ func (j *Journal) writeLayer(p *plan, i int) error {
 		}
 		for q := s.from + 1; q <= s.to; q++ {
 			e := j.recs[q-j.first]
-			if e.kind == record.Marker || e.length == 0 {
+			if !isWrite(e.kind) || e.length == 0 {
 				continue
 			}
 			it := &item{lo: e.off, hi: e.off + e.length, prio: prio, kind: e.kind, e: e}

@@ -89,7 +89,7 @@ func checkAll(t *testing.T, j *Journal, recs []record.Record, rng *rand.Rand) {
 
 func TestCompactMatchesModel(t *testing.T) {
 	ctx := context.Background()
-	for seed := uint64(1); seed <= 3; seed++ {
+	for seed := uint64(1); seed <= 6; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 11))
 			fs := newFS()
@@ -97,6 +97,9 @@ func TestCompactMatchesModel(t *testing.T) {
 			j := openT(t, fs, func(o *Options) { o.Retention = ret })
 			defer func() { j.Close() }()
 			recs := genStream(rng, 1, 1200, t0)
+			if seed > 3 { // the same, with the membership declared
+				recs = declaredStream(t, rng, genStream(rng, 1, 2400, t0))[:1200]
+			}
 			for k := 0; k < len(recs); k += 200 {
 				appendAll(t, j, rng, recs[k:k+200])
 				if err := j.Compact(ctx, at(uint64(k+200))); err != nil {

@@ -13,8 +13,9 @@
 //
 // # Files
 //
-//	DIR/MANIFEST                          root: layers, first retained seq, stream state (vfs.Publish)
+//	DIR/MANIFEST                          root: layers, first retained seq, stream state, declarations (vfs.Publish)
 //	DIR/ACKED                             the acknowledged mark: the newest seq Append acknowledged
+//	DIR/ORIGIN                            the host spool the records come from (origin.go; vfs.Publish)
 //	DIR/00000000000000000001.seg          a segment, named by its first seq
 //	DIR/00000000000000000001.seg.idx      its index file, written when the segment is sealed
 //	DIR/00000000000000000007.lay          a layer, named by its id
@@ -40,7 +41,9 @@
 // one CRC32C over the whole file; it also says which file size it covers.
 // It is a cache: when it is missing, stale or damaged, Open scans the file
 // (checking every checksum) and writes it again. The manifest ("QCJM") is
-// laid out in manifest.go.
+// laid out in manifest.go: version 1, and version 2 (written only when it
+// names declarations of the group's membership) with a table of them at
+// its end.
 //
 // ACKED is two 512-byte slots, each a mark followed by zeroes:
 //
@@ -57,6 +60,12 @@
 // slot. The newer of two slots that check is the mark. Integers are
 // little-endian. All these layouts are on disk: never change them; a new
 // layout takes a new version.
+//
+// ORIGIN names the spool of the host the journal's records come from (its
+// random id, creation time and newest epoch seen, the host, and the seq at
+// which it was bound), laid out in origin.go with a CRC32C over it. The
+// receiver binds it at the first stream of a spool and refuses every
+// other spool; a journal without it takes the first spool that streams.
 //
 // # Promises
 //
@@ -84,14 +93,49 @@
 // # Restore points
 //
 // A record boundary (the state after seq S) is a restore point when every
-// disk the stream has named has completed its initial sync (its first
-// sync-complete marker; one without a disk counts for every disk seen so
-// far) and no disk is inside a resync bracket (ResyncBegin .. ResyncEnd of
-// that disk). Inside the short-term window every such boundary is one;
+// disk of the group has completed its initial sync (its sync-complete
+// marker; one without a disk counts for every disk of the group) and no
+// disk is inside a resync bracket (ResyncBegin .. ResyncEnd of that disk).
+// The group's disks are those its host declared (see Membership); in a
+// journal whose host had declared none by S, those the stream has named
+// so far. Inside the short-term window every such boundary is one;
 // markers (crash-consistent, app-consistent, bookmarks) are listed by
 // Points. A target (seq, time or bookmark) inside the window that is no
 // restore point is refused with ErrNoPoint naming why; one before the
 // window resolves to the newest long-term point at or before it.
+//
+// # Membership
+//
+// The host declares the group's membership in the stream: a Members record
+// (package record) lists every disk with its exact size and VM, and holds
+// until the next one replaces it whole. Append refuses, whole and before
+// writing anything, records outside it (an error wrapping
+// record.ErrMembership, which the receiver turns into a refusal of the
+// stream): a record of a disk not declared, a range past its disk's
+// declared size. A disk a declaration adds, one back after leaving, or one
+// whose size changed must complete its initial sync again (its writes while
+// it was out were not captured); one that leaves no longer counts for
+// restore points, and views from then on do not show it. A view's disks are
+// those declared at its point, each exactly as large as declared.
+//
+// The declarations are kept where their records are: in the segments
+// (an index entry of a Members record has no disk; its declaration is
+// read, and checked whole, from the record at Open), and, for the
+// boundaries below the window, in the manifest: the declaration in effect
+// at the window's start and at the end of every layer (a folded base layer
+// still knows its disks and their sizes).
+//
+// A journal written before hosts declared (or whose host never does) keeps
+// its old guarantees and limits: its disks are those the stream named,
+// restore points need every one of them in sync (so a disk whose first
+// record is late can be missing from the earliest points), and a view's
+// disk is as large as its highest written byte, rounded up to 512 bytes.
+// Its records are bounded all the same: at most record.MaxGroupDisks disks,
+// no range past record.MaxDiskSize. At the host's first declaration the
+// disks named before keep their sync state. An open journal indexes at
+// most 4096 disk names (those of its retained records and of its state);
+// Append refuses one more, and Open reports a journal naming more (written
+// before the bound: its disk ids wrapped) as corrupt.
 //
 // # Retention and crash safety
 //
@@ -144,8 +188,7 @@
 //
 // # Limits
 //
-// The stream carries no disk sizes: a view's disk is as large as its
-// highest written byte, rounded up to 512 bytes. Folding rewrites only the
+// Folding rewrites only the
 // layers whose range changes, but merging an expired point into the base
 // rewrites the base. A chunk written by very many small, disjoint writes
 // makes a read of its unwritten part walk back through all of them.

@@ -14,34 +14,35 @@ import (
 
 // On-disk constants. Never change.
 const (
-	segMagic      = "QCJS" // a segment: records with consecutive seqs
-	layerMagic    = "QCJL" // a layer (base or long-term delta): records sorted by disk and offset
-	fileVersion   = 1
-	idxMagic      = "QCJI"
-	idxVersion    = 1
-	idxFixedLen   = 28 // magic, version, file kind, reserved, covered size, count, disks, reserved
-	idxEntryLen   = 46
-	manMagic      = "QCJM"
-	manVersion    = 1
-	manifestName  = "MANIFEST"
-	ackedName     = "ACKED"
-	ackedMagic    = "QCJA"
-	ackedVersion  = 1
-	ackedFixed    = 32  // magic, version, group length, reserved, seq, segment, end
-	ackedSlotLen  = 512 // the file is two slots, each in a sector of its own
-	segSuffix     = ".seg"
-	layerSuffix   = ".lay"
-	idxSuffix     = ".idx"
-	tornInfix     = logfile.TornInfix
-	overlayDir    = "overlays"
-	nameDigits    = 20
-	noDisk        = 0xffff
-	idxKindSeg    = 1
-	idxKindLayer  = 2
-	maxIdxDisks   = 4096
-	maxManLayers  = 1 << 16
-	maxManDisks   = 4096
-	maxLayerPoint = record.MaxName
+	segMagic        = "QCJS" // a segment: records with consecutive seqs
+	layerMagic      = "QCJL" // a layer (base or long-term delta): records sorted by disk and offset
+	fileVersion     = 1
+	idxMagic        = "QCJI"
+	idxVersion      = 1
+	idxFixedLen     = 28 // magic, version, file kind, reserved, covered size, count, disks, reserved
+	idxEntryLen     = 46
+	manMagic        = "QCJM"
+	manVersion      = 1
+	manVersionDecls = 2 // a manifest that names declarations (manifest.go)
+	manifestName    = "MANIFEST"
+	ackedName       = "ACKED"
+	ackedMagic      = "QCJA"
+	ackedVersion    = 1
+	ackedFixed      = 32  // magic, version, group length, reserved, seq, segment, end
+	ackedSlotLen    = 512 // the file is two slots, each in a sector of its own
+	segSuffix       = ".seg"
+	layerSuffix     = ".lay"
+	idxSuffix       = ".idx"
+	tornInfix       = logfile.TornInfix
+	overlayDir      = "overlays"
+	nameDigits      = 20
+	noDisk          = 0xffff
+	idxKindSeg      = 1
+	idxKindLayer    = 2
+	maxIdxDisks     = 4096
+	maxManLayers    = 1 << 16
+	maxManDisks     = 4096
+	maxLayerPoint   = record.MaxName
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -87,7 +88,7 @@ type entry struct {
 
 // encodedLen is the record's full encoded length.
 func (e *entry) encodedLen() int64 {
-	if e.kind == record.Data {
+	if e.kind == record.Data || e.kind == record.Members {
 		return int64(e.hlen) + int64(e.length)
 	}
 	return int64(e.hlen)
@@ -114,7 +115,9 @@ type idxFile struct {
 //	+-----------------------------------------------------------------------+
 //	| CRC32C of everything before                                          |
 //
-// The disk table is, per disk, a length byte and the name.
+// The disk table is, per disk, a length byte and the name. The entry of a
+// Members record (segments only) has no disk (0xffff) and its length is
+// that of its declaration, which is read from the record itself.
 func encodeIndex(x *idxFile) []byte {
 	b := make([]byte, 0, idxFixedLen+len(x.entries)*idxEntryLen+64)
 	b = append(b, idxMagic...)
@@ -233,6 +236,11 @@ func decodeIndex(b []byte) (*idxFile, error) {
 		case record.Marker:
 			if e.marker < record.SyncComplete || e.marker > record.ResyncEnd || e.off != 0 || e.length != 0 {
 				return nil, fmt.Errorf("%w: entry %d (seq %d) invalid marker", errIndex, len(x.entries), e.seq)
+			}
+		case record.Members:
+			// Its declaration is read from the record itself.
+			if e.disk != noDisk || e.marker != 0 || e.off != 0 || e.length > record.MaxDeclaration || x.kind != idxKindSeg {
+				return nil, fmt.Errorf("%w: entry %d (seq %d) invalid members record", errIndex, len(x.entries), e.seq)
 			}
 		default:
 			return nil, fmt.Errorf("%w: entry %d (seq %d) kind %d", errIndex, len(x.entries), e.seq, e.kind)

@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"sort"
@@ -122,46 +123,73 @@ func (w *walker) next() (uint64, bool) {
 }
 
 // addLocked indexes r, written at file offset pos. The caller holds mu.
-func (j *Journal) addLocked(r *record.Record, pos int64) {
+func (j *Journal) addLocked(r *record.Record, pos int64) error {
 	e := entry{
 		seq: r.Seq, time: r.Time, off: r.Offset, length: r.Length, pos: pos,
 		disk: noDisk, kind: r.Kind, marker: r.Marker,
 		hlen: uint16(record.FrameLen + record.BodyHeaderLen + len(r.Disk) + len(r.Name)),
 	}
-	j.addEntryLocked(e, r.Disk, r.Name)
+	var m *membership
+	if r.Kind == record.Members {
+		d, err := r.Declaration()
+		if err != nil {
+			return fmt.Errorf("%w: seq %d: %w", ErrCorrupt, r.Seq, err)
+		}
+		m = newMembership(r.Seq, d)
+	}
+	return j.addEntryLocked(e, r.Disk, r.Name, m)
 }
 
-func (j *Journal) diskIDLocked(disk string) uint16 {
+// diskIDLocked returns the id of disk, giving it the next one if it has
+// none. There are at most maxJournalDisks ids: Append refuses records that
+// would need more, so only a journal written before the bound can.
+func (j *Journal) diskIDLocked(disk string) (uint16, error) {
 	id, ok := j.diskID[disk]
 	if !ok {
+		if len(j.disks) >= maxJournalDisks {
+			return 0, fmt.Errorf("%w: disk %q: the journal names more than %d disks", ErrCorrupt, disk, maxJournalDisks)
+		}
 		id = uint16(len(j.disks))
 		j.disks = append(j.disks, disk)
 		j.diskID[disk] = id
 		j.index = append(j.index, newDiskIndex())
 	}
-	return id
+	return id, nil
 }
 
-func (j *Journal) addEntryLocked(e entry, disk, name string) {
+// addEntryLocked adds the record e of disk, with its marker name, to the
+// index and the stream state; m is the declaration of a Members record.
+func (j *Journal) addEntryLocked(e entry, disk, name string, m *membership) error {
 	if disk != "" {
-		e.disk = j.diskIDLocked(disk)
+		id, err := j.diskIDLocked(disk)
+		if err != nil {
+			return fmt.Errorf("seq %d: %w", e.seq, err)
+		}
+		e.disk = id
+	}
+	if e.kind == record.Members && m == nil {
+		return fmt.Errorf("%w: seq %d: a members record without its declaration", ErrCorrupt, e.seq)
 	}
 	j.recs = append(j.recs, e)
 	j.last = e.seq
 	if name != "" {
 		j.names[e.seq] = name
 	}
-	if e.kind == record.Marker {
+	switch {
+	case e.kind == record.Marker:
 		j.marks = append(j.marks, e.seq)
-	} else {
+	case e.kind == record.Members:
+		j.mems = append(j.mems, m)
+	default:
 		j.index[e.disk].add(&e)
 	}
-	if applyState(j.state, &e, disk) {
+	if j.state.apply(&e, disk, m) {
 		j.valid = validState(j.state)
 	}
 	if !j.valid {
 		j.invalid = addSpan(j.invalid, e.seq)
 	}
+	return nil
 }
 
 // span is a run of seqs [from, to].
@@ -181,48 +209,57 @@ func inSpans(s []span, seq uint64) bool {
 	return i < len(s) && s[i].from <= seq
 }
 
-// applyState advances the stream state of the group's disks past e and
-// reports whether it may have changed.
-func applyState(st map[string]uint8, e *entry, disk string) bool {
+// apply advances the stream state past e, a record of disk (m is the
+// declaration of a Members record), and reports whether it may have
+// changed.
+func (st *streamState) apply(e *entry, disk string, m *membership) bool {
+	if e.kind == record.Members {
+		st.declare(m)
+		return true
+	}
 	changed := false
-	if disk != "" {
-		if _, ok := st[disk]; !ok {
-			st[disk] = 0
+	if disk != "" && st.mem == nil {
+		if _, ok := st.flags[disk]; !ok {
+			st.flags[disk] = 0
 			changed = true
 		}
 	}
 	if e.kind != record.Marker {
 		return changed
 	}
+	if _, ok := st.flags[disk]; disk != "" && !ok {
+		return changed // not declared: Append refuses it; nothing to apply
+	}
 	switch e.marker {
 	case record.SyncComplete:
 		if disk == "" {
-			for d := range st {
-				st[d] |= stSynced
+			for d := range st.flags {
+				st.flags[d] |= stSynced
 			}
 		} else {
-			st[disk] |= stSynced
+			st.flags[disk] |= stSynced
 		}
 	case record.ResyncBegin:
 		if disk != "" {
-			st[disk] |= stResync
+			st.flags[disk] |= stResync
 		}
 	case record.ResyncEnd:
 		if disk != "" {
-			st[disk] &^= stResync
+			st.flags[disk] &^= stResync
 		}
 	}
 	return true
 }
 
 // validState says whether the boundary the state describes is a restore
-// point: the group has disks, every one of them has completed its initial
-// sync and none is inside a resync bracket.
-func validState(st map[string]uint8) bool {
-	if len(st) == 0 {
+// point: the group has disks (those it declared, or before it declared
+// any, those the stream named), every one of them has completed its
+// initial sync and none is inside a resync bracket.
+func validState(st streamState) bool {
+	if len(st.flags) == 0 {
 		return false
 	}
-	for _, f := range st {
+	for _, f := range st.flags {
 		if f != stSynced {
 			return false
 		}
@@ -231,28 +268,24 @@ func validState(st map[string]uint8) bool {
 }
 
 // whyInvalid names what keeps the state from being a restore point.
-func whyInvalid(st map[string]uint8) string {
-	if len(st) == 0 {
+func whyInvalid(st streamState) string {
+	if len(st.flags) == 0 {
+		if st.mem != nil {
+			return "the group declares no disk"
+		}
 		return "no disk of the group has been seen yet"
 	}
-	for _, d := range sortedKeys(st) {
-		if st[d]&stResync != 0 {
+	for _, d := range sortedKeys(st.flags) {
+		if st.flags[d]&stResync != 0 {
 			return "disk " + d + " is inside a resync bracket"
 		}
 	}
-	for _, d := range sortedKeys(st) {
-		if st[d]&stSynced == 0 {
+	for _, d := range sortedKeys(st.flags) {
+		if st.flags[d]&stSynced == 0 {
 			return "disk " + d + " has not completed its initial sync"
 		}
 	}
 	return ""
-}
-
-func cloneState(st map[string]uint8) map[string]uint8 {
-	if st == nil {
-		return map[string]uint8{}
-	}
-	return maps.Clone(st)
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -326,6 +326,8 @@ func FuzzIndex(f *testing.F) {
 	x := &idxFile{kind: idxKindSeg, covered: 1000, disks: []string{"vda", "vdb"}, names: map[uint64]string{3: "bm"},
 		entries: []entry{{seq: 1, off: 4096, length: 512, pos: 30, disk: 0, kind: record.Data}, {seq: 2, disk: noDisk, kind: record.Marker, marker: record.CrashConsistent}, {seq: 3, disk: noDisk, kind: record.Marker, marker: record.UserBookmark}}}
 	f.Add(encodeIndex(x))
+	x.entries = append(x.entries, entry{seq: 4, length: 40, pos: 200, disk: noDisk, kind: record.Members})
+	f.Add(encodeIndex(x))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		x, err := decodeIndex(b)
@@ -342,6 +344,10 @@ func FuzzIndex(f *testing.F) {
 func FuzzManifest(f *testing.F) {
 	m := &manifest{gen: 2, first: 11, nextID: 3, state: map[string]uint8{"vda": stSynced},
 		layers: []layerRef{{id: 1, from: 0, to: 5, valid: true}, {id: 2, from: 5, to: 10, kept: true, valid: true, marker: record.UserBookmark, name: "x"}}}
+	f.Add(encodeManifest("g1", m))
+	d1 := newMembership(2, record.Declaration{Disks: []record.Member{{Disk: "vda", Size: 1 << 20, VM: "v", VMName: "web", Target: "vda"}}})
+	d2 := newMembership(7, record.Declaration{})
+	m.mem, m.layers[0].mem, m.layers[1].mem = d2, d1, d2
 	f.Add(encodeManifest("g1", m))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeManifest("g1", b)

@@ -89,14 +89,15 @@ type Journal struct {
 	diskID  map[string]uint16
 	index   []*diskIndex // by disk id
 	names   map[uint64]string
-	start   map[string]uint8 // stream state as of first-1
-	state   map[string]uint8 // stream state as of last
-	valid   bool             // validState(state)
-	invalid []span           // boundaries in [first-1, last] that are no restore point
-	marks   []uint64         // seqs of marker records in [first, last]
-	pins    map[uint64]int   // seqs of open views
-	gen     uint64           // bumped whenever layers change
-	overlay uint64           // counter for overlay file names
+	start   streamState    // stream state as of first-1
+	state   streamState    // stream state as of last
+	valid   bool           // validState(state)
+	invalid []span         // boundaries in [first-1, last] that are no restore point
+	marks   []uint64       // seqs of marker records in [first, last]
+	mems    []*membership  // declarations of the Members records in [first, last]
+	pins    map[uint64]int // seqs of open views
+	gen     uint64         // bumped whenever layers change
+	overlay uint64         // counter for overlay file names
 }
 
 // Open opens (creating if need be) the journal in opts.Dir and recovers it:
@@ -155,8 +156,8 @@ func (j *Journal) recover(ctx context.Context) error {
 		return fmt.Errorf("%w: %s: acknowledged up to seq %d, but the manifest has folded up to seq %d", ErrCorrupt, ackPath, m.seq, man.first-1)
 	}
 	j.first, j.last = man.first, man.first-1
-	j.start = cloneState(man.state)
-	j.state = cloneState(man.state)
+	j.start = streamState{flags: man.state, mem: man.mem}.clone()
+	j.state = j.start.clone()
 	j.valid = validState(j.state)
 	if !validState(j.start) {
 		j.invalid = []span{{man.first - 1, man.first - 1}}
@@ -268,9 +269,15 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool, rule segRu
 		size = min(size, rule.limit)
 	}
 	if !isLast && size == fi.Size() {
-		if x := j.readIndex(path+idxSuffix, idxKindSeg); x != nil && x.covered == fi.Size() && j.useIndex(x, first) {
-			j.segs = append(j.segs, newSegment(path, first, first+uint64(len(x.entries))-1, fi.Size()))
-			return nil
+		if x := j.readIndex(path+idxSuffix, idxKindSeg); x != nil && x.covered == fi.Size() {
+			err := j.useIndex(x, path, first)
+			if err == nil {
+				j.segs = append(j.segs, newSegment(path, first, first+uint64(len(x.entries))-1, fi.Size()))
+				return nil
+			}
+			if !errors.Is(err, errIndex) {
+				return err
+			}
 		}
 	}
 	f, err := j.fs.Open(path)
@@ -290,7 +297,9 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool, rule segRu
 		if r.Seq != j.last+1 {
 			return fmt.Errorf("%w: %s offset %d: seq %d, but the journal ends at %d", ErrCorrupt, path, pos, r.Seq, j.last)
 		}
-		j.addLocked(r, pos)
+		if err := j.addLocked(r, pos); err != nil {
+			return fmt.Errorf("%s offset %d: %w", path, pos, err)
+		}
 		return nil
 	})
 	if err != nil {
@@ -317,19 +326,20 @@ func (j *Journal) loadSegment(name string, first uint64, isLast bool, rule segRu
 }
 
 // useIndex adds the entries of a segment's index file, checking that they
-// continue the journal.
-func (j *Journal) useIndex(x *idxFile, first uint64) bool {
+// continue the journal. It returns errIndex, before it added anything,
+// when the index does not fit: the caller scans the segment instead.
+func (j *Journal) useIndex(x *idxFile, path string, first uint64) (err error) {
 	if len(x.entries) == 0 {
-		return false
+		return errIndex
 	}
 	j.recs = slices.Grow(j.recs, len(x.entries))
 	for i := range x.entries {
 		if x.entries[i].seq != first+uint64(i) {
-			return false
+			return errIndex
 		}
 	}
 	if first > j.last+1 && j.last+1 >= j.first {
-		return false
+		return errIndex
 	}
 	for i := range x.entries {
 		e := x.entries[i]
@@ -337,15 +347,44 @@ func (j *Journal) useIndex(x *idxFile, first uint64) bool {
 			continue
 		}
 		if e.seq != j.last+1 {
-			return false // cannot happen after the check above; be safe
+			return errIndex // cannot happen after the check above; be safe
 		}
 		disk := ""
 		if e.disk != noDisk {
 			disk = x.disks[e.disk]
 		}
-		j.addEntryLocked(e, disk, x.names[e.seq])
+		var m *membership
+		if e.kind == record.Members {
+			// The index holds no declaration: read it from its record.
+			if m, err = j.readMembers(path, &e); err != nil {
+				return err
+			}
+		}
+		if err := j.addEntryLocked(e, disk, x.names[e.seq], m); err != nil {
+			return err
+		}
 	}
-	return true
+	return nil
+}
+
+// readMembers reads the declaration of the Members record e of the file
+// at path, checking the record whole.
+func (j *Journal) readMembers(path string, e *entry) (*membership, error) {
+	f, err := j.fs.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	defer f.Close()
+	r, buf, err := readRecord(f, path, e, "")
+	if err != nil {
+		return nil, err
+	}
+	defer putBuf(buf)
+	d, err := r.Declaration()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s offset %d, seq %d: %w", ErrCorrupt, path, e.pos, e.seq, err)
+	}
+	return newMembership(e.seq, d), nil
 }
 
 func (j *Journal) readIndex(path string, kind byte) *idxFile {
@@ -555,6 +594,8 @@ const writevMin = 64 << 10
 // (ACKED) name the newest of them before it returns: from then on, losing
 // any of them is corruption, never a torn tail. recs must be in seq order
 // with recs[0].Seq == LastSeq()+1, else ErrSeq and nothing is written.
+// They must stay inside the group's membership (see the package doc),
+// else the error wraps record.ErrMembership and nothing is written.
 // Payloads are written before Append returns: the caller may reuse its
 // buffers at once. After a failed write the segment is cut back to its last
 // complete record; if that fails too, or an fsync or the mark's write
@@ -587,6 +628,9 @@ func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
 		if err := r.Validate(); err != nil {
 			return fmt.Errorf("journal: append seq %d: %w", r.Seq, err)
 		}
+	}
+	if err := j.admit(recs); err != nil {
+		return fmt.Errorf("journal: append: %w", err)
 	}
 	var segNew bool
 	for len(recs) > 0 {
@@ -626,12 +670,19 @@ func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
 		}
 		j.mu.Lock()
 		pos := seg.size
+		var aerr error
 		for i := range recs[:n] {
-			j.addLocked(&recs[i], pos)
+			if aerr == nil {
+				// Admitted above: only a record that does not decode again fails.
+				aerr = j.addLocked(&recs[i], pos)
+			}
 			pos += int64(record.EncodedLen(&recs[i]))
 		}
 		seg.size, seg.last = pos, recs[n-1].Seq
 		j.mu.Unlock()
+		if aerr != nil {
+			return j.breakOn(aerr)
+		}
 		recs = recs[n:]
 	}
 	return nil

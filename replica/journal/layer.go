@@ -45,8 +45,8 @@ func (j *Journal) loadLayer(ref layerRef, prev *layer) (*layer, error) {
 		x = &idxFile{kind: idxKindLayer, covered: fi.Size()}
 		ids := map[string]uint16{}
 		_, err = scanFile(f, path, fi.Size(), layerMagic, j.opts.Group, ref.id, false, 0, func(r *record.Record, pos int64) error {
-			if r.Kind == record.Marker {
-				return fmt.Errorf("%w: %s offset %d: a marker in a layer", ErrCorrupt, path, pos)
+			if !isWrite(r.Kind) {
+				return fmt.Errorf("%w: %s offset %d: a %v record in a layer", ErrCorrupt, path, pos, r.Kind)
 			}
 			id, ok := ids[r.Disk]
 			if !ok {
@@ -67,7 +67,7 @@ func (j *Journal) loadLayer(ref layerRef, prev *layer) (*layer, error) {
 		}
 	}
 	for i, e := range x.entries {
-		if e.kind == record.Marker || e.disk == noDisk {
+		if !isWrite(e.kind) || e.disk == noDisk {
 			return nil, fmt.Errorf("%w: %s: index entry %d is no data", ErrCorrupt, path, i)
 		}
 		d := x.disks[e.disk]

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
@@ -27,8 +29,9 @@ type layerRef struct {
 	time   int64 // capture time of seq to
 	marker record.MarkerKind
 	name   string
-	kept   bool // a long-term restore point (else only a fold boundary)
-	valid  bool // seq to is a valid restore point
+	kept   bool        // a long-term restore point (else only a fold boundary)
+	valid  bool        // seq to is a valid restore point
+	mem    *membership // the declaration in effect at seq to; nil for none
 }
 
 // manifest is the journal's durable root, replaced whole with vfs.Publish.
@@ -37,13 +40,48 @@ type layerRef struct {
 //	seq (8), next layer id (8), group, disk count (2), per disk: name length
 //	(1), name, flags (1); layer count (4), per layer: id, from, to, time (8
 //	each), marker (1), flags (1: 1 kept, 2 valid), name length (1), name;
-//	CRC32C of everything before (4).
+//	[version 2 only: declaration count (2), per declaration: seq (8),
+//	length (4), the declaration (record.AppendDeclaration); the declaration
+//	in effect at seq first-1 (2); per layer, the one in effect at its seq
+//	to (2)]; CRC32C of everything before (4).
+//
+// A declaration is named by its place in the table plus one, 0 for none.
+// The table lists each declaration once, by ascending seq, and only those
+// named. A manifest with no declaration to name is written as version 1,
+// as before declarations existed.
 type manifest struct {
 	gen    uint64
 	first  uint64 // records below first live in the layers
 	nextID uint64
 	state  map[string]uint8 // stream state as of seq first-1
+	mem    *membership      // the declaration in effect at seq first-1; nil for none
 	layers []layerRef       // oldest (the base) first
+}
+
+// manDecls returns the declarations the manifest names, by ascending seq,
+// and each one's number (place plus one).
+func (m *manifest) manDecls() ([]*membership, map[uint64]uint16) {
+	bySeq := map[uint64]*membership{}
+	for _, x := range append([]*membership{m.mem}, refMems(m.layers)...) {
+		if x != nil {
+			bySeq[x.seq] = x
+		}
+	}
+	seqs := slices.Sorted(maps.Keys(bySeq))
+	out := make([]*membership, len(seqs))
+	num := map[uint64]uint16{}
+	for i, s := range seqs {
+		out[i], num[s] = bySeq[s], uint16(i+1)
+	}
+	return out, num
+}
+
+func refMems(ls []layerRef) []*membership {
+	out := make([]*membership, len(ls))
+	for i := range ls {
+		out[i] = ls[i].mem
+	}
+	return out
 }
 
 func layerFile(id uint64) string { return fmt.Sprintf("%0*d%s", nameDigits, id, layerSuffix) }
@@ -64,8 +102,13 @@ func cutSuffix(s, suf string) (string, bool) {
 }
 
 func encodeManifest(group string, m *manifest) []byte {
+	decls, num := m.manDecls()
+	version := uint16(manVersion)
+	if len(decls) > 0 {
+		version = manVersionDecls
+	}
 	b := []byte(manMagic)
-	b = binary.LittleEndian.AppendUint16(b, manVersion)
+	b = binary.LittleEndian.AppendUint16(b, version)
 	b = append(b, byte(len(group)), 0)
 	b = binary.LittleEndian.AppendUint64(b, m.gen)
 	b = binary.LittleEndian.AppendUint64(b, m.first)
@@ -94,6 +137,25 @@ func encodeManifest(group string, m *manifest) []byte {
 		b = append(b, byte(l.marker), fl, byte(len(l.name)))
 		b = append(b, l.name...)
 	}
+	if len(decls) > 0 {
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(decls)))
+		for _, d := range decls {
+			p := record.AppendDeclaration(nil, d.decl)
+			b = binary.LittleEndian.AppendUint64(b, d.seq)
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(p)))
+			b = append(b, p...)
+		}
+		ref := func(x *membership) uint16 {
+			if x == nil {
+				return 0
+			}
+			return num[x.seq]
+		}
+		b = binary.LittleEndian.AppendUint16(b, ref(m.mem))
+		for _, l := range m.layers {
+			b = binary.LittleEndian.AppendUint16(b, ref(l.mem))
+		}
+	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
@@ -107,7 +169,8 @@ func decodeManifest(group string, b []byte) (*manifest, error) {
 	if crc32.Checksum(body, castagnoli) != binary.LittleEndian.Uint32(b[len(b)-4:]) {
 		return nil, fmt.Errorf("%w: checksum", errManifest)
 	}
-	if string(b[:4]) != manMagic || binary.LittleEndian.Uint16(b[4:]) != manVersion || b[7] != 0 {
+	version := binary.LittleEndian.Uint16(b[4:])
+	if string(b[:4]) != manMagic || version != manVersion && version != manVersionDecls || b[7] != 0 {
 		return nil, fmt.Errorf("%w: magic or version", errManifest)
 	}
 	m := &manifest{
@@ -181,6 +244,11 @@ func decodeManifest(group string, b []byte) (*manifest, error) {
 		}
 		m.layers = append(m.layers, l)
 	}
+	if version == manVersionDecls {
+		if err := decodeManDecls(m, body, &p); err != nil {
+			return nil, err
+		}
+	}
 	if p != len(body) {
 		return nil, fmt.Errorf("%w: %d trailing bytes", errManifest, len(body)-p)
 	}
@@ -188,6 +256,75 @@ func decodeManifest(group string, b []byte) (*manifest, error) {
 		return nil, fmt.Errorf("%w: first retained seq %d does not follow the layers", errManifest, m.first)
 	}
 	return m, nil
+}
+
+// decodeManDecls reads the declarations of a version 2 manifest from
+// body[*p:]: the table, then which one is in effect at first-1 and at the
+// end of each layer. The table must be what encodeManifest writes: not
+// empty, ascending seqs, each declaration named, none after the seq it is
+// named for.
+func decodeManDecls(m *manifest, body []byte, p *int) error {
+	short := func(n int) bool { return *p+n > len(body) }
+	if short(2) {
+		return fmt.Errorf("%w: cut short", errManifest)
+	}
+	nd := int(binary.LittleEndian.Uint16(body[*p:]))
+	*p += 2
+	if nd == 0 || nd > len(m.layers)+1 {
+		return fmt.Errorf("%w: %d declarations for %d layers", errManifest, nd, len(m.layers))
+	}
+	table := make([]*membership, 0, nd)
+	for range nd {
+		if short(12) {
+			return fmt.Errorf("%w: cut short", errManifest)
+		}
+		seq := binary.LittleEndian.Uint64(body[*p:])
+		n := int(binary.LittleEndian.Uint32(body[*p+8:]))
+		*p += 12
+		if n > record.MaxDeclaration || short(n) {
+			return fmt.Errorf("%w: declaration of %d bytes", errManifest, n)
+		}
+		d, err := record.DecodeDeclaration(body[*p : *p+n])
+		if err != nil {
+			return fmt.Errorf("%w: declaration of seq %d: %w", errManifest, seq, err)
+		}
+		*p += n
+		if k := len(table); k > 0 && table[k-1].seq >= seq {
+			return fmt.Errorf("%w: declarations out of order at seq %d", errManifest, seq)
+		}
+		table = append(table, newMembership(seq, d))
+	}
+	named := make([]bool, nd)
+	ref := func(at uint64) (*membership, error) {
+		if short(2) {
+			return nil, fmt.Errorf("%w: cut short", errManifest)
+		}
+		i := int(binary.LittleEndian.Uint16(body[*p:]))
+		*p += 2
+		if i == 0 {
+			return nil, nil
+		}
+		if i > nd || table[i-1].seq > at {
+			return nil, fmt.Errorf("%w: declaration %d named for seq %d", errManifest, i, at)
+		}
+		named[i-1] = true
+		return table[i-1], nil
+	}
+	var err error
+	if m.mem, err = ref(m.first - 1); err != nil {
+		return err
+	}
+	for i := range m.layers {
+		if m.layers[i].mem, err = ref(m.layers[i].to); err != nil {
+			return err
+		}
+	}
+	for i, ok := range named {
+		if !ok {
+			return fmt.Errorf("%w: declaration of seq %d is named by nothing", errManifest, table[i].seq)
+		}
+	}
+	return nil
 }
 
 // readManifest returns the group's manifest, or an empty one when the

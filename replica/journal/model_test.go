@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/qcdp/qcdp/nbd"
@@ -32,6 +33,9 @@ type model struct {
 	seen   map[string]bool
 	synced map[string]bool
 	resync map[string]bool
+	// declared is the group's declared disks (each modelDisk bytes), nil
+	// until a Members record: then they, not seen, are the group's disks.
+	declared map[string]bool
 }
 
 func newModel() *model {
@@ -48,6 +52,23 @@ func (m *model) apply(r *record.Record) {
 	}
 	d, a := m.data[r.Disk], m.alloc[r.Disk]
 	switch r.Kind {
+	case record.Members:
+		decl, _ := r.Declaration()
+		next := map[string]bool{}
+		for _, x := range decl.Disks {
+			next[x.Disk] = true
+			if m.declared != nil && !m.declared[x.Disk] {
+				// Back after leaving, or new: it must sync again.
+				delete(m.synced, x.Disk)
+				delete(m.resync, x.Disk)
+			}
+		}
+		for disk := range m.resync {
+			if !next[disk] {
+				delete(m.resync, disk)
+			}
+		}
+		m.declared = next
 	case record.Data:
 		copy(d[r.Offset:], r.Payload)
 		for i := r.Offset; i < r.Offset+r.Length; i++ {
@@ -74,10 +95,14 @@ func (m *model) apply(r *record.Record) {
 }
 
 func (m *model) valid() bool {
-	if len(m.seen) == 0 || len(m.resync) > 0 {
+	disks := m.seen
+	if m.declared != nil {
+		disks = m.declared
+	}
+	if len(disks) == 0 || len(m.resync) > 0 {
 		return false
 	}
-	for d := range m.seen {
+	for d := range disks {
 		if !m.synced[d] {
 			return false
 		}
@@ -86,14 +111,18 @@ func (m *model) valid() bool {
 }
 
 type snap struct {
-	valid bool
-	data  map[string][]byte
-	alloc map[string][]byte
-	time  int64
+	valid    bool
+	data     map[string][]byte
+	alloc    map[string][]byte
+	time     int64
+	declared []string // the declared disks, sorted; nil before any declaration
 }
 
 func (m *model) snap(t int64) snap {
 	s := snap{valid: m.valid(), data: map[string][]byte{}, alloc: map[string][]byte{}, time: t}
+	if m.declared != nil {
+		s.declared = append(sortedKeys(m.declared), []string{}...)
+	}
 	for d := range m.data {
 		s.data[d] = bytes.Clone(m.data[d])
 		s.alloc[d] = bytes.Clone(m.alloc[d])
@@ -166,6 +195,46 @@ func genStream(rng *rand.Rand, first uint64, n int, t0 int64) []record.Record {
 	return out
 }
 
+// declaredStream is genStream's records with the group's membership
+// declared: both disks at first, then vdb leaving and coming back now and
+// then (its records dropped while it is out, its initial sync again after
+// it is back). Seqs and times are made consecutive again.
+func declaredStream(t testing.TB, rng *rand.Rand, recs []record.Record) []record.Record {
+	decl := func(disks ...string) record.Record {
+		var d record.Declaration
+		for _, x := range disks {
+			d.Disks = append(d.Disks, record.Member{Disk: x, Size: modelDisk, VM: "vm", Target: x})
+		}
+		r, err := record.MembersRecord(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	out := []record.Record{decl(modelDisks...)}
+	in, owed := true, false
+	for _, r := range recs {
+		switch x := rng.IntN(100); {
+		case x < 2 && in:
+			out, in, owed = append(out, decl("vda")), false, false
+		case x < 2:
+			out, in, owed = append(out, decl(modelDisks...)), true, true
+		case x < 8 && owed:
+			out, owed = append(out, record.Record{Kind: record.Marker, Marker: record.SyncComplete, Disk: "vdb"}), false
+		}
+		if r.Disk == "vdb" && !in {
+			continue
+		}
+		out = append(out, r)
+	}
+	first, t0 := recs[0].Seq, recs[0].Time-int64(recs[0].Seq)*1e9
+	for i := range out {
+		out[i].Seq = first + uint64(i)
+		out[i].Time = t0 + int64(out[i].Seq)*1e9
+	}
+	return out
+}
+
 // appendAll appends recs in batches of random size.
 func appendAll(t testing.TB, j *Journal, rng *rand.Rand, recs []record.Record) {
 	t.Helper()
@@ -196,7 +265,29 @@ func checkView(t testing.TB, j *Journal, seq uint64, want snap) {
 	if v.Point().Seq != seq {
 		t.Fatalf("View(seq %d) shows seq %d", seq, v.Point().Seq)
 	}
+	if want.declared != nil {
+		if got := v.Disks(); !slices.Equal(got, want.declared) {
+			t.Fatalf("View(seq %d): disks %v, declared %v", seq, got, want.declared)
+		}
+	}
 	for _, disk := range modelDisks {
+		if want.declared != nil {
+			d, err := v.Disk(disk)
+			if !slices.Contains(want.declared, disk) {
+				if !errors.Is(err, ErrNoDisk) {
+					t.Fatalf("seq %d: disk %s, not declared: %v", seq, disk, err)
+				}
+				continue
+			}
+			if err != nil || d.Size() != modelDisk {
+				t.Fatalf("seq %d: disk %s: %v, want its declared %d bytes", seq, disk, err, modelDisk)
+			}
+			if want.data[disk] == nil {
+				want.data[disk], want.alloc[disk] = make([]byte, modelDisk), make([]byte, modelDisk)
+			}
+			checkExport(t, fmt.Sprintf("seq %d disk %s", seq, disk), d, want.data[disk], want.alloc[disk])
+			continue
+		}
 		wd, wa := want.data[disk], want.alloc[disk]
 		d, err := v.Disk(disk)
 		if wd == nil || bytes.Count(wa, []byte{mUnwritten}) == len(wa) {
@@ -278,10 +369,13 @@ func firstDiff(a, b []byte) int {
 }
 
 func TestViewsMatchModel(t *testing.T) {
-	for seed := uint64(1); seed <= 4; seed++ {
+	for seed := uint64(1); seed <= 8; seed++ {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 7))
 			recs := genStream(rng, 1, 400, 1e18)
+			if seed > 4 { // the same, with the membership declared
+				recs = declaredStream(t, rng, recs)
+			}
 			fs := newFS()
 			j := openT(t, fs)
 			defer j.Close()

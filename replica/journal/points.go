@@ -175,15 +175,15 @@ func (j *Journal) checkSeqLocked(s uint64, t Target) (uint64, error) {
 }
 
 // stateAtLocked replays the stream state from the window's start to seq s.
-func (j *Journal) stateAtLocked(s uint64) map[string]uint8 {
-	st := cloneState(j.start)
+func (j *Journal) stateAtLocked(s uint64) streamState {
+	st := j.start.clone()
 	for q := j.first; q <= s && q <= j.last; q++ {
 		e := &j.recs[q-j.first]
 		d := ""
 		if e.disk != noDisk {
 			d = j.disks[e.disk]
 		}
-		applyState(st, e, d)
+		st.apply(e, d, j.memOfLocked(q))
 	}
 	return st
 }

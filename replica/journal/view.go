@@ -19,6 +19,7 @@ import (
 type View struct {
 	j      *Journal
 	point  Point
+	mem    *membership // the declaration in effect at the point; nil for none
 	mu     sync.Mutex
 	closed bool
 	ovs    []*Overlay
@@ -48,7 +49,7 @@ func (j *Journal) View(ctx context.Context, at Target) (*View, error) {
 			p.Kind, p.Name, p.LongTerm = l.ref.marker, l.ref.name, true
 		}
 	}
-	return &View{j: j, point: p}, nil
+	return &View{j: j, point: p, mem: j.memAtLocked(s)}, nil
 }
 
 // Point returns the restore point the view shows.
@@ -93,8 +94,17 @@ func (v *View) layersLocked() (int, error) {
 	return n, nil
 }
 
-// Disks returns the names of the disks the view has data for, sorted.
+// Disks returns the names of the view's disks, sorted: those the group
+// declared, or for a group that had declared none by the view's point,
+// those it has data for.
 func (v *View) Disks() []string {
+	if v.mem != nil {
+		names := make([]string, len(v.mem.decl.Disks))
+		for i, d := range v.mem.decl.Disks {
+			names[i] = d.Disk
+		}
+		return names
+	}
 	j := v.j
 	j.mu.RLock()
 	defer j.mu.RUnlock()
@@ -120,10 +130,15 @@ func (j *Journal) disksLocked() []string {
 	return sortedKeys(set)
 }
 
-// sizeLocked is the disk's size as the view shows it: the end of the
-// highest byte written at or before the view's point, in 512-byte sectors.
-// The stream does not carry disk sizes.
+// sizeLocked is the disk's size as the view shows it: its declared size,
+// 0 for a disk not declared; or, for a group that had declared nothing by
+// the view's point, the end of the highest byte written at or before it,
+// in 512-byte sectors.
 func (v *View) sizeLocked(disk string) int64 {
+	if v.mem != nil {
+		size, _ := v.mem.size(disk)
+		return int64(size) // at most record.MaxDiskSize
+	}
 	j, s := v.j, v.point.Seq
 	var end uint64
 	n := sort.Search(len(j.layers), func(i int) bool { return j.layers[i].ref.to > s })

@@ -29,11 +29,69 @@
 // reconnect is served at once instead of waiting for the dead connection
 // to time out.
 //
+// # One spool per journal
+//
+// A Hello names the host spool its records come from (stream.SpoolID: a
+// random id, its creation time and an epoch the spool bumps at every open)
+// and the seq up to which that spool vouches for what it ever held (its
+// intact seq). The journal records the spool it is bound to in its ORIGIN
+// file (journal.Origin, written with vfs.Publish): the first spool that
+// streams into a journal is bound to it, and a newer epoch of that spool
+// is noted. Before the Welcome, a Hello is refused with CodeDiverged when
+//
+//   - it names another spool: the host's spool directory was lost or
+//     recreated (the new spool starts again at seq 1), or another host
+//     protects a group of the same name;
+//   - it names an older epoch of the bound spool: a copy of the spool
+//     directory, restored or cloned;
+//   - the journal holds more than the spool's last seq, or more than its
+//     intact seq: the spool lost records it had sent (a host crash before
+//     their fsync) and will write other records under their seqs.
+//
+// It is refused at every seq, also once the spool's last seq passes the
+// journal's: the records of two spools are never spliced into one journal
+// (invariants 2 and 3). While the bound spool is streaming, another
+// spool's connection is refused before it claims the group, so it cannot
+// displace the bound one. The newest refusal of each group is kept for
+// its status (Refused, and the replica's group info); the host's status
+// shows the stream as diverged with the same reason, and its spool keeps
+// every record (nothing is acknowledged to it).
+//
+// A journal written before spools had an identity has no ORIGIN: the first
+// spool that vouches for everything the journal holds is bound (the
+// host's own spool, which got its identity when it was opened); a new
+// spool, which vouches for nothing, is refused.
+//
+// The way out for an operator, until the hash-comparison resync heals a
+// diverged group by itself:
+//
+//   - Another host uses the same group name: give one of the groups
+//     another name in its host's policy (and allow it in the replica's).
+//   - The host's spool is gone (lost directory, host reinstalled, a crash
+//     lost sent records) and the journal's history is to be kept but
+//     closed: stop the replica daemon, move the group's journal directory
+//     <storage root>/<tenant>/<group> out of the storage root (it can still
+//     be opened for restores from there), and start the daemon again. The
+//     host's spool then starts a new journal; detach and attach the
+//     group's disks on the host (qcdp detach, qcdp attach) so that new
+//     capture jobs copy them whole: the new journal offers no restore
+//     point before every disk's initial sync.
+//   - The ORIGIN file is damaged (the group's streams are refused as
+//     unavailable and its info names the error): remove it; the bound
+//     spool, which vouches for all the journal holds, is bound again at its
+//     next stream, and any other is still refused.
+//
 // # Receiving
 //
 // Each batch is checked (checksums, consecutive seqs), trimmed of records
 // at or below the journal's durable seq (a resend after a reconnect), and
-// refused if it would leave a gap (CodeProtocol). Batches that have already
+// refused if it would leave a gap (CodeProtocol). Records outside the
+// group's declared membership (a disk the host did not declare, a range
+// past its disk's declared size, more disks than record.MaxGroupDisks for
+// a group that declared none) are refused by the journal whole, before it
+// writes any of them (record.ErrMembership): the stream is refused with
+// CodeProtocol naming the record, nothing of what was pending is stored,
+// and the journal goes on with the next session. Batches that have already
 // arrived are appended together (one fsync for several batches), then one
 // Ack names the new durable seq. A Ping is answered by an Ack too. A
 // connection silent for longer than IdleTimeout is closed.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -124,11 +125,15 @@ groups = ["payroll"]
 	return r
 }
 
-// client is a host speaking the protocol by hand.
+// client is a host speaking the protocol by hand, from one spool.
 type client struct {
-	c  *tls.Conn
-	fr *stream.Reader
+	c     *tls.Conn
+	fr    *stream.Reader
+	spool stream.SpoolID
 }
+
+// testSpool is the spool the clients stream from unless a test says.
+var testSpool = stream.SpoolID{ID: [16]byte{0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 1, 2, 3, 4, 5, 6, 7, 8}, Created: 1700000000000000000, Epoch: 1}
 
 func dial(t testing.TB, r *replica, cfg *tls.Config) (*client, error) {
 	c, err := tls.Dial("tcp", r.addr, cfg)
@@ -137,13 +142,17 @@ func dial(t testing.TB, r *replica, cfg *tls.Config) (*client, error) {
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	return &client{c: c, fr: stream.NewReader(bufio.NewReader(c))}, nil
+	return &client{c: c, fr: stream.NewReader(bufio.NewReader(c)), spool: testSpool}, nil
 }
 
-// hello sends a Hello and returns the answer: the durable seq or the
-// refusal.
+// hello sends a Hello from a spool that vouches for all it holds and
+// returns the answer: the durable seq or the refusal.
 func (c *client) hello(group string, last uint64) (uint64, error) {
-	b, err := stream.AppendHello(nil, stream.HelloMsg{Group: group, Host: "h", LastSeq: last})
+	return c.helloIntact(group, last, last)
+}
+
+func (c *client) helloIntact(group string, last, intact uint64) (uint64, error) {
+	b, err := stream.AppendHello(nil, stream.HelloMsg{Group: group, Host: "h", LastSeq: last, Spool: c.spool, Intact: intact})
 	if err != nil {
 		return 0, err
 	}
@@ -166,7 +175,11 @@ func (c *client) answer() (uint64, error) {
 		}
 		return 0, re
 	case stream.Welcome:
-		return stream.DecodeWelcome(f)
+		w, err := stream.DecodeWelcome(f)
+		if err == nil && (w.Spool != c.spool.ID || w.Epoch != c.spool.Epoch) {
+			err = fmt.Errorf("welcomed as spool %x epoch %d, not %s epoch %d", w.Spool, w.Epoch, c.spool, c.spool.Epoch)
+		}
+		return w.Durable, err
 	case stream.Ack:
 		return stream.DecodeAck(f)
 	}
@@ -221,20 +234,31 @@ func TestStreamAndResume(t *testing.T) {
 	refusal(t, func() error { _, err := c.answer(); return err }(), stream.CodeProtocol)
 }
 
+// A host of another protocol version is refused with a message naming
+// both: an old host (stream v1, whose Hello names no spool) and a newer one.
 func TestUnknownVersionRefused(t *testing.T) {
 	r := start(t)
-	c, err := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := stream.AppendHello(nil, stream.HelloMsg{Group: "web", Host: "h"})
-	b[9] = 7 // version
-	streamtest.Reseal(b)
-	c.c.Write(b)
-	_, err = c.answer()
-	re := refusal(t, err, stream.CodeVersion)
-	if re.Message != "replica speaks stream v1, host sent v7" {
-		t.Fatalf("message %q", re.Message)
+	for _, v := range []byte{1, 7} {
+		c, err := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b []byte
+		if v == 1 {
+			// A v1 Hello: last seq, name lengths, group, host.
+			b = append(make([]byte, stream.HeaderLen), 9, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 'w', 'e', 'b', 'h')
+			b[8] = byte(stream.Hello)
+		} else {
+			b, _ = stream.AppendHello(nil, stream.HelloMsg{Group: "web", Host: "h", Spool: testSpool})
+		}
+		b[9] = v // version
+		streamtest.Reseal(b)
+		c.c.Write(b)
+		_, err = c.answer()
+		re := refusal(t, err, stream.CodeVersion)
+		if want := fmt.Sprintf("replica speaks stream v2, host sent v%d", v); re.Message != want {
+			t.Fatalf("message %q, want %q", re.Message, want)
+		}
 	}
 }
 

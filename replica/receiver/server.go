@@ -13,6 +13,7 @@ import (
 
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/replica/journal"
 	"github.com/qcdp/qcdp/stream"
 )
 
@@ -28,6 +29,10 @@ type Journal interface {
 	// Append makes recs durable; recs[0].Seq must be LastSeq()+1.
 	Append(ctx context.Context, recs []record.Record) error
 	LastSeq() uint64
+	// Origin returns the spool the journal is bound to (ok false: none
+	// yet); BindOrigin durably records it.
+	Origin() (o journal.Origin, ok bool, err error)
+	BindOrigin(o journal.Origin) error
 	Close() error
 }
 
@@ -89,6 +94,10 @@ type groupState struct {
 	lastTime  int64
 	clock     ClockReport
 	published ClockReport // a copy of clock for Clock (srv.mu)
+	// bound is the spool the journal is known to be bound to (nil: not
+	// known yet), refused the newest Hello refused as diverged (srv.mu).
+	bound   *journal.Origin
+	refused *Refusal
 }
 
 // MaxClockAhead is how far a host's capture times may run ahead of the

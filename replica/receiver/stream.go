@@ -17,6 +17,11 @@ import (
 // host with the durable seq, then appends batches and acknowledges them.
 func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.Reader, id stream.Identity, hello stream.HelloMsg, log *slog.Logger) {
 	key := groupKey{id.Tenant, hello.Group}
+	log = log.With("spool", hello.Spool, "epoch", hello.Spool.Epoch)
+	if err := srv.foreign(key, hello); err != nil {
+		srv.refuseDiverged(c, key, nil, hello, id, err, log)
+		return
+	}
 	gs, ok := srv.claim(key, s)
 	if !ok {
 		return
@@ -36,15 +41,20 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 		}
 	}
 	durable := gs.j.LastSeq()
-	if durable > hello.LastSeq {
-		msg := fmt.Sprintf("replica holds group %q up to seq %d, the host only up to %d: the host's spool was lost or belongs to another host; resync needed",
-			hello.Group, durable, hello.LastSeq)
-		log.Error("receiver: refused", "code", stream.CodeDiverged, "err", msg)
-		refuse(c, stream.CodeDiverged, msg)
+	origin, aerr := admit(gs.j, hello, id.Host)
+	var de *divergedError
+	switch {
+	case errors.As(aerr, &de):
+		srv.refuseDiverged(c, key, gs, hello, id, aerr, log)
+		return
+	case aerr != nil:
+		log.Error("receiver: the journal's spool identity", "err", aerr)
+		refuse(c, stream.CodeUnavailable, fmt.Sprintf("replica cannot read or record which spool feeds group %q", hello.Group))
 		return
 	}
+	srv.noteOrigin(gs, &origin, nil)
 	c.SetDeadline(time.Time{})
-	if err := srv.write(c, stream.AppendWelcome(nil, durable)); err != nil {
+	if err := srv.write(c, stream.AppendWelcome(nil, stream.WelcomeMsg{Durable: durable, Spool: hello.Spool.ID, Epoch: hello.Spool.Epoch})); err != nil {
 		log.Warn("receiver: welcome", "err", err)
 		return
 	}
@@ -88,6 +98,22 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 }
 
 var errJournal = errors.New("receiver: journal append failed")
+
+// refuseDiverged refuses a Hello whose spool may not stream into the
+// group's journal, logs it, and keeps it for the group's status. gs is nil
+// when the group was not claimed.
+func (srv *Server) refuseDiverged(c net.Conn, key groupKey, gs *groupState, hello stream.HelloMsg, id stream.Identity, err error, log *slog.Logger) {
+	log.Error("receiver: refused", "code", stream.CodeDiverged, "err", err)
+	if gs == nil {
+		srv.mu.Lock()
+		gs = srv.groups[key]
+		srv.mu.Unlock()
+	}
+	if gs != nil {
+		srv.noteOrigin(gs, nil, srv.refusal(hello, id.Host, err))
+	}
+	refuse(c, stream.CodeDiverged, err.Error())
+}
 
 func (srv *Server) write(c net.Conn, b []byte) error {
 	c.SetWriteDeadline(time.Now().Add(srv.IdleTimeout))
@@ -198,7 +224,11 @@ func (r *receiving) batch(f stream.Frame) error {
 func (r *receiving) flush() error {
 	if len(r.pending) > 0 {
 		first, last := r.pending[0].Seq, r.pending[len(r.pending)-1].Seq
-		if err := r.gs.j.Append(r.srv.baseCtx, r.pending); err != nil {
+		if err := r.gs.j.Append(r.srv.baseCtx, r.pending); errors.Is(err, record.ErrMembership) {
+			// Refused whole before anything was written: the host broke
+			// the rules of its own declared membership. The journal is fine.
+			return fmt.Errorf("%w: seqs %d..%d refused, nothing stored: %w", stream.ErrProtocol, first, last, err)
+		} else if err != nil {
 			return fmt.Errorf("%w: seqs %d..%d: %w", errJournal, first, last, err)
 		}
 	}

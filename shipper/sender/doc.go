@@ -13,6 +13,21 @@
 // order from there, so there is never a gap. It does not own the spool,
 // the sequencer, or what the replica does with the records.
 //
+// # Spool identity
+//
+// The Hello names the spool (its id, creation time and epoch) and the seq
+// up to which it vouches for its records (spool.Intact). An Ack
+// acknowledges what this session sent (an Ack past it is ErrAckBeyond).
+// A Welcome's durable seq acknowledges records this session has not sent,
+// so it is taken only when it holds the records of this very spool: the
+// Welcome must name the spool and epoch of the Hello, and the durable seq
+// may be past neither the spool's last seq nor its intact seq (else
+// ErrDiverged). Before anything is sent the spool records that it was
+// welcomed (spool.Welcomed). A refusal as diverged (stream.CodeDiverged:
+// another spool's journal, an older copy of this spool, or records this
+// spool lost) is kept in Stats.Diverged until a session is welcomed; the
+// sender retries, and nothing is acknowledged meanwhile.
+//
 // # RPO
 //
 // Stats.RPO is DESIGN.md's: now minus the capture time of the oldest

@@ -78,6 +78,9 @@ func (c checkedJournal) Append(ctx context.Context, recs []record.Record) error 
 	s := c.site
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.afterAppend != nil {
+		defer s.afterAppend()
+	}
 	for _, r := range recs {
 		if r.Seq != s.applied+1 {
 			s.t.Errorf("journal got seq %d after %d", r.Seq, s.applied)
@@ -114,6 +117,9 @@ type site struct {
 
 	mu      sync.Mutex
 	applied uint64
+	// afterAppend, when set, runs after each journal append, before its
+	// Ack is sent (with mu held).
+	afterAppend func()
 }
 
 func newSite(t testing.TB, size int) *site {

@@ -19,9 +19,12 @@ import (
 
 // Errors.
 var (
-	// ErrDiverged: the replica holds records the spool does not (the
-	// spool was lost or recreated); the group needs a resync.
-	ErrDiverged = errors.New("sender: replica ahead of the spool")
+	// ErrDiverged: the replica holds records the spool does not have, or
+	// records of another spool (the spool was lost or recreated, another
+	// host uses the same group name, or the spool lost records in a
+	// crash); the group needs a resync. A refusal with
+	// stream.CodeDiverged says the same from the replica's side.
+	ErrDiverged = errors.New("sender: replica and spool diverged")
 	// ErrAckBeyond: the replica acknowledged a seq never sent.
 	ErrAckBeyond = errors.New("sender: ack beyond what was sent")
 )
@@ -81,6 +84,12 @@ type Stats struct {
 	Zeroes     int64         `json:"zero_payloads"` // all-zero Data payloads sent as Zero records
 	Reconnects int64         `json:"reconnects"`
 	LastError  string        `json:"last_error,omitempty"`
+	// Diverged, when set, says why the replica and this spool diverged:
+	// the stream is refused until an operator heals it (a resync), and
+	// nothing is acknowledged to the spool meanwhile.
+	Diverged string `json:"diverged,omitempty"`
+	// Spool is the identity the stream names (see package stream).
+	Spool spool.Identity `json:"spool"`
 }
 
 // Ratio is the compression ratio, raw bytes per byte sent (1 when nothing
@@ -177,12 +186,19 @@ func (s *Sender) Run(ctx context.Context) error {
 		if progressed {
 			backoff = s.opts.MinBackoff // the replica answered: start over
 		}
+		var refused *stream.RefusedError
+		isRefused := errors.As(err, &refused)
 		s.mu.Lock()
 		s.stats.Reconnects++
 		s.stats.LastError = err.Error()
+		switch {
+		case isRefused && refused.Code == stream.CodeDiverged:
+			s.stats.Diverged = refused.Message
+		case errors.Is(err, ErrDiverged):
+			s.stats.Diverged = err.Error()
+		}
 		s.mu.Unlock()
-		var refused *stream.RefusedError
-		if errors.As(err, &refused) && refused.Code != stream.CodeReplaced && refused.Code != stream.CodeShutdown ||
+		if isRefused && refused.Code != stream.CodeReplaced && refused.Code != stream.CodeShutdown ||
 			errors.Is(err, ErrDiverged) || errors.Is(err, stream.ErrVersion) {
 			s.log.Error("sender: stream refused", "err", err, "retry_in", backoff)
 		} else {
@@ -226,7 +242,7 @@ func (s *Sender) session(ctx context.Context) (progressed bool, err error) {
 	}()
 	s.mu.Lock()
 	s.connected = true
-	s.stats.LastError = "" // what went wrong before is over
+	s.stats.LastError, s.stats.Diverged = "", "" // what went wrong before is over
 	s.mu.Unlock()
 	s.log.Info("sender: streaming", "durable", durable, "spool_last", s.opts.Spool.LastSeq())
 	werr := s.write(sctx, c, durable)
@@ -254,11 +270,23 @@ func (s *Sender) session(ctx context.Context) (progressed bool, err error) {
 	return progressed, werr
 }
 
-// handshake sends the Hello, reads the Welcome and acknowledges to the
-// spool what the replica holds. It returns the replica's durable seq.
+// handshake sends the Hello naming the spool, reads the Welcome and
+// acknowledges to the spool what the replica holds. It returns the
+// replica's durable seq.
+//
+// The acknowledgement deletes spool records this session has not sent:
+// it is made only when the replica holds them from this very spool (the
+// Welcome names the spool and epoch the Hello did: the replica refuses a
+// journal bound to another spool) and the spool vouches for them still
+// being the records it sent then (durable at most Intact). Anything else
+// is ErrDiverged or a protocol error, and nothing is acknowledged.
 func (s *Sender) handshake(c net.Conn, fr *stream.Reader) (uint64, error) {
-	last := s.opts.Spool.LastSeq()
-	hello, err := stream.AppendHello(nil, stream.HelloMsg{Group: s.group, Host: s.opts.Host, LastSeq: last})
+	sp := s.opts.Spool
+	id := sp.Identity()
+	intact := sp.Intact() // before LastSeq: both only grow meanwhile
+	last := sp.LastSeq()
+	hello, err := stream.AppendHello(nil, stream.HelloMsg{Group: s.group, Host: s.opts.Host, LastSeq: last, Intact: intact,
+		Spool: stream.SpoolID{ID: id.ID, Created: id.Created, Epoch: id.Epoch}})
 	if err != nil {
 		return 0, fmt.Errorf("sender: group %s: %w", s.group, err)
 	}
@@ -282,7 +310,7 @@ func (s *Sender) handshake(c net.Conn, fr *stream.Reader) (uint64, error) {
 	default:
 		return 0, fmt.Errorf("sender: group %s: %w: %v frame in answer to a hello", s.group, stream.ErrProtocol, f.Type)
 	}
-	durable, err := stream.DecodeWelcome(f)
+	w, err := stream.DecodeWelcome(f)
 	if err != nil {
 		var ve *stream.VersionError
 		if errors.As(err, &ve) {
@@ -290,9 +318,21 @@ func (s *Sender) handshake(c net.Conn, fr *stream.Reader) (uint64, error) {
 		}
 		return 0, fmt.Errorf("sender: group %s: %w", s.group, err)
 	}
-	if durable > last {
-		return 0, fmt.Errorf("%w: group %s: replica %s holds up to seq %d, the spool only up to %d: resync needed",
-			ErrDiverged, s.group, s.opts.Addr, durable, last)
+	durable := w.Durable
+	switch {
+	case w.Spool != id.ID || w.Epoch != id.Epoch:
+		return 0, fmt.Errorf("sender: group %s: %w: replica %s welcomed spool %x epoch %d, this is spool %s epoch %d",
+			s.group, stream.ErrProtocol, s.opts.Addr, w.Spool, w.Epoch, id.ID, id.Epoch)
+	case durable > last:
+		return 0, fmt.Errorf("%w: group %s: replica %s holds up to seq %d, spool %s only up to %d: resync needed",
+			ErrDiverged, s.group, s.opts.Addr, durable, id.ID, last)
+	case durable > intact:
+		return 0, fmt.Errorf("%w: group %s: replica %s holds up to seq %d, spool %s vouches only up to %d (it lost records it had): resync needed",
+			ErrDiverged, s.group, s.opts.Addr, durable, id.ID, intact)
+	}
+	// Durable before anything past the old intact seq is sent.
+	if err := sp.Welcomed(durable); err != nil {
+		return 0, fmt.Errorf("sender: group %s: %w", s.group, err)
 	}
 	if err := s.acknowledge(durable); err != nil {
 		return 0, err
@@ -458,10 +498,11 @@ func (s *Sender) send(ctx context.Context, c net.Conn, b *bucket, f []byte) erro
 // Stats returns the sender's figures now.
 func (s *Sender) Stats() Stats {
 	rpo := s.RPO(time.Now())
+	id := s.opts.Spool.Identity()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
-	st.Connected, st.LastSent, st.LastAcked, st.RPO = s.connected, max(s.sent, s.acked), s.acked, rpo
+	st.Connected, st.LastSent, st.LastAcked, st.RPO, st.Spool = s.connected, max(s.sent, s.acked), s.acked, rpo, id
 	return st
 }
 

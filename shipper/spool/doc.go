@@ -10,6 +10,7 @@
 //
 //	DIR/00000000000000000001.seg      a segment, named by its first seq (20 digits)
 //	DIR/acked                         the last acknowledged seq (written with vfs.Publish)
+//	DIR/identity                      which spool this is: id, creation time, epoch, intact seq (vfs.Publish)
 //	DIR/<segment>.torn-<offset>       a torn tail cut off by recovery, kept for inspection
 //
 // A segment is a header followed by encoded records with consecutive seqs:
@@ -21,8 +22,32 @@
 //
 // The header CRC32C (Castagnoli) covers bytes [0, 16+g). The acked file is
 // "QCDA", version (2 bytes), 2 zero bytes, the seq (8 bytes) and a CRC32C of
-// those 16 bytes. Integers are little-endian. These layouts are on disk:
-// never change them; a new layout takes a new version.
+// those 16 bytes. The identity file is laid out in identity.go ("QCDI",
+// 52 bytes, CRC32C). Integers are little-endian. These layouts are on
+// disk: never change them; a new layout takes a new version.
+//
+// # Identity
+//
+// A spool has an identity (Identity): a random 16-byte id and the time it
+// was made, created by the first Open of its directory and kept across
+// restarts, and an epoch that every Open bumps. The sender names it in its
+// Hello (package stream); the replica binds the group's journal to the
+// first spool that streams into it and refuses any other as diverged, so
+// a spool whose directory was lost (a new one starts again at seq 1), or
+// another host using the same group name, is never spliced onto the
+// journal. A spool written before identities existed gets one at its
+// next Open; if the replica already holds a journal of its group that
+// names no spool, it binds this one at its first stream.
+//
+// The identity file also keeps the intact seq (Intact): the highest seq up
+// to which the spool vouches for every record it ever held since the
+// replica last welcomed it. Open lowers it to what recovery kept, since
+// records an earlier epoch held past that point (lost in a crash before
+// their fsync, or missing from a directory restored from an older copy)
+// may have been sent, and their seqs will now be taken by other records;
+// Welcomed raises it again once the replica has accepted the spool holding
+// no more than that. A replica holding more than the intact seq refuses
+// the spool as diverged, for good: healing it is a resync.
 //
 // # Promises
 //
@@ -45,6 +70,12 @@
 // segment it keeps and the directory before Open returns, and Open fails if
 // that fsync does: after a crash of the daemon, or a failed fsync before a
 // reopen, the page cache may hold records no fsync has reached.
+//
+// A failed fsync breaks the spool (ErrBroken, and Broken's channel is
+// closed): every later Append and Sync fails, since what is on disk is
+// unknown, and it is never retried in place. The owner (package shipper's
+// Group) closes it and opens the directory again, which recovers what is
+// really there and starts a new epoch.
 //
 // A limit: on Linux, an fsync after a failed one may report success for
 // pages the kernel has already given up writing; they stay readable in the

@@ -138,7 +138,7 @@ func TestGoldenSpool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Group != goldenGroup || rep.Acked != goldenAcked || rep.FirstSeq != 1 || rep.LastSeq != 12 || rep.Records != 12 || rep.Torn != "" || rep.Unknown != 0 {
+	if rep.Group != goldenGroup || rep.Acked != goldenAcked || rep.FirstSeq != 1 || rep.LastSeq != 12 || rep.Records != 12 || rep.Torn != "" || rep.Unknown != 0 || rep.Identity != nil {
 		t.Fatalf("Inspect: %+v", rep)
 	}
 	if !reflect.DeepEqual(rep.Segments, goldenSegments) {
@@ -164,6 +164,14 @@ func TestGoldenSpool(t *testing.T) {
 	defer s.Close()
 	if s.Acked() != goldenAcked || s.LastSeq() != 12 {
 		t.Fatalf("Acked %d, LastSeq %d; want %d, 12", s.Acked(), s.LastSeq(), goldenAcked)
+	}
+	// Written before spools had an identity: it gets one, and vouches for
+	// all it holds (a replica whose journal names no spool binds it).
+	if id := s.Identity(); id.ID == (ID{}) || id.Epoch != 1 || s.Intact() != 12 {
+		t.Fatalf("identity %+v, intact %d; want a new one at epoch 1, intact 12", id, s.Intact())
+	}
+	if rep, err := Inspect(ctx, dir, InspectOptions{}); err != nil || rep.Identity == nil || *rep.Identity != s.Identity() {
+		t.Fatalf("Inspect after Open: identity %+v, %v; want %+v", rep.Identity, err, s.Identity())
 	}
 	if st := s.Stats(); st.Segments != 4 || st.FirstSeq != 1 || st.Records != 12 || st.Bytes != 256+267+257+87 {
 		t.Fatalf("Stats %+v", st)

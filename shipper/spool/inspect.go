@@ -31,9 +31,12 @@ type MarkerInfo struct {
 
 // Report is what Inspect found.
 type Report struct {
-	Dir      string           `json:"dir"`
-	Group    string           `json:"group"`
-	Acked    uint64           `json:"acked"`
+	Dir   string `json:"dir"`
+	Group string `json:"group"`
+	Acked uint64 `json:"acked"`
+	// Identity is the spool's identity as the last Open left it; nil for
+	// a spool never opened since identities exist (its next Open makes one).
+	Identity *Identity        `json:"identity,omitempty"`
 	FirstSeq uint64           `json:"first_seq"`
 	LastSeq  uint64           `json:"last_seq"`
 	Records  int64            `json:"records"`
@@ -72,6 +75,13 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Report, err
 		return rep, err
 	}
 	rep.Acked = acked
+	id, ok, err := readIdentity(fs, dir)
+	if err != nil {
+		return rep, err
+	}
+	if ok {
+		rep.Identity = &id.Identity
+	}
 	names, firsts, err := listSegments(fs, dir)
 	if err != nil {
 		return rep, err
@@ -94,7 +104,7 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Report, err
 		rep.Kinds[r.Kind.String()]++
 		if r.Kind == record.Marker {
 			rep.Markers = append(rep.Markers, MarkerInfo{Seq: r.Seq, Time: r.Time, Kind: r.Marker.String(), Disk: r.Disk, Name: r.Name})
-		} else {
+		} else if r.Kind != record.Members {
 			rep.Disks[r.Disk]++
 		}
 		if opts.Visit != nil {

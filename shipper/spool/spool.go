@@ -74,6 +74,8 @@ type Spool struct {
 	// syncSem (capacity 1) serialises Sync, Ack and Close: whoever holds it
 	// may fsync and close segment handles outside mu.
 	syncSem chan struct{}
+	idMu    sync.Mutex    // serialises writes of the identity file
+	brokeCh chan struct{} // closed when the spool breaks
 	kick    chan struct{}
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -88,6 +90,7 @@ type Spool struct {
 	dirDirty     bool // a segment was created since the directory was synced
 	broken       error
 	brokenLogged bool
+	id           identity // as published
 	closed       bool
 	waitCh       chan struct{} // closed at the next append, made by Wait
 	buf          []byte        // encode buffer
@@ -121,6 +124,7 @@ func Open(ctx context.Context, opts Options) (*Spool, error) {
 		fs:      opts.FS,
 		log:     opts.Logger.With("group", opts.Group, "spool", opts.Dir),
 		syncSem: make(chan struct{}, 1),
+		brokeCh: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 	}
@@ -128,6 +132,10 @@ func Open(ctx context.Context, opts Options) (*Spool, error) {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
 	if err := s.recover(ctx); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	if err := s.openIdentity(); err != nil {
 		s.closeFiles()
 		return nil, err
 	}
@@ -379,7 +387,7 @@ func (s *Spool) Append(r *record.Record) error {
 	}
 	if err != nil {
 		if terr := seg.f.Truncate(seg.size); terr != nil {
-			s.broken = fmt.Errorf("%s: cut back to %d after a failed write: %w", seg.path, seg.size, terr)
+			s.breakLocked(fmt.Errorf("%s: cut back to %d after a failed write: %w", seg.path, seg.size, terr))
 			return fmt.Errorf("%w: append seq %d to %s at offset %d: %w", ErrBroken, r.Seq, seg.path, seg.size, err)
 		}
 		return fmt.Errorf("spool: append seq %d to %s at offset %d: %w", r.Seq, seg.path, seg.size, err)
@@ -414,7 +422,7 @@ func (s *Spool) rotate(first uint64) error {
 	if _, err := f.Write(s.buf); err != nil {
 		f.Close()
 		if rerr := s.fs.Remove(path); rerr != nil {
-			s.broken = fmt.Errorf("remove %s after a failed header write: %w", path, rerr)
+			s.breakLocked(fmt.Errorf("remove %s after a failed header write: %w", path, rerr))
 			return fmt.Errorf("%w: new segment %s: %w", ErrBroken, path, err)
 		}
 		return fmt.Errorf("spool: new segment %s: %w", path, err)
@@ -475,7 +483,7 @@ func (s *Spool) syncHeld() error {
 		if err := j.f.Sync(); err != nil {
 			err = fmt.Errorf("fsync %s: %w", j.seg.path, err)
 			s.mu.Lock()
-			s.broken = err
+			s.breakLocked(err)
 			s.mu.Unlock()
 			return fmt.Errorf("%w: %w", ErrBroken, err)
 		}
@@ -537,6 +545,35 @@ func (s *Spool) syncLoop(interval time.Duration) {
 			s.afterSync()
 		}
 	}
+}
+
+// breakLocked breaks the spool with err (the first cause is kept).
+func (s *Spool) breakLocked(err error) {
+	if s.broken != nil {
+		return
+	}
+	s.broken = err
+	close(s.brokeCh)
+	if s.waitCh != nil {
+		close(s.waitCh) // Wait reports it
+		s.waitCh = nil
+	}
+}
+
+// Broken returns a channel closed when the spool breaks: a write or an
+// fsync failed in a way that leaves what is on disk unknown. A broken
+// spool refuses every Append and Sync for good; its owner closes it and
+// opens the directory again (recovery then finds what is really there).
+func (s *Spool) Broken() <-chan struct{} { return s.brokeCh }
+
+// Err returns why the spool is broken, nil while it is not.
+func (s *Spool) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, s.broken)
+	}
+	return nil
 }
 
 // Ack records that the replica has made every record up to seq durable:

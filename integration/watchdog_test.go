@@ -1,0 +1,340 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qcdp/qcdp/filter"
+	"github.com/qcdp/qcdp/integration/harness"
+)
+
+// fakeSystemd plays systemd for a qcdp daemon as a Type=notify service
+// with WatchdogSec (0: none): each start gets a NOTIFY_SOCKET of its own,
+// WATCHDOG_USEC, and WATCHDOG_PID set to the daemon's own pid (systemd
+// sets it between fork and exec; here a shell does, then execs); the
+// start is over at READY=1, and from then on a daemon that sends no
+// WATCHDOG=1 for WatchdogSec is killed with SIGKILL (systemd sends
+// SIGABRT, SIGCONT, then SIGKILL after TimeoutAbortSec). STOPPING=1 ends
+// the watchdog, as it does under systemd. Restart=on-failure is the
+// test's to play: it starts the daemon again.
+type fakeSystemd struct {
+	dir      string
+	watchdog time.Duration
+	starts   int
+}
+
+// sdRun is one start of the daemon under fakeSystemd.
+type sdRun struct {
+	*harness.Proc
+	watchdog time.Duration
+	ready    chan struct{} // closed at READY=1
+	killed   chan struct{} // closed once the watchdog killed the daemon
+	done     chan struct{} // closed when the watch is over
+
+	mu       sync.Mutex
+	killedAt time.Time
+	pets     int
+	states   []string // every notification, in order
+}
+
+func newFakeSystemd(dir string, watchdog time.Duration) *fakeSystemd {
+	return &fakeSystemd{dir: dir, watchdog: watchdog}
+}
+
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9_./+-]+$`)
+
+// startHost starts `qcdp host` for h and waits for its READY=1.
+func (sd *fakeSystemd) startHost(ctx context.Context, t *testing.T, h *hostSetup, name string) *sdRun {
+	t.Helper()
+	return sd.start(ctx, t, h.dir, name, h.Control, h.bin, "host", "--config", h.Config)
+}
+
+// start starts a qcdp daemon as process name and waits for its READY=1 and
+// its control socket.
+func (sd *fakeSystemd) start(ctx context.Context, t *testing.T, dir, name, control string, argv ...string) *sdRun {
+	t.Helper()
+	sd.starts++
+	sock := filepath.Join(sd.dir, fmt.Sprintf("notify-%d.sock", sd.starts))
+	if !shellSafe.MatchString(sock) {
+		t.Fatalf("notify socket path %q needs shell quoting", sock)
+	}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := fmt.Sprintf(`export NOTIFY_SOCKET=%s; exec "$0" "$@"`, sock)
+	if sd.watchdog > 0 {
+		script = fmt.Sprintf(`export NOTIFY_SOCKET=%s WATCHDOG_USEC=%d WATCHDOG_PID=$$; exec "$0" "$@"`,
+			sock, sd.watchdog.Microseconds())
+	}
+	p := harness.StartProcT(t, dir, name, append([]string{"sh", "-c", script}, argv...)...)
+	r := &sdRun{Proc: p, watchdog: sd.watchdog, ready: make(chan struct{}), killed: make(chan struct{}), done: make(chan struct{})}
+	go r.watch(conn)
+	go func() {
+		// Once the daemon is gone, a last datagram behind all of its own
+		// ends the watch; then the socket closes.
+		<-p.Exited()
+		if c, err := net.Dial("unixgram", sock); err == nil {
+			c.Write([]byte(sdExited))
+			c.Close()
+		}
+		<-r.done
+		conn.Close()
+	}()
+	t.Cleanup(func() {
+		p.Stop(10 * time.Second)
+		<-r.done
+	})
+	select {
+	case <-r.ready:
+	case <-p.Exited():
+		t.Fatalf("%s exited before READY=1: %v\n%s", name, p.ExitErr(), p.Report())
+	case <-time.After(30 * time.Second): // systemd's TimeoutStartSec
+		t.Fatalf("%s: no READY=1 within 30 s\n%s", name, p.Report())
+	}
+	if err := harness.WaitSocket(ctx, control, p); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// sdExited is what the test itself sends to end a watch.
+const sdExited = "TEST-DAEMON-EXITED"
+
+// watch reads the daemon's notifications and keeps its watchdog: from
+// READY=1 on, a WATCHDOG=1 is due at most WatchdogSec after the last.
+func (r *sdRun) watch(conn *net.UnixConn) {
+	defer close(r.done)
+	buf := make([]byte, 4096)
+	var lastPet time.Time // zero: no watchdog running
+	ready := false
+	for {
+		var deadline time.Time
+		if !lastPet.IsZero() {
+			deadline = lastPet.Add(r.watchdog)
+		}
+		conn.SetReadDeadline(deadline)
+		n, err := conn.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.mu.Lock()
+			r.killedAt = time.Now()
+			r.mu.Unlock()
+			r.Kill()
+			close(r.killed)
+			return
+		}
+		if err != nil || string(buf[:n]) == sdExited {
+			return
+		}
+		lines := strings.Split(string(buf[:n]), "\n")
+		r.mu.Lock()
+		r.states = append(r.states, string(buf[:n]))
+		r.mu.Unlock()
+		switch {
+		case slices.Contains(lines, "STOPPING=1"):
+			lastPet = time.Time{}
+		case slices.Contains(lines, "READY=1") && !ready:
+			ready = true
+			if r.watchdog > 0 {
+				lastPet = time.Now()
+			}
+			close(r.ready)
+		case slices.Contains(lines, "WATCHDOG=1") && !lastPet.IsZero():
+			lastPet = time.Now()
+			r.mu.Lock()
+			r.pets++
+			r.mu.Unlock()
+		}
+	}
+}
+
+// KilledAt is when the watchdog killed the daemon (zero: it did not).
+func (r *sdRun) KilledAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.killedAt
+}
+
+func (r *sdRun) Pets() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pets
+}
+
+func (r *sdRun) States() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.states)
+}
+
+// TestHostWatchdog hangs a real `qcdp host` (SIGSTOP) in the middle of
+// guest writes into a plain QEMU's write-blocking mirror, under a fake
+// systemd with WatchdogSec=3s. The daemon pets the watchdog while it is
+// healthy (it is not killed during more than two intervals of writes);
+// once stopped it pets no more, the supervisor kills it, its socket
+// closes, QEMU's NBD client fails the request and the guest write held
+// meanwhile completes: held less than WatchdogSec + 1 s (invariant 1's
+// bound). The restarted daemon adopts the job, and its spool still
+// rebuilds the disk.
+func TestHostWatchdog(t *testing.T) {
+	harness.Need(t, "qemu-system-x86_64", "qemu-img")
+	const watchdog = 3 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := harness.TempDir(t)
+	bin := buildQCDP(ctx, t, dir)
+
+	vda := filepath.Join(dir, "vda.qcow2")
+	if err := harness.CreateImage(ctx, vda, "qcow2", 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.FillPattern(ctx, vda, "qcow2", 16<<20, 1<<20, 0x20); err != nil {
+		t.Fatal(err)
+	}
+	h := newHost(t, bin, dir, "", "")
+	q := harness.Start(ctx, t, harness.Options{
+		Dir: dir, Machine: "pc", Paused: true,
+		Disks: []harness.Disk{{Name: "disk0", Path: vda, Format: "qcow2"}},
+		Extra: []string{
+			"-m", "64",
+			"-qmp", "unix:" + h.QMPSocket() + ",server=on,wait=off",
+			"-device", "virtio-blk-pci,drive=disk0,id=vda,share-rw=on",
+		},
+	})
+	fa := filter.FilterNode("vm1.vda")
+	var worst time.Duration
+	write := func(cmd string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		if err := q.QemuIO(ctx, fa, cmd); err != nil {
+			t.Fatalf("guest write %q: %v", cmd, err)
+		}
+		d := time.Since(start)
+		worst = max(worst, d)
+		return d
+	}
+
+	sd := newFakeSystemd(dir, watchdog)
+	host := sd.startHost(ctx, t, h, "host-1")
+	waitDisks(ctx, t, bin, h.Control, 1, filter.Syncing, host.Proc)
+
+	// Healthy: writes for more than two watchdog intervals, none held,
+	// and the daemon keeps petting.
+	for i, end := 0, time.Now().Add(watchdog*5/2); time.Now().Before(end); i++ {
+		if d := write(fmt.Sprintf("write -P 0x%02x %d 4096", 0x40+i%64, (i%512)*8192)); d > time.Second {
+			t.Errorf("a write to a healthy daemon held %v", d)
+		}
+	}
+	select {
+	case <-host.killed:
+		t.Fatalf("the watchdog killed a healthy daemon (%d WATCHDOG=1 seen): %q\n%s", host.Pets(), host.States(), host.Report())
+	default:
+	}
+	if host.Pets() < 3 {
+		t.Fatalf("%d WATCHDOG=1 in %v with WatchdogSec=%v", host.Pets(), watchdog*5/2, watchdog)
+	}
+
+	// Hang the daemon; the next guest write goes into its socket.
+	if err := host.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	held := write("write -P 0xc1 1048576 65536")
+	select {
+	case <-host.killed:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the stopped daemon was not killed (%d WATCHDOG=1 seen)", host.Pets())
+	}
+	killedAt := host.KilledAt()
+	t.Logf("write issued to the stopped daemon held %v; the watchdog killed it %v after the write began",
+		held.Round(time.Millisecond), killedAt.Sub(start).Round(time.Millisecond))
+	if !killedAt.After(start) || killedAt.After(start.Add(held)) {
+		t.Errorf("the daemon was killed %v after the write began, but the write took %v: it was not held by the hung daemon",
+			killedAt.Sub(start), held)
+	}
+	if held >= watchdog+time.Second {
+		t.Errorf("a guest write was held %v by a hung daemon: invariant 1's bound is WatchdogSec + 1 s = %v", held, watchdog+time.Second)
+	}
+
+	// The guest goes on without the daemon.
+	for i, cmd := range []string{"write -P 0xc2 2097152 4096", "write -P 0xc3 100 100", "write -z 3145728 8192"} {
+		if d := write(cmd); d > time.Second {
+			t.Errorf("write %d after the kill held %v", i, d)
+		}
+	}
+
+	// systemd restarts it (Restart=on-failure): it adopts the job and
+	// re-copies what the hung daemon never took.
+	host = sd.startHost(ctx, t, h, "host-2")
+	waitDisks(ctx, t, bin, h.Control, 1, filter.Syncing, host.Proc)
+	if d := write("write -P 0xc4 5000 3000"); d > time.Second {
+		t.Errorf("a write after the restart held %v", d)
+	}
+	if err := host.Stop(10 * time.Second); err != nil {
+		t.Fatalf("qcdp host did not stop cleanly on SIGTERM: %v\n%s", err, host.Report())
+	}
+	if st := host.States(); len(st) == 0 || st[len(st)-1] != "STOPPING=1" {
+		t.Errorf("the last notification of a clean stop is %q, want STOPPING=1", st[len(st)-1:])
+	}
+	q.Close()
+
+	applied := filepath.Join(dir, "applied-vda.raw")
+	if out, err := exec.CommandContext(ctx, bin, "spool", "apply", "--spool", h.SpoolDir, "--disk", "vm1.vda="+applied).CombinedOutput(); err != nil {
+		t.Fatalf("qcdp spool apply: %v\n%s", err, out)
+	}
+	if err := harness.Compare(ctx, vda, "qcow2", applied, "raw"); err != nil {
+		t.Errorf("the spool does not rebuild the source across a watchdog kill: %v", err)
+	}
+	t.Logf("worst guest write: %v (WatchdogSec %v)", worst.Round(time.Millisecond), watchdog)
+}
+
+// TestReplicaNotifies runs `qcdp replica` as a Type=notify service: it
+// sends READY=1 once it listens and STOPPING=1 when SIGTERM stops it.
+func TestReplicaNotifies(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := harness.TempDir(t)
+	bin := buildQCDP(ctx, t, dir)
+	tls := filepath.Join(dir, "tls")
+	run(ctx, t, bin, "certs", "--dir", tls, "--ca")
+	run(ctx, t, bin, "certs", "--dir", tls, "--replica", "dr1", "--san", "127.0.0.1,localhost")
+	rctl := filepath.Join(dir, "replica.sock")
+	rcfg := filepath.Join(dir, "replica.toml")
+	writeFile(t, rcfg, fmt.Sprintf(`[replica]
+listen = "127.0.0.1:%d"
+ca = %q
+cert = %q
+key = %q
+storage_root = %q
+control_socket = %q
+nbd_socket = %q
+
+[[tenant]]
+name = "acme"
+hosts = ["kvm1"]
+groups = ["g1"]
+`, freePort(t), filepath.Join(tls, "ca.pem"), filepath.Join(tls, "dr1.pem"), filepath.Join(tls, "dr1-key.pem"),
+		filepath.Join(dir, "journals"), rctl, filepath.Join(dir, "views.sock")))
+
+	r := newFakeSystemd(dir, 0).start(ctx, t, dir, "replica", rctl, bin, "replica", "--config", rcfg)
+	if err := r.Stop(10 * time.Second); err != nil {
+		t.Fatalf("qcdp replica did not stop cleanly on SIGTERM: %v\n%s", err, r.Report())
+	}
+	<-r.done
+	st := r.States()
+	if len(st) < 2 || !strings.HasPrefix(st[0], "READY=1\n") || st[len(st)-1] != "STOPPING=1" {
+		t.Errorf("notifications %q, want READY=1 (with a status) first and STOPPING=1 last", st)
+	}
+}

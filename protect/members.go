@@ -1,0 +1,85 @@
+package protect
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/record"
+)
+
+// A group's membership (the VMs and disks it protects, with their sizes)
+// is declared in its stream by its sequencer (shipper.Sequencer.Declare):
+// the replica offers a restore point only once every declared disk is in
+// sync, and sizes its views as declared. The engine declares a VM's disks
+// when it attaches the VM, before their captures start; removes a disk the
+// operator detaches; and, after a complete scan, removes the VMs that no
+// hypervisor lists any more or that the policy no longer puts in the
+// group. A VM that stops stays declared while its hypervisor lists it
+// (libvirt lists stopped domains): its disks keep their last state. A VM
+// found by its QMP socket (plain QEMU, Proxmox) is listed only while it
+// runs, so it leaves the membership when it stops, and when it starts
+// again its disks must complete their initial sync before the group has a
+// restore point again.
+// The membership is kept across restarts (membersPath), so that a restarted
+// daemon does not drop the VMs it has not attached again yet.
+
+// membersPath is where a group's declared membership is kept.
+func (d *Engine) membersPath(gc *configs.Group) string {
+	return filepath.Join(d.pol.Host.StateDir, "members", gc.Name)
+}
+
+// declare declares the disks v captures, as v's in its group.
+func (d *Engine) declare(v *vmCapture) error {
+	ms := make([]record.Member, 0, len(v.disks))
+	for _, dc := range v.disks {
+		ms = append(ms, record.Member{Disk: dc.name, Size: uint64(dc.disk.Size), VMName: v.vm.Name, Target: dc.disk.Target})
+	}
+	if _, err := v.group.Sequencer().Declare(v.vm.ID, ms); err != nil {
+		return fmt.Errorf("declare its disks in the group's membership: %w", err)
+	}
+	return nil
+}
+
+// reconcileMembers removes from each group's membership the VMs a complete
+// scan did not list (seen), or that the policy now puts in no group or
+// another, unless they are attached to the group.
+func (d *Engine) reconcileMembers(seen []hypervisor.VM) {
+	byID := map[string]hypervisor.VM{}
+	for _, vm := range seen {
+		byID[vm.ID] = vm
+	}
+	d.mu.Lock()
+	attached := map[string]*group{}
+	for id, v := range d.vms {
+		attached[id] = v.group
+	}
+	d.mu.Unlock()
+	for name, g := range d.groups {
+		decl, ok := g.Sequencer().Members()
+		if !ok {
+			continue
+		}
+		gone := map[string]bool{}
+		for _, m := range decl.Disks {
+			if m.VM == "" || attached[m.VM] == g {
+				continue
+			}
+			vm, listed := byID[m.VM]
+			if listed {
+				if gc, _, err := d.pol.GroupFor(configs.VMIdentity{Name: vm.Name, UUID: vm.UUID, Labels: labelsOf(vm)}); err == nil && gc.Name == name {
+					continue
+				}
+			}
+			gone[m.VM] = true
+		}
+		for id := range gone {
+			if _, err := g.Sequencer().Declare(id, nil); err != nil {
+				d.log.Warn("remove a VM from its group's membership", "group", name, "vm", id, "err", err)
+				continue
+			}
+			d.log.Info("VM removed from its group's membership: no hypervisor lists it, or the policy no longer protects it there", "group", name, "vm", id)
+		}
+	}
+}

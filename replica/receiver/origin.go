@@ -1,0 +1,130 @@
+package receiver
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/qcdp/qcdp/replica/journal"
+	"github.com/qcdp/qcdp/stream"
+)
+
+// Refusal is a stream the receiver refused as diverged: which spool, from
+// which host, when, and why. The newest one of each group is kept in
+// memory for the group's status (Server.Refused).
+type Refusal struct {
+	Spool   journal.SpoolID `json:"spool_id"`
+	Created int64           `json:"spool_created_unix_ns"`
+	Epoch   uint64          `json:"epoch"`
+	Host    string          `json:"host"`
+	Time    time.Time       `json:"time"`
+	Reason  string          `json:"reason"`
+}
+
+// Refused returns the newest stream of a group refused as diverged since
+// the server started.
+func (srv *Server) Refused(tenant, group string) (Refusal, bool) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if gs, ok := srv.groups[groupKey{tenant, group}]; ok && gs.refused != nil {
+		return *gs.refused, true
+	}
+	return Refusal{}, false
+}
+
+// divergedError says why a spool may not stream into a journal; its
+// message is what the host is told.
+type divergedError struct{ reason string }
+
+func (e *divergedError) Error() string { return e.reason }
+
+func diverged(format string, args ...any) error {
+	return &divergedError{reason: fmt.Sprintf(format, args...)}
+}
+
+func when(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC3339) }
+
+// foreign is the check made before a connection claims its group: while
+// the group's journal is known to be bound to another spool, the
+// connection is refused without displacing the stream of the bound one
+// (a second host using the same group name must not knock the first off).
+func (srv *Server) foreign(key groupKey, hello stream.HelloMsg) error {
+	srv.mu.Lock()
+	gs := srv.groups[key]
+	var bound *journal.Origin
+	if gs != nil {
+		bound = gs.bound
+	}
+	srv.mu.Unlock()
+	if bound == nil || bound.Spool == journal.SpoolID(hello.Spool.ID) {
+		return nil
+	}
+	return otherSpool(hello, *bound)
+}
+
+func otherSpool(hello stream.HelloMsg, o journal.Origin) error {
+	return diverged("the replica holds group %q from spool %s (host %s, created %s); this is spool %s (created %s): "+
+		"the host's spool directory was lost or recreated, or another host uses the same group name; the records are never spliced (resync needed)",
+		hello.Group, o.Spool, o.Host, when(o.Created), hello.Spool, when(hello.Spool.Created))
+}
+
+// admit checks the Hello's spool against the one the journal is bound to,
+// binds the journal to it at its first stream (and notes a newer epoch),
+// and returns the origin now bound. A spool that may not stream into the
+// journal is a *divergedError; any other error is the journal's.
+func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error) {
+	durable := j.LastSeq()
+	o, bound, err := j.Origin()
+	if err != nil {
+		return journal.Origin{}, err
+	}
+	hs := hello.Spool
+	switch {
+	case bound && o.Spool != journal.SpoolID(hs.ID):
+		return o, otherSpool(hello, o)
+	case bound && hs.Epoch < o.Epoch:
+		return o, diverged("spool %s of group %q is at epoch %d, but the replica took its stream at epoch %d: "+
+			"the spool directory is an older copy (restored or cloned); resync needed", hs, hello.Group, hs.Epoch, o.Epoch)
+	case durable > hello.LastSeq:
+		return o, diverged("the replica holds group %q up to seq %d, spool %s only up to %d: "+
+			"the host's spool lost records the replica holds; resync needed", hello.Group, durable, hs, hello.LastSeq)
+	case durable > hello.Intact && !bound && hello.Intact == 0:
+		return o, diverged("the replica holds group %q up to seq %d from a spool that named no identity, and spool %s is new (created %s): "+
+			"the host's spool directory was lost, or another host uses the same group name; the records are never spliced (resync needed)",
+			hello.Group, durable, hs, when(hs.Created))
+	case durable > hello.Intact:
+		return o, diverged("the replica holds group %q up to seq %d, but spool %s vouches only for seqs up to %d: "+
+			"it lost records it had sent (a host crash before their fsync, or an older copy of the directory); resync needed",
+			hello.Group, durable, hs, hello.Intact)
+	}
+	switch {
+	case !bound:
+		o = journal.Origin{Spool: journal.SpoolID(hs.ID), Created: hs.Created, Epoch: hs.Epoch, Host: host, Since: durable}
+	case hs.Epoch > o.Epoch:
+		o.Epoch = hs.Epoch
+	default:
+		return o, nil
+	}
+	if err := j.BindOrigin(o); err != nil {
+		return journal.Origin{}, err
+	}
+	return o, nil
+}
+
+// noteOrigin records, after a handshake, the spool the group's journal is
+// bound to, or the refusal of a diverged one.
+func (srv *Server) noteOrigin(gs *groupState, bound *journal.Origin, refused *Refusal) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if bound != nil {
+		gs.bound = bound
+	}
+	if refused != nil {
+		gs.refused = refused
+	}
+}
+
+// refusal describes a refused Hello.
+func (srv *Server) refusal(hello stream.HelloMsg, host string, err error) *Refusal {
+	return &Refusal{Spool: journal.SpoolID(hello.Spool.ID), Created: hello.Spool.Created, Epoch: hello.Spool.Epoch,
+		Host: host, Time: srv.now(), Reason: err.Error()}
+}
