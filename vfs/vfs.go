@@ -139,3 +139,21 @@ func Publish(fs FS, path string, data []byte) (err error) {
 	}
 	return nil
 }
+
+// SyncFile fsyncs the file at path: what a recovery reports as durable is
+// made durable first (a page read back after a failed fsync may never
+// have reached the disk).
+func SyncFile(fs FS, path string) error {
+	f, err := fs.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return nil
+}

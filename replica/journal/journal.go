@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/qcdp/qcdp/record/logfile"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
@@ -523,7 +524,7 @@ func (j *Journal) persistMark(old mark, slot int, st ackState) error {
 			}
 		}
 		for _, s := range sync {
-			if err := syncFile(j.fs, s.path); err != nil {
+			if err := vfs.SyncFile(j.fs, s.path); err != nil {
 				return fmt.Errorf("journal: make what recovery found durable: %w", err)
 			}
 		}
@@ -552,22 +553,6 @@ func (j *Journal) persistMark(old mark, slot int, st ackState) error {
 	return nil
 }
 
-// syncFile fsyncs the file at path.
-func syncFile(fs vfs.FS, path string) error {
-	f, err := fs.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	return nil
-}
-
 // writeMark makes m the durable mark: it is written into the slot of the
 // ACKED file that does not hold the newest mark, then fsync'd. A crash
 // during the write leaves the other slot, which names less. The caller
@@ -589,6 +574,11 @@ func (j *Journal) writeMark(m mark) error {
 // writevMin is the payload size from which Append writes the payload with
 // writev instead of copying it behind its header.
 const writevMin = 64 << 10
+
+// writeBufMax bounds the buffer Append encodes headers and small payloads
+// into; a larger append is written in several writes, which one fsync
+// covers. It is what a journal keeps between appends.
+const writeBufMax = 1 << 20
 
 // Append makes recs durable (written and fsync'd) and the acknowledged mark
 // (ACKED) name the newest of them before it returns: from then on, losing
@@ -715,13 +705,41 @@ func (j *Journal) write(seg *segment, recs []record.Record) error {
 			need -= len(recs[i].Payload)
 		}
 	}
-	if cap(j.buf) < need {
+	if need = min(need, writeBufMax); cap(j.buf) < need {
 		j.buf = make([]byte, 0, need) // no append below reallocates: iov may alias it
 	}
-	b, start, total := j.buf[:0], 0, 0
+	b, start, total, written := j.buf[:0], 0, 0, 0
 	j.iov = j.iov[:0]
+	// put writes what iov holds, then starts over in an empty buffer.
+	put := func() error {
+		if len(b) > start {
+			j.iov = append(j.iov, b[start:])
+			total += len(b) - start
+		}
+		w, err := vfs.Writev(j.wf, j.iov)
+		clear(j.iov)
+		j.iov = j.iov[:0]
+		written += w
+		if err == nil && written != total {
+			err = io.ErrShortWrite
+		}
+		b, start = b[:0], 0
+		return err
+	}
+	var err error
 	for i := range recs {
 		r := &recs[i]
+		n := record.EncodedLen(r)
+		if len(r.Payload) >= writevMin {
+			n -= len(r.Payload)
+		}
+		if len(b)+n > cap(b) && len(b) > 0 {
+			// The buffer is full: write what it holds rather than grow it
+			// (the bound keeps an idle journal from holding a batch's size).
+			if err = put(); err != nil {
+				break
+			}
+		}
 		if len(r.Payload) >= writevMin {
 			b = record.AppendHeader(b, r)
 			j.iov = append(j.iov, b[start:], r.Payload)
@@ -731,14 +749,8 @@ func (j *Journal) write(seg *segment, recs []record.Record) error {
 			b = record.AppendEncode(b, r)
 		}
 	}
-	if len(b) > start {
-		j.iov = append(j.iov, b[start:])
-		total += len(b) - start
-	}
-	w, err := vfs.Writev(j.wf, j.iov)
-	clear(j.iov)
-	if err == nil && w != total {
-		err = io.ErrShortWrite
+	if err == nil {
+		err = put()
 	}
 	if err != nil {
 		if terr := j.wf.Truncate(seg.size); terr != nil {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/qcdp/qcdp/record/logfile"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/qcdp/qcdp/record/logfile"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
@@ -250,7 +251,7 @@ func (s *Spool) recover(ctx context.Context) error {
 	// reached, left by a crash of the daemon or by a failed fsync before a
 	// reopen.
 	for _, seg := range s.segs {
-		if err := syncFile(s.fs, seg.path); err != nil {
+		if err := vfs.SyncFile(s.fs, seg.path); err != nil {
 			return fmt.Errorf("spool: make what recovery found durable: %w", err)
 		}
 	}
@@ -265,22 +266,6 @@ func (s *Spool) recover(ctx context.Context) error {
 		}
 		seg.f = f
 		s.active = seg
-	}
-	return nil
-}
-
-// syncFile fsyncs the file at path.
-func syncFile(fs vfs.FS, path string) error {
-	f, err := fs.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
 }
