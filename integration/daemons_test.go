@@ -66,3 +66,58 @@ func startDaemon(ctx context.Context, t *testing.T, dir, name, control string, a
 	}
 	return p
 }
+
+// replicaSetup is a `qcdp replica` of a test: a CA, the replica's
+// certificate (dr1, for 127.0.0.1) and host kvm1's of tenant acme, and a
+// policy that lets kvm1 write group g1, listening on a free loopback port.
+type replicaSetup struct {
+	bin, dir string
+	TLS      string // the certificates' directory
+	Control  string // control socket
+	Config   string // policy file
+	Port     int
+}
+
+// newReplica makes the certificates and writes the policy; extra is more
+// TOML after the [replica] table (a [defaults] table, say).
+func newReplica(ctx context.Context, t *testing.T, bin, dir, extra string) *replicaSetup {
+	t.Helper()
+	r := &replicaSetup{bin: bin, dir: dir, TLS: filepath.Join(dir, "tls"), Control: filepath.Join(dir, "replica.sock"),
+		Config: filepath.Join(dir, "replica.toml"), Port: freePort(t)}
+	run(ctx, t, bin, "certs", "--dir", r.TLS, "--ca")
+	run(ctx, t, bin, "certs", "--dir", r.TLS, "--replica", "dr1", "--san", "127.0.0.1,localhost")
+	run(ctx, t, bin, "certs", "--dir", r.TLS, "--host", "kvm1", "--tenant", "acme")
+	writeFile(t, r.Config, fmt.Sprintf(`[replica]
+listen = "127.0.0.1:%d"
+ca = %q
+cert = %q
+key = %q
+storage_root = %q
+control_socket = %q
+nbd_socket = %q
+log_level = "debug"
+%s
+[[tenant]]
+name = "acme"
+hosts = ["kvm1"]
+groups = ["g1"]
+`, r.Port, filepath.Join(r.TLS, "ca.pem"), filepath.Join(r.TLS, "dr1.pem"), filepath.Join(r.TLS, "dr1-key.pem"),
+		filepath.Join(dir, "journals"), r.Control, filepath.Join(dir, "views.sock"), extra))
+	return r
+}
+
+// start starts the replica daemon as process name and waits for its
+// control socket.
+func (r *replicaSetup) start(ctx context.Context, t *testing.T, name string) *harness.Proc {
+	t.Helper()
+	return startDaemon(ctx, t, r.dir, name, r.Control, r.bin, "replica", "--config", r.Config)
+}
+
+// HostKeys are the [host] lines of host kvm1's certificates.
+func (r *replicaSetup) HostKeys() string {
+	return fmt.Sprintf("tls_ca = %q\ntls_cert = %q\ntls_key = %q",
+		filepath.Join(r.TLS, "ca.pem"), filepath.Join(r.TLS, "kvm1.pem"), filepath.Join(r.TLS, "kvm1-key.pem"))
+}
+
+// GroupKeys is the [[group]] line of the replica's address.
+func (r *replicaSetup) GroupKeys() string { return fmt.Sprintf("replica = \"127.0.0.1:%d\"", r.Port) }

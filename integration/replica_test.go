@@ -82,35 +82,9 @@ func TestGuestToReplica(t *testing.T) {
 	dir := harness.TempDir(t)
 	bin := buildQCDP(ctx, t, dir)
 
-	tls := filepath.Join(dir, "tls")
-	run(ctx, t, bin, "certs", "--dir", tls, "--ca")
-	run(ctx, t, bin, "certs", "--dir", tls, "--replica", "dr1", "--san", "127.0.0.1,localhost")
-	run(ctx, t, bin, "certs", "--dir", tls, "--host", "kvm1", "--tenant", "acme")
-	port := freePort(t)
-	rctl := filepath.Join(dir, "replica.sock")
-	rcfg := filepath.Join(dir, "replica.toml")
-	writeFile(t, rcfg, fmt.Sprintf(`[replica]
-listen = "127.0.0.1:%d"
-ca = %q
-cert = %q
-key = %q
-storage_root = %q
-control_socket = %q
-nbd_socket = %q
-log_level = "debug"
-
-[defaults]
-window = "24h"
-
-[[tenant]]
-name = "acme"
-hosts = ["kvm1"]
-groups = ["g1"]
-`, port, filepath.Join(tls, "ca.pem"), filepath.Join(tls, "dr1.pem"), filepath.Join(tls, "dr1-key.pem"),
-		filepath.Join(dir, "journals"), rctl, filepath.Join(dir, "views.sock")))
-	startReplica := func(name string) *harness.Proc {
-		return startDaemon(ctx, t, dir, name, rctl, bin, "replica", "--config", rcfg)
-	}
+	rs := newReplica(ctx, t, bin, dir, "\n[defaults]\nwindow = \"24h\"\n")
+	rctl := rs.Control
+	startReplica := func(name string) *harness.Proc { return rs.start(ctx, t, name) }
 
 	images := []guest.Disk{
 		{Path: filepath.Join(dir, "vda.qcow2"), Format: "qcow2", NodeName: "vda"},
@@ -121,9 +95,7 @@ groups = ["g1"]
 			t.Fatal(err)
 		}
 	}
-	h := newHost(t, bin, dir, fmt.Sprintf("tls_ca = %q\ntls_cert = %q\ntls_key = %q",
-		filepath.Join(tls, "ca.pem"), filepath.Join(tls, "kvm1.pem"), filepath.Join(tls, "kvm1-key.pem")),
-		fmt.Sprintf("replica = \"127.0.0.1:%d\"", port))
+	h := newHost(t, bin, dir, rs.HostKeys(), rs.GroupKeys())
 	hctl := h.Control
 	startHost := func(name string) *harness.Proc { return h.start(ctx, t, name) }
 

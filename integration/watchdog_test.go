@@ -307,26 +307,8 @@ func TestReplicaNotifies(t *testing.T) {
 	defer cancel()
 	dir := harness.TempDir(t)
 	bin := buildQCDP(ctx, t, dir)
-	tls := filepath.Join(dir, "tls")
-	run(ctx, t, bin, "certs", "--dir", tls, "--ca")
-	run(ctx, t, bin, "certs", "--dir", tls, "--replica", "dr1", "--san", "127.0.0.1,localhost")
-	rctl := filepath.Join(dir, "replica.sock")
-	rcfg := filepath.Join(dir, "replica.toml")
-	writeFile(t, rcfg, fmt.Sprintf(`[replica]
-listen = "127.0.0.1:%d"
-ca = %q
-cert = %q
-key = %q
-storage_root = %q
-control_socket = %q
-nbd_socket = %q
-
-[[tenant]]
-name = "acme"
-hosts = ["kvm1"]
-groups = ["g1"]
-`, freePort(t), filepath.Join(tls, "ca.pem"), filepath.Join(tls, "dr1.pem"), filepath.Join(tls, "dr1-key.pem"),
-		filepath.Join(dir, "journals"), rctl, filepath.Join(dir, "views.sock")))
+	rs := newReplica(ctx, t, bin, dir, "")
+	rctl, rcfg := rs.Control, rs.Config
 
 	r := newFakeSystemd(dir, 0).start(ctx, t, dir, "replica", rctl, bin, "replica", "--config", rcfg)
 	if err := r.Stop(10 * time.Second); err != nil {
