@@ -2,13 +2,13 @@ package journal
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"os"
 
+	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
 )
 
@@ -21,23 +21,8 @@ const (
 	maxOriginHost = 255
 )
 
-// SpoolID is the random id of a host's spool (package shipper/spool).
-type SpoolID [16]byte
-
-// String is the id in hex.
-func (id SpoolID) String() string { return hex.EncodeToString(id[:]) }
-
-// MarshalText writes the id in hex (for JSON).
-func (id SpoolID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
-
-// UnmarshalText reads an id written by MarshalText.
-func (id *SpoolID) UnmarshalText(b []byte) error {
-	if len(b) != 2*len(id) {
-		return fmt.Errorf("journal: spool id %q: want %d hex digits", b, 2*len(id))
-	}
-	_, err := hex.Decode(id[:], b)
-	return err
-}
+// SpoolID is the random id of a host's spool.
+type SpoolID = record.SpoolID
 
 // Origin is the spool whose records the journal holds: the receiver binds
 // a journal to the first spool that streams into it and refuses every

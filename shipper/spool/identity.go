@@ -3,7 +3,6 @@ package spool
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/vfs"
 )
 
@@ -25,22 +25,7 @@ const (
 )
 
 // ID is a spool's random identifier, made when the spool is created.
-type ID [16]byte
-
-// String is the ID in hex.
-func (id ID) String() string { return hex.EncodeToString(id[:]) }
-
-// MarshalText writes the ID in hex (for JSON).
-func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
-
-// UnmarshalText reads an ID written by MarshalText.
-func (id *ID) UnmarshalText(b []byte) error {
-	if len(b) != 2*len(id) {
-		return fmt.Errorf("spool: id %q: want %d hex digits", b, 2*len(id))
-	}
-	_, err := hex.Decode(id[:], b)
-	return err
-}
+type ID = record.SpoolID
 
 // Identity names one spool: the replica binds a group's journal to the
 // first spool that streams into it and refuses every other (see package

@@ -1,0 +1,26 @@
+package record
+
+import (
+	"encoding/hex"
+	"fmt"
+)
+
+// SpoolID is the random id a host's spool is made with (package
+// shipper/spool): the spool, the stream's Hello and the replica's journal
+// binding all name a spool by it.
+type SpoolID [16]byte
+
+// String is the id in hex.
+func (id SpoolID) String() string { return hex.EncodeToString(id[:]) }
+
+// MarshalText writes the id in hex (for JSON).
+func (id SpoolID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText reads an id written by MarshalText.
+func (id *SpoolID) UnmarshalText(b []byte) error {
+	if len(b) != 2*len(id) {
+		return fmt.Errorf("record: spool id %q: want %d hex digits", b, 2*len(id))
+	}
+	_, err := hex.Decode(id[:], b)
+	return err
+}
