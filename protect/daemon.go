@@ -334,6 +334,19 @@ func (d *Engine) reap() {
 	}
 }
 
+// anyEnded reports whether a capture of v has ended (a disk detached by
+// the operator, or failed).
+func (v *vmCapture) anyEnded() bool {
+	for _, dc := range v.disks {
+		select {
+		case <-dc.done:
+			return true
+		default:
+		}
+	}
+	return false
+}
+
 // close lets go of the VM's QMP connection.
 func (v *vmCapture) close() { v.q.Close() }
 
@@ -400,6 +413,11 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		}
 		name := StreamName(dk)
 		exp, err := g.OwnedExport(name, dk.Size, qemu)
+		if err == nil {
+			// A kept export may still refuse writes for an operator's
+			// pause of the capture before: this capture starts unpaused.
+			exp.SetPaused(false)
+		}
 		if err != nil {
 			d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
@@ -558,10 +576,12 @@ func (d *Engine) Attach(ctx context.Context, vm string) error {
 	defer d.attachMu.Unlock()
 	if v, ok := d.find(vm); ok {
 		d.mu.Lock()
-		if !v.detached && !v.ended(func(error) bool { return true }) {
+		if !v.detached && !v.anyEnded() {
 			d.mu.Unlock()
-			return nil // protected already
+			return nil // every disk protected already
 		}
+		// A VM with a disk detached (or ended) is attached anew: the
+		// disks still captured are adopted by their running jobs.
 		delete(d.vms, v.vm.ID)
 		d.mu.Unlock()
 		for _, dc := range v.disks {

@@ -75,6 +75,7 @@ type Group struct {
 	served   bool
 	closing  chan struct{} // closed by Shutdown
 	serveEnd chan struct{} // closed when Serve has returned
+	shutDone chan struct{} // closed when the first Shutdown has set closeErr
 	closed   bool
 	closeErr error
 }
@@ -97,7 +98,7 @@ func OpenGroup(ctx context.Context, opts GroupOptions) (*Group, error) {
 	}
 	g := &Group{name: name, opts: opts, log: log, sp: sp, seq: NewSequencer(sp),
 		health:  Health{State: StateOK},
-		closing: make(chan struct{}), serveEnd: make(chan struct{})}
+		closing: make(chan struct{}), serveEnd: make(chan struct{}), shutDone: make(chan struct{})}
 	g.seq.SetLogger(log)
 	if opts.Replica != nil {
 		so := *opts.Replica
@@ -310,12 +311,14 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
+		<-g.shutDone // the first call's result, once it has one
 		return g.closeErr
 	}
 	g.closed = true
 	served := g.served
 	close(g.closing)
 	g.mu.Unlock()
+	defer close(g.shutDone)
 
 	var errs []error
 	if served {

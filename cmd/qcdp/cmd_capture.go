@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/shipper"
 	"github.com/qcdp/qcdp/shipper/spool"
@@ -46,6 +47,9 @@ and QEMU set up by hand.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.socket == "" || opts.spoolDir == "" || opts.group == "" || len(opts.disks.names) == 0 {
 				return usagef("--socket, --spool, --group and at least one --disk are required")
+			}
+			if err := configs.ValidName(opts.group); err != nil {
+				return usagef("--group: %v", err)
 			}
 			return runCapture(cmd.Context(), opts, cmd.OutOrStdout())
 		},

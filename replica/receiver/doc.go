@@ -71,10 +71,13 @@
 //     lost sent records) and the journal's history is to be kept but
 //     closed: stop the replica daemon, move the group's journal directory
 //     <storage root>/<tenant>/<group> out of the storage root (it can still
-//     be opened for restores from there), and start the daemon again. The
-//     host's spool then starts a new journal; detach and attach the
-//     group's disks on the host (qcdp detach, qcdp attach) so that new
-//     capture jobs copy them whole: the new journal offers no restore
+//     be opened for restores from there), and start the daemon again. On
+//     the host, stop qcdp host and move the group's spool directory
+//     <state_dir>/spool/<group> aside as well (a spool that already let go
+//     of what the old journal acknowledged cannot start a new journal:
+//     the sender names that as diverged), start qcdp host again, and
+//     detach and attach the group's VMs (qcdp detach, qcdp attach) so that
+//     new capture jobs copy them whole: the new journal offers no restore
 //     point before every disk's initial sync.
 //   - The ORIGIN file is damaged (the group's streams are refused as
 //     unavailable and its info names the error): remove it; the bound
@@ -95,4 +98,53 @@
 // arrived are appended together (one fsync for several batches), then one
 // Ack names the new durable seq. A Ping is answered by an Ack too. A
 // connection silent for longer than IdleTimeout is closed.
+//
+// # Memory
+//
+// A host holding a tenant's certificate must not be able to push the
+// daemon out of memory. Everything a stream holds for data in flight is
+// paid for, before it is allocated, from one budget of MaxInflight bytes
+// shared by all streams (a weighted semaphore served in order):
+//
+//   - once a frame's header is read (and a batch's 20-byte header), the
+//     frame's cost, stream.FrameCost: its payload, and what decoding it
+//     allocates as the batch header declares (the decompressed data, the
+//     records and their names). Only then is the payload read, into a
+//     buffer of its own, and decoded into buffers of their own
+//     (stream.Reader.Reserve, stream.BatchDecoder.Fresh);
+//   - when batches are coalesced, the slice of pending records.
+//
+// The budget a batch took is returned when the batch has been appended to
+// the journal; its buffers are then dropped, so a stream that goes idle
+// after a large batch holds none of it. A stream that finds too little
+// free first appends what it has pending (so that no stream waits while
+// holding what another waits for), then waits in line, at most
+// IdleTimeout: after that it is refused with CodeUnavailable, naming the
+// budget, and its host retries. A frame that alone costs more than the
+// whole budget is refused with CodeProtocol, naming both; the policy's
+// least max_inflight (configs.MinMaxInflight) holds any batch a host
+// sends.
+//
+// Beyond the budget a stream holds a fixed amount: its TLS connection and
+// a 64 KiB read buffer; its group's journal keeps a write buffer of at
+// most 1 MiB; the process keeps a few zstd decoders (one per CPU, each
+// with its block buffers) that streams borrow for each batch. The number
+// of streams is bounded per tenant (below); the daemon's heap is then
+// about MaxInflight plus that, plus what the Go collector has not yet
+// reclaimed (set GOMEMLIMIT to make it collect sooner).
+//
+// # Limits per tenant
+//
+// MaxStreams bounds the connections a tenant's hosts have open at once,
+// counted from the TLS handshake. A connection that would exceed it is
+// refused with CodeUnavailable once its Hello names its group, unless that
+// group is streaming now: it replaces that stream (a host reconnecting
+// after a half-open connection is served at once, even at the limit). A
+// connection beyond twice the limit is refused before its Hello.
+//
+// The number of groups a tenant may create is the journal opener's to
+// bound (OpenJournal; the replica's max_groups): an error wrapping
+// ErrLimit refuses the stream with CodeDenied and the error's message. A
+// group refused before its journal opened leaves nothing in memory.
+// Every refusal is logged with the peer, the tenant and the limit.
 package receiver

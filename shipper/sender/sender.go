@@ -421,7 +421,10 @@ func (s *Sender) write(ctx context.Context, c net.Conn, durable uint64) error {
 			}
 			if err != nil {
 				if errors.Is(err, spool.ErrGone) {
-					return fmt.Errorf("sender: group %s: replica holds up to seq %d, the spool no longer has seq %d: resync needed: %w", s.group, next-1, next, err)
+					// The replica lacks records this spool no longer
+					// holds (its journal was moved aside or lost): the
+					// stream cannot go on without a reset.
+					return fmt.Errorf("%w: group %s: the replica holds up to seq %d, the spool no longer has seq %d (%v): move this spool aside too, or the replica's journal back", ErrDiverged, s.group, next-1, next, err)
 				}
 				return fmt.Errorf("sender: group %s: read spool at seq %d: %w", s.group, next, err)
 			}

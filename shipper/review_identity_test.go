@@ -1,0 +1,253 @@
+package shipper
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/shipper/sender"
+	"github.com/qcdp/qcdp/shipper/spool"
+	"github.com/qcdp/qcdp/vfs"
+)
+
+// reviewGroup opens and serves a group on dir streaming to rep, with one
+// export vda; stop shuts it down.
+func reviewGroup(t *testing.T, ctx context.Context, dir string, rep *testReplica) (g *Group, exp *CaptureExport, stop func()) {
+	t.Helper()
+	opts := GroupOptions{
+		Spool: spool.Options{Dir: dir, Group: "g1", Logger: quiet},
+		Replica: &sender.Options{Addr: rep.addr, TLS: rep.pki.Client("acme", "kvm1"), Host: "kvm1",
+			MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond},
+		Logger: quiet,
+	}
+	g, err := OpenGroup(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err = g.Export("vda", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- g.Serve(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			if err := g.Shutdown(context.Background()); err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+			<-served
+		})
+	}
+	t.Cleanup(stop)
+	return g, exp, stop
+}
+
+func reviewWrite(t *testing.T, ctx context.Context, exp *CaptureExport, n int, b byte) {
+	t.Helper()
+	for i := range n {
+		if err := exp.WriteAt(ctx, bytes.Repeat([]byte{b}, 512), int64(i)*512); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReviewCopiedSpoolSpliced: a spool directory copied while stopped
+// (a host image cloned, a backup restored on a second host) keeps the same
+// id, and both copies bump the epoch to the same value at their next open.
+// The replica refuses only an epoch *lower* than the bound one, and each
+// copy's Intact is MaxUint64 once it was welcomed, so the two hosts take
+// the group's stream in turns (each replaces the other) and the journal
+// gets B's seqs 6..13 and then A's 14..17; A's own 6..13, which never
+// reached the replica, are acknowledged and deleted from A's spool.
+func TestReviewCopiedSpoolSpliced(t *testing.T) {
+	t.Skip("known defect, open in the trust issue: two copies of one spool directory share id and epoch; needs a per-open nonce in the identity, Hello and ORIGIN")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep := startReplica(t)
+	root := t.TempDir()
+	dirA, dirB := filepath.Join(root, "a"), filepath.Join(root, "b")
+
+	g, exp, stop := reviewGroup(t, ctx, dirA, rep)
+	reviewWrite(t, ctx, exp, 5, 0x11)
+	waitAcked(t, g, 5, 10*time.Second)
+	stop()
+	if out, err := exec.Command("cp", "-a", dirA, dirB).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+
+	gA, expA, stopA := reviewGroup(t, ctx, dirA, rep)
+	defer stopA()
+	waitConnected(t, gA)
+	gB, expB, stopB := reviewGroup(t, ctx, dirB, rep)
+	defer stopB()
+	idA, idB := gA.Spool().Identity(), gB.Spool().Identity()
+	t.Logf("spool A %s epoch %d; copy B %s epoch %d", idA.ID, idA.Epoch, idB.ID, idB.Epoch)
+
+	reviewWrite(t, ctx, expB, 8, 0xBB) // B: seqs 6..13
+	waitAcked(t, gB, 13, 10*time.Second)
+	reviewWrite(t, ctx, expA, 12, 0xAA) // A: seqs 6..17, other writes
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if gA.Spool().Acked() >= 17 {
+			t.Fatalf("copied spool spliced: the journal holds host B's seqs 6..13 and host A's 14..17 (same spool id %s, epoch %d on both); "+
+				"host A's own 6..13 were acknowledged and deleted though the replica never got them", idA.ID, idA.Epoch)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("A: %+v\nB: %+v", gA.Sender().Stats(), gB.Sender().Stats())
+}
+
+func waitConnected(t *testing.T, g *Group) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !g.Sender().Stats().Connected {
+		if time.Now().After(deadline) {
+			t.Fatalf("sender never connected: %+v", g.Sender().Stats())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestReviewJournalMovedAsideNamesTheWayOut: the group's journal is moved
+// aside at the replica (a second replica with an empty storage root is the
+// same), but the host's spool has already let go of every record the old
+// journal acknowledged: the new journal can only start at seq 1, so the
+// stream cannot go on. The sender must say so as diverged, naming the way
+// out (move the spool aside too, as replica/receiver/doc.go says), not
+// retry in silence.
+func TestReviewJournalMovedAsideNamesTheWayOut(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rep := startReplica(t)
+	dir := filepath.Join(t.TempDir(), "spool")
+	g, exp, stop := reviewGroup(t, ctx, dir, rep)
+	reviewWrite(t, ctx, exp, 5, 1)
+	waitAcked(t, g, 5, 10*time.Second)
+	stop()
+
+	fresh := startReplica(t) // the group's journal moved aside
+	g, exp, stop = reviewGroup(t, ctx, dir, fresh)
+	defer stop()
+	reviewWrite(t, ctx, exp, 3, 2)
+	deadline := time.Now().Add(8 * time.Second)
+	for {
+		st := g.Sender().Stats()
+		if strings.Contains(st.Diverged, "move this spool aside") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream cannot go on, but status does not say diverged with the way out: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReviewHealLosesAckedWrites: a write answered to QEMU as taken (in
+// the spool file, not yet fsync'd), then an fsync fails and the kernel
+// drops the dirty pages (what Linux does after a writeback error; modelled
+// by MemFS.Crash). The group heals: the reopened spool lacks the answered
+// writes, and the sequencer only logs it. It reuses their seqs for new
+// records and owes the disk nothing: no resync bracket, no full copy, no
+// status. QEMU's bitmap no longer tracks those chunks (the mirror saw them
+// succeed), so the replica never gets them and every later restore point
+// lacks writes the guest saw complete (invariants 3 and 4).
+func TestReviewHealLosesAckedWrites(t *testing.T) {
+	t.Skip("known defect, open in the trust issue: a heal whose reopened spool lost answered writes must owe every declared disk a full, bracketed re-copy")
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	opts := spool.Options{Dir: "/spool", Group: "g1", FS: fs, Logger: quiet}
+	sp, err := spool.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := NewSequencer(sp)
+	seq.SetLogger(quiet)
+	exp, err := seq.Export("vda", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exp.WriteAt(ctx, []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := seq.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ { // answered to QEMU: the guest saw these complete
+		if err := exp.WriteAt(ctx, []byte{byte(i)}, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs.SetInjector(vfs.FailNth(vfs.OpSync, 1, syscall.EIO))
+	if err := exp.Flush(ctx); err == nil {
+		t.Fatal("flush with a failing fsync succeeded")
+	}
+	fs.SetInjector(nil)
+	sp.Close()
+	fs.Crash() // the pages of the failed writeback are gone
+	sp2, err := spool.Open(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp2.Close()
+	seq.reopened(sp2)
+	if err := exp.WriteAt(ctx, []byte{9}, 9*4096); err != nil {
+		t.Fatal(err)
+	}
+	recs := readAll(t, sp2, 1)
+	for _, r := range recs {
+		t.Logf("seq %d %v %v disk=%s off=%d", r.Seq, r.Kind, r.Marker, r.Disk, r.Offset)
+	}
+	for _, r := range recs {
+		if r.Kind == record.Marker && r.Marker == record.ResyncBegin && r.Disk == "vda" {
+			return
+		}
+	}
+	t.Fatalf("3 writes answered as taken were lost by the heal; the stream goes on (seq %d reused) with no resync owed for vda", recs[len(recs)-1].Seq)
+}
+
+// TestReviewShutdownTwiceConcurrently: "a second call returns the first
+// one's result", but a second Shutdown racing the first returns nil at
+// once, before the spool is synced and closed, and reads closeErr while
+// the first writes it (a data race under -race).
+func TestReviewShutdownTwiceConcurrently(t *testing.T) {
+	ctx := context.Background()
+	fs := vfs.NewMemFS()
+	g, err := OpenGroup(ctx, GroupOptions{Spool: spool.Options{Dir: "/s", Group: "g1", FS: fs}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err := g.Export("vda", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exp.WriteAt(ctx, []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The final sync is slow (a loaded disk), then fails.
+	fs.SetInjector(func(op vfs.Op, _ string) error {
+		if op == vfs.OpSync {
+			time.Sleep(300 * time.Millisecond)
+			return syscall.EIO
+		}
+		return nil
+	})
+	first := make(chan error, 1)
+	go func() { first <- g.Shutdown(ctx) }()
+	time.Sleep(50 * time.Millisecond) // the first call is in its final sync
+	second := g.Shutdown(ctx)
+	spoolOpen := g.Spool().Stats() // still open: the first call has not closed it
+	if err := <-first; err == nil {
+		t.Fatal("first Shutdown: want the failed final sync")
+	}
+	if second == nil {
+		t.Fatalf("second Shutdown returned nil while the first was still syncing (spool still open: %+v) and before its failed final sync was known", spoolOpen)
+	}
+}
