@@ -221,6 +221,24 @@ func (t *table) size(k string) (int64, bool) {
 	return 0, false
 }
 
+// integer returns the whole number at k, which must be from lo to hi.
+func (t *table) integer(k string, lo, hi int64) (int64, bool) {
+	v, present := t.lookup(k)
+	if !present {
+		return 0, false
+	}
+	x, isInt := v.(int64)
+	if !isInt {
+		t.typeErr(t.key(k), "a whole number", v)
+		return 0, false
+	}
+	if x < lo || x > hi {
+		t.d.errorf(t.key(k), ErrInvalid, "%d is out of range: from %d to %d", x, lo, hi)
+		return 0, false
+	}
+	return x, true
+}
+
 // duration returns the duration at k, written as Go does: "1s", "250ms".
 func (t *table) duration(k string) (time.Duration, bool) {
 	v, present := t.lookup(k)

@@ -18,11 +18,36 @@ import (
 // --config`), decoded with the same strict walker, positions and errors as
 // the host policy:
 //
-//	[replica]      listen, ca, cert, key (required), storage_root, log_level
-//	[defaults]     window, window_bytes, long_term = [{every, keep}, …], bookmarks
+//	[replica]      listen, ca, cert, key (required), storage_root, control_socket,
+//	               nbd_socket, log_level, max_inflight
+//	[defaults]     window, window_bytes, long_term = [{every, keep}, …], bookmarks,
+//	               max_streams, max_groups
 //	[[tenant]]     name (required), hosts, groups, read_groups, and any [defaults] key
 //
 // Durations are Go's ("90s", "24h") and may also be whole days ("7d").
+//
+// # Limits
+//
+// A host that holds a tenant's certificate must not be able to push the
+// replica daemon out of memory, nor fill its storage root with journals:
+//
+//   - max_inflight (a size, default 256M, at least 128M) bounds the memory
+//     that all streams together hold for data in flight: frames being read,
+//     batches being decoded and waiting for their journal append. A stream
+//     that needs more than is free waits (at most the idle timeout, then it
+//     is refused as unavailable); a frame that alone needs more is refused.
+//     128M holds the largest batch a host sends (a 32 MiB write with the
+//     rest of a batch, compressed) with room to spare.
+//   - max_streams (default 64) bounds the connections a tenant's hosts have
+//     open at once. One more is refused as unavailable, unless it replaces
+//     its group's stream (a host reconnecting after a half-open
+//     connection); beyond twice the limit, before its Hello.
+//   - max_groups (default 64) bounds the journals a tenant has in the
+//     storage root, those already there included: a stream that would
+//     create one more is refused as denied. Lowering it below what exists
+//     refuses new groups only.
+//
+// Each refusal names the limit and is logged.
 
 // Built-in defaults of the replica policy.
 const (
@@ -32,7 +57,17 @@ const (
 	// daemon's local sockets.
 	DefaultReplicaControlSocket = "/run/qcdp/replica.sock"
 	DefaultReplicaNBDSocket     = "/run/qcdp/replica-nbd.sock"
+	// DefaultMaxInflight and MinMaxInflight are max_inflight's default and
+	// least value.
+	DefaultMaxInflight = 256 << 20
+	MinMaxInflight     = 128 << 20
+	// MaxLimit bounds max_streams and max_groups.
+	MaxLimit = 1 << 20
 )
+
+// DefaultLimits are a tenant's limits unless [defaults] or its [[tenant]]
+// say otherwise.
+var DefaultLimits = Limits{MaxStreams: 64, MaxGroups: 64}
 
 // DefaultRetention is what [defaults] starts from: a day of any-point-in-
 // time, then hourly points for a day and daily points for a week.
@@ -58,8 +93,18 @@ type Replica struct {
 	// `restore` and `verify`; NBDSocket (nbd_socket) serves the exported
 	// point-in-time views to local NBD clients (QEMU, qemu-img, nbdcopy).
 	ControlSocket, NBDSocket string
-	Defaults                 Retention // [defaults]
-	Tenants                  []*Tenant // in file order
+	// MaxInflight (max_inflight) bounds the memory of data in flight over
+	// all streams.
+	MaxInflight int64
+	Defaults    Retention // [defaults]
+	Limits      Limits    // [defaults]
+	Tenants     []*Tenant // in file order
+}
+
+// Limits bound what the hosts of one tenant may hold at the replica.
+type Limits struct {
+	MaxStreams int // max_streams: connections open at once
+	MaxGroups  int // max_groups: journals in the storage root
 }
 
 // Retention is how long a group's history is kept (see journal.Retention).
@@ -84,6 +129,7 @@ type Tenant struct {
 	Groups     []string  // groups its hosts may write (and read): names or patterns ("web-*")
 	ReadGroups []string  // groups they may only read
 	Retention  Retention // [defaults] with the tenant's overrides
+	Limits     Limits    // [defaults] with the tenant's overrides
 }
 
 // LoadReplica reads and parses the replica policy at path.
@@ -102,7 +148,7 @@ func ParseReplica(name string, data []byte) (*Replica, error) {
 
 func (d *decoder) replica(raw map[string]any) *Replica {
 	root := d.table("", raw)
-	c := &Replica{File: d.file, Defaults: DefaultRetention}
+	c := &Replica{File: d.file, Defaults: DefaultRetention, Limits: DefaultLimits, MaxInflight: DefaultMaxInflight}
 	rt, ok := root.sub("replica")
 	if !ok {
 		rt = d.table("replica", nil)
@@ -133,9 +179,18 @@ func (d *decoder) replica(raw map[string]any) *Replica {
 		}
 	}
 	c.LogLevel = d.logLevel(rt)
+	if n, ok := rt.size("max_inflight"); ok {
+		if n < MinMaxInflight {
+			d.errorf(rt.key("max_inflight"), ErrInvalid, "%s is less than %s: the largest batch a host sends would not fit",
+				formatSize(n), formatSize(MinMaxInflight))
+		} else {
+			c.MaxInflight = n
+		}
+	}
 	rt.done()
 	if t, ok := root.sub("defaults"); ok {
 		c.Defaults = d.retention(t, DefaultRetention)
+		c.Limits = d.limits(t, DefaultLimits)
 		t.done()
 	}
 	seen := map[string]string{}
@@ -211,6 +266,17 @@ func (d *decoder) retention(t *table, base Retention) Retention {
 	return r
 }
 
+func (d *decoder) limits(t *table, base Limits) Limits {
+	l := base
+	if n, ok := t.integer("max_streams", 1, MaxLimit); ok {
+		l.MaxStreams = int(n)
+	}
+	if n, ok := t.integer("max_groups", 1, MaxLimit); ok {
+		l.MaxGroups = int(n)
+	}
+	return l
+}
+
 // longDuration reads a duration written as Go does or in whole days
 // ("7d"): retention periods are naturally days.
 func (d *decoder) longDuration(t *table, k string) (time.Duration, bool) {
@@ -277,6 +343,7 @@ func (d *decoder) tenant(t *table, c *Replica, seen map[string]string) *Tenant {
 		d.errorf(t.path, ErrMissing, "set groups (and/or read_groups): the groups the tenant's hosts may write (read)")
 	}
 	tn.Retention = d.retention(t, c.Defaults)
+	tn.Limits = d.limits(t, c.Limits)
 	t.done()
 	if tn.Name == "" {
 		return nil
@@ -401,6 +468,15 @@ func (c *Replica) JournalDir(tenant, group string) (string, error) {
 		return "", fmt.Errorf("configs: group: %w", err)
 	}
 	return filepath.Join(c.StorageRoot, tenant, group), nil
+}
+
+// LimitsFor returns the limits of a tenant ([defaults] for a tenant the
+// policy does not name).
+func (c *Replica) LimitsFor(tenant string) Limits {
+	if t, ok := c.Tenant(tenant); ok {
+		return t.Limits
+	}
+	return c.Limits
 }
 
 // RetentionFor returns the retention of a tenant's groups.

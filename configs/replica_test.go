@@ -66,6 +66,26 @@ func TestReplicaExample(t *testing.T) {
 	}
 }
 
+// The limits: built-in defaults, [defaults] for every tenant, a tenant's
+// own, and [defaults] for a tenant the policy does not name.
+func TestReplicaLimits(t *testing.T) {
+	c, err := configs.LoadReplica("examples/replica.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxInflight != configs.DefaultMaxInflight || c.LimitsFor("acme") != configs.DefaultLimits || c.LimitsFor("globex") != (configs.Limits{MaxStreams: 8, MaxGroups: 4}) {
+		t.Fatalf("example: max_inflight %d, acme %+v, globex %+v", c.MaxInflight, c.LimitsFor("acme"), c.LimitsFor("globex"))
+	}
+	c, err = configs.ParseReplica("r.toml", []byte(withReplica(`max_inflight = "1G"`, `[defaults]`, `max_streams = 10`, `max_groups = 20`,
+		`[[tenant]]`, `name = "a"`, `hosts = ["*"]`, `groups = ["*"]`, `max_groups = 3`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxInflight != 1<<30 || c.LimitsFor("a") != (configs.Limits{MaxStreams: 10, MaxGroups: 3}) || c.LimitsFor("stranger") != (configs.Limits{MaxStreams: 10, MaxGroups: 20}) {
+		t.Fatalf("max_inflight %d, a %+v, stranger %+v", c.MaxInflight, c.LimitsFor("a"), c.LimitsFor("stranger"))
+	}
+}
+
 func TestReplicaReadGroups(t *testing.T) {
 	c, err := configs.ParseReplica("r.toml", []byte(withReplica(`[[tenant]]`, `name = "ops"`, `hosts = ["*"]`, `read_groups = ["*"]`)))
 	if err != nil {
@@ -105,6 +125,17 @@ func TestReplicaErrors(t *testing.T) {
 		{"no hosts", withReplica(`[[tenant]]`, `name = "a"`, `groups = ["web"]`), 5, "tenant[0]", configs.ErrMissing},
 		{"tenant retention", withReplica(`[[tenant]]`, `name = "a"`, `hosts = ["*"]`, `groups = ["w"]`, `window_bytes = "lots"`),
 			9, "tenant[0].window_bytes", configs.ErrInvalid},
+		{"budget below the largest batch", withReplica(`max_inflight = "64M"`), 5, "replica.max_inflight", configs.ErrInvalid},
+		{"budget not a size", withReplica(`max_inflight = "much"`), 5, "replica.max_inflight", configs.ErrInvalid},
+		{"budget negative", withReplica(`max_inflight = -1`), 5, "replica.max_inflight", configs.ErrInvalid},
+		{"no streams", withReplica(`[defaults]`, `max_streams = 0`), 6, "defaults.max_streams", configs.ErrInvalid},
+		{"streams not a number", withReplica(`[defaults]`, `max_streams = "8"`), 6, "defaults.max_streams", configs.ErrType},
+		{"streams a float", withReplica(`[defaults]`, `max_streams = 8.5`), 6, "defaults.max_streams", configs.ErrType},
+		{"tenant groups negative", withReplica(`[[tenant]]`, `name = "a"`, `hosts = ["*"]`, `groups = ["w"]`, `max_groups = -3`),
+			9, "tenant[0].max_groups", configs.ErrInvalid},
+		{"tenant groups huge", withReplica(`[[tenant]]`, `name = "a"`, `hosts = ["*"]`, `groups = ["w"]`, `max_groups = 9999999999`),
+			9, "tenant[0].max_groups", configs.ErrInvalid},
+		{"limit in [replica]", withReplica(`max_groups = 5`), 5, "replica.max_groups", configs.ErrUnknownKey},
 	}
 	for _, tc := range cases {
 		_, err := configs.ParseReplica("replica.toml", []byte(tc.toml))

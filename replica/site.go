@@ -54,6 +54,10 @@ type Site struct {
 	views   map[string]*export       // by export id
 	nextID  int
 
+	// creating serialises the creation of journals, so that two new groups
+	// of a tenant cannot both take its last place under max_groups.
+	creating sync.Mutex
+
 	wg sync.WaitGroup
 }
 
@@ -86,9 +90,10 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, er
 		return nil, err
 	}
 	d.recv = &receiver.Server{
-		TLS: tlsCfg, Config: cfg, Logger: log,
+		TLS: tlsCfg, Config: cfg, Logger: log, MaxInflight: cfg.MaxInflight,
+		MaxStreams: func(tenant string) int { return cfg.LimitsFor(tenant).MaxStreams },
 		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
-			j, err := d.journal(ctx, tenant, group)
+			j, err := d.journalOrNew(ctx, tenant, group)
 			if err != nil {
 				return nil, err
 			}
@@ -236,6 +241,51 @@ func (d *Site) journal(ctx context.Context, tenant, group string) (*journal.Jour
 	}
 	d.journals[key] = j
 	return j, nil
+}
+
+// journalOrNew returns the journal of a tenant's group, creating it if
+// the tenant has fewer journals than its max_groups; else the error wraps
+// receiver.ErrLimit.
+func (d *Site) journalOrNew(ctx context.Context, tenant, group string) (*journal.Journal, error) {
+	dir, err := d.cfg.JournalDir(tenant, group) // checks both names
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		return d.journal(ctx, tenant, group)
+	}
+	d.creating.Lock()
+	defer d.creating.Unlock()
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		n, err := d.groupsOnDisk(tenant)
+		if err != nil {
+			return nil, err
+		}
+		if limit := d.cfg.LimitsFor(tenant).MaxGroups; n >= limit {
+			return nil, fmt.Errorf("%w: tenant %q has %d groups at the replica, its max_groups is %d: group %q would be one more",
+				receiver.ErrLimit, tenant, n, limit, group)
+		}
+	}
+	return d.journal(ctx, tenant, group)
+}
+
+// groupsOnDisk counts the journals of a tenant in the storage root, as
+// openExisting finds them.
+func (d *Site) groupsOnDisk(tenant string) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(d.cfg.StorageRoot, tenant))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replica: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if e.IsDir() && configs.ValidName(e.Name()) == nil {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // errStopping: the daemon is stopping.

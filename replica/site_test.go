@@ -3,6 +3,8 @@ package replica
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +27,25 @@ import (
 // "db") and "acme.db" (group "3"): names that would collide if export names
 // were joined with dots.
 func newDaemon(t *testing.T) *Site {
+	t.Helper()
+	d, _ := newDaemonWith(t, `
+[[tenant]]
+name = "acme"
+hosts = ["*"]
+groups = ["db"]
+
+[[tenant]]
+name = "acme.db"
+hosts = ["*"]
+groups = ["3"]
+`)
+	return d
+}
+
+// newDaemonWith starts a replica daemon on loopback with the policy's
+// tables after [replica], and returns it with a maker of host TLS
+// configurations for it.
+func newDaemonWith(t *testing.T, policy string) (*Site, func(tenant, host string) *tls.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now()
@@ -56,18 +77,8 @@ key = %q
 storage_root = %q
 control_socket = %q
 nbd_socket = %q
-
-[[tenant]]
-name = "acme"
-hosts = ["*"]
-groups = ["db"]
-
-[[tenant]]
-name = "acme.db"
-hosts = ["*"]
-groups = ["3"]
 `, port, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "dr.pem"), filepath.Join(dir, "dr-key.pem"),
-		filepath.Join(dir, "journals"), filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "nbd.sock"))))
+		filepath.Join(dir, "journals"), filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "nbd.sock"))+policy))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +95,19 @@ groups = ["3"]
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return d
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	return d, func(tenant, host string) *tls.Config {
+		c, k, err := stream.Issue(ca, caKey, stream.CertRequest{CommonName: host, Tenant: tenant, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return stream.ClientTLS(pool, cert, "localhost")
+	}
 }
 
 // fill journals a group: one block per disk, then each disk's

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/qcdp/qcdp/record"
@@ -129,22 +131,75 @@ func (e *BatchEncoder) Frame() []byte {
 // BatchDecoder decodes Batch frames. It keeps its buffers and its zstd
 // decoder across batches; it is not safe for concurrent use. Close it.
 type BatchDecoder struct {
-	dec  *zstd.Decoder
+	// Fresh makes Decode allocate the decompressed data and the records of
+	// every batch anew instead of reusing its buffers: the records of one
+	// batch stay valid after the next Decode, and the decoder keeps no
+	// reference to them, so their memory is freed once the caller drops
+	// them (and the frame's payload). FrameCost bounds what Decode then
+	// allocates for a batch. A Fresh decoder keeps no zstd decoder either:
+	// it borrows one, for each compressed batch, from a few shared by the
+	// process (their block buffers are a fixed cost of the process, not of
+	// each stream).
+	Fresh bool
+
+	dec  *zstd.Decoder // made at the first compressed batch unless Fresh
 	raw  []byte
 	recs []record.Record
 }
 
-// NewBatchDecoder returns a decoder.
-func NewBatchDecoder() *BatchDecoder {
-	// DecodeAll is capped at cap(dst), which Decode sets to the declared
-	// raw length: a batch cannot decompress to more than it declared.
+// newZstdDecoder returns a decoder for batch data. DecodeAll is capped at
+// cap(dst), which Decode sets to the declared raw length: a batch cannot
+// decompress to more than it declared.
+func newZstdDecoder() *zstd.Decoder {
 	dec, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true),
 		zstd.WithDecoderMaxMemory(MaxBatchRaw), zstd.WithDecoderMaxWindow(MaxBatchRaw))
-	return &BatchDecoder{dec: dec}
+	return dec
 }
 
+// sharedDecoders are the zstd decoders Fresh decoders borrow: as many as
+// the process runs goroutines at once; more are made when they are all
+// borrowed, and closed when given back to a full set.
+var sharedDecoders = make(chan *zstd.Decoder, runtime.GOMAXPROCS(0))
+
+// scrubFrame is a small zstd frame (literals and a match) that a shared
+// decoder decodes before it is given back: a zstd decoder keeps pointers
+// into the last input and output it decoded, which would keep a batch's
+// frame and decompressed data alive as long as the decoder; decoding this
+// frame moves them onto it.
+var scrubFrame = func() []byte {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	defer enc.Close()
+	return enc.EncodeAll(bytes.Repeat([]byte("qcdp scrub "), 8), nil)
+}()
+
+func borrowDecoder() *zstd.Decoder {
+	select {
+	case dec := <-sharedDecoders:
+		return dec
+	default:
+		return newZstdDecoder()
+	}
+}
+
+func giveBack(dec *zstd.Decoder) {
+	dec.DecodeAll(scrubFrame, make([]byte, 0, 128)) // cannot fail
+	select {
+	case sharedDecoders <- dec:
+	default:
+		dec.Close()
+	}
+}
+
+// NewBatchDecoder returns a decoder.
+func NewBatchDecoder() *BatchDecoder { return &BatchDecoder{} }
+
 // Close releases the zstd decoder.
-func (d *BatchDecoder) Close() { d.dec.Close() }
+func (d *BatchDecoder) Close() {
+	if d.dec != nil {
+		d.dec.Close()
+		d.dec = nil
+	}
+}
 
 // BatchInfo is what a Batch header declares.
 type BatchInfo struct {
@@ -196,10 +251,25 @@ func (d *BatchDecoder) Decode(f Frame) (BatchInfo, []record.Record, error) {
 	}
 	raw := data
 	if bi.Flags&BatchZstd != 0 {
-		if cap(d.raw) < bi.RawLen {
-			d.raw = make([]byte, 0, bi.RawLen) // bounded by MaxBatchRaw above
+		dst := d.raw
+		if d.Fresh || cap(dst) < bi.RawLen {
+			dst = make([]byte, 0, bi.RawLen) // bounded by MaxBatchRaw above
 		}
-		out, err := d.dec.DecodeAll(data, d.raw[:0:bi.RawLen])
+		if !d.Fresh {
+			d.raw = dst
+		}
+		var out []byte
+		var err error
+		if d.Fresh {
+			dec := borrowDecoder()
+			out, err = dec.DecodeAll(data, dst[:0:bi.RawLen])
+			giveBack(dec)
+		} else {
+			if d.dec == nil {
+				d.dec = newZstdDecoder()
+			}
+			out, err = d.dec.DecodeAll(data, dst[:0:bi.RawLen])
+		}
 		if err != nil {
 			return bi, nil, fmt.Errorf("%w: batch at seq %d: zstd: %v", ErrCorrupt, bi.First, err)
 		}
@@ -208,7 +278,12 @@ func (d *BatchDecoder) Decode(f Frame) (BatchInfo, []record.Record, error) {
 		}
 		raw = out
 	}
-	d.recs = d.recs[:0]
+	recs := d.recs[:0]
+	if d.Fresh {
+		recs = make([]record.Record, 0, bi.Count) // bounded by RawLen/minRecordLen above
+	} else {
+		defer func() { d.recs = recs[:0] }()
+	}
 	for off := 0; off < len(raw); {
 		r, n, err := record.Decode(raw[off:])
 		if err != nil {
@@ -217,16 +292,57 @@ func (d *BatchDecoder) Decode(f Frame) (BatchInfo, []record.Record, error) {
 			} else {
 				err = fmt.Errorf("%w: %w", ErrCorrupt, err)
 			}
-			return bi, nil, fmt.Errorf("batch at seq %d, record %d, offset %d: %w", bi.First, len(d.recs), off, err)
+			return bi, nil, fmt.Errorf("batch at seq %d, record %d, offset %d: %w", bi.First, len(recs), off, err)
 		}
-		if want := bi.First + uint64(len(d.recs)); r.Seq != want || len(d.recs) == bi.Count {
-			return bi, nil, fmt.Errorf("%w: batch at seq %d of %d records: record %d has seq %d", ErrCorrupt, bi.First, bi.Count, len(d.recs), r.Seq)
+		if want := bi.First + uint64(len(recs)); r.Seq != want || len(recs) == bi.Count {
+			return bi, nil, fmt.Errorf("%w: batch at seq %d of %d records: record %d has seq %d", ErrCorrupt, bi.First, bi.Count, len(recs), r.Seq)
 		}
-		d.recs = append(d.recs, r)
+		recs = append(recs, r)
 		off += n
 	}
-	if len(d.recs) != bi.Count {
-		return bi, nil, fmt.Errorf("%w: batch at seq %d declares %d records, holds %d", ErrCorrupt, bi.First, bi.Count, len(d.recs))
+	if len(recs) != bi.Count {
+		return bi, nil, fmt.Errorf("%w: batch at seq %d declares %d records, holds %d", ErrCorrupt, bi.First, bi.Count, len(recs))
 	}
-	return bi, d.recs, nil
+	return bi, recs, nil
+}
+
+// Memory accounting of FrameCost.
+const (
+	// recordSize is what a decoded record takes in a records slice.
+	recordSize = int64(unsafe.Sizeof(record.Record{}))
+	// nameSlack is what the allocation of a disk or marker name may take
+	// beyond its length (Go's size classes up to 256 bytes are 16 apart).
+	nameSlack = 16
+	// allocSlack is what a large allocation may take beyond its length
+	// (Go rounds it up to whole 8 KiB pages).
+	allocSlack = 8 << 10
+)
+
+// FrameCost returns at most how many bytes of memory a frame of type t
+// with a payload of n bytes takes once read by a Reader with Reserve set
+// and, for a Batch, decoded by a BatchDecoder with Fresh set: the payload,
+// and what Decode allocates as the batch header head declares (the first
+// BatchHeaderLen bytes of the payload, which the frame checksum has not
+// verified yet): the decompressed data of a compressed batch, the records,
+// and their disk and marker names. A header that Decode refuses is
+// refused before anything is allocated for it; FrameCost counts what it
+// declares within the bounds Decode enforces.
+func FrameCost(t Type, n int, head []byte) int64 {
+	if n == 0 {
+		return 0
+	}
+	cost := int64(n) + allocSlack
+	if t != Batch || len(head) < BatchHeaderLen {
+		return cost
+	}
+	raw := min(int64(binary.LittleEndian.Uint32(head[16:])), MaxBatchRaw)
+	count := min(int64(binary.LittleEndian.Uint32(head[8:])), raw/minRecordLen)
+	if binary.LittleEndian.Uint16(head[12:])&BatchZstd != 0 {
+		cost += raw + allocSlack
+	}
+	// Each record's names take at most their lengths (which the rest of
+	// its encoding, beyond the fixed part, holds) plus the slack of two
+	// allocations.
+	names := min(raw-count*minRecordLen, count*(record.MaxDisk+record.MaxName))
+	return cost + count*(recordSize+2*nameSlack) + names + allocSlack
 }

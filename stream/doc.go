@@ -49,7 +49,10 @@
 // a Hello it is the version the host speaks, in a Welcome the version the
 // replica agreed to. The payload length is bounded per type (MaxPayload)
 // before anything is read or allocated, and the payload buffer grows only
-// as bytes actually arrive.
+// as bytes actually arrive. A Reader whose Reserve is set asks for a
+// frame's memory first (FrameCost: the payload and, for a Batch, what
+// decoding it takes as its header declares) and reads only once it is
+// granted; the replica pays for it from a budget shared by its streams.
 //
 // Payloads of version 2:
 //

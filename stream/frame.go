@@ -109,9 +109,26 @@ type Frame struct {
 
 // Reader reads frames from a connection. It is not safe for concurrent use.
 type Reader struct {
-	r   io.Reader
-	hdr [HeaderLen]byte
-	buf []byte
+	r    io.Reader
+	hdr  [HeaderLen]byte
+	head [BatchHeaderLen]byte // a batch header read before Reserve
+	buf  []byte
+
+	// Reserve, when set, is asked for the memory a frame will take before
+	// any of it is allocated: once the frame's header has been checked
+	// (and, for a Batch, the batch header read: see FrameCost), Next calls
+	// Reserve with FrameCost, and reads the payload only if Reserve
+	// returns nil. A non-nil error is returned by Next as it is, with the
+	// payload left unread: the connection cannot be read any further.
+	// Reserve may wait for memory to free up. It is not called for an
+	// empty payload.
+	//
+	// With Reserve set, every payload is allocated whole once reserved
+	// (the reservation, not the pace of the peer, bounds it) and belongs
+	// to the caller: the Reader keeps no reference to it, so it stays
+	// valid after the next call to Next and is freed once the caller
+	// drops it. The caller returns the reservation then.
+	Reserve func(cost int64) error
 }
 
 // NewReader returns a Reader of r; r should be buffered.
@@ -134,6 +151,9 @@ func (r *Reader) Next() (Frame, error) {
 	if err != nil {
 		return Frame{}, err
 	}
+	if r.Reserve != nil {
+		return r.reserved(t, v, n)
+	}
 	r.buf = r.buf[:0]
 	for len(r.buf) < n {
 		// Grow only as bytes arrive: a length that passed its bound still
@@ -143,16 +163,57 @@ func (r *Reader) Next() (Frame, error) {
 		m, err := io.ReadFull(r.r, r.buf[len(r.buf):len(r.buf)+step])
 		r.buf = r.buf[:len(r.buf)+m]
 		if err != nil {
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-				return Frame{}, fmt.Errorf("%w: %v payload: %d of %d bytes", ErrTruncated, t, len(r.buf), n)
-			}
+			return Frame{}, truncated(err, t, len(r.buf), n)
+		}
+	}
+	if err := r.check(t, r.buf); err != nil {
+		return Frame{}, err
+	}
+	return Frame{Type: t, Version: v, Payload: r.buf}, nil
+}
+
+// reserved reads a payload of n bytes into a buffer of its own, once
+// Reserve has granted its cost.
+func (r *Reader) reserved(t Type, v uint8, n int) (Frame, error) {
+	r.buf = nil
+	head, got := r.head[:], 0
+	if t == Batch && n >= BatchHeaderLen {
+		m, err := io.ReadFull(r.r, head)
+		if err != nil {
+			return Frame{}, truncated(err, t, m, n)
+		}
+		got = m
+	}
+	if n > 0 {
+		if err := r.Reserve(FrameCost(t, n, head[:got])); err != nil {
 			return Frame{}, err
 		}
 	}
-	if got, want := crc32.Update(crc32.Checksum(r.hdr[4:], castagnoli), castagnoli, r.buf), binary.LittleEndian.Uint32(r.hdr[:]); got != want {
-		return Frame{}, fmt.Errorf("%w: %v frame checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+	p := make([]byte, n)
+	copy(p, head[:got])
+	if m, err := io.ReadFull(r.r, p[got:]); err != nil {
+		return Frame{}, truncated(err, t, got+m, n)
 	}
-	return Frame{Type: t, Version: v, Payload: r.buf}, nil
+	if err := r.check(t, p); err != nil {
+		return Frame{}, err
+	}
+	return Frame{Type: t, Version: v, Payload: p}, nil
+}
+
+// check verifies the frame checksum over the header and payload p.
+func (r *Reader) check(t Type, p []byte) error {
+	if got, want := crc32.Update(crc32.Checksum(r.hdr[4:], castagnoli), castagnoli, p), binary.LittleEndian.Uint32(r.hdr[:]); got != want {
+		return fmt.Errorf("%w: %v frame checksum %#08x, want %#08x", ErrCorrupt, t, got, want)
+	}
+	return nil
+}
+
+// truncated explains a read that ended after m of a payload's n bytes.
+func truncated(err error, t Type, m, n int) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %v payload: %d of %d bytes", ErrTruncated, t, m, n)
+	}
+	return err
 }
 
 // parseHeader checks a frame header and returns its type, version and

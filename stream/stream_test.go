@@ -207,9 +207,25 @@ func crcFix(f []byte) {
 	put(f[0:], crcOf(h, f[4:]))
 }
 
+// newReader returns a Reader of b, one that reserves its frames or not.
+func newReader(b []byte, reserve bool) *Reader {
+	r := NewReader(bytes.NewReader(b))
+	if reserve {
+		r.Reserve = func(int64) error { return nil }
+	}
+	return r
+}
+
 // Cutting a stream of frames at every offset gives the frames before the
-// cut, then ErrTruncated (or io.EOF at a frame boundary), never a frame.
+// cut, then ErrTruncated (or io.EOF at a frame boundary), never a frame;
+// with Reserve set too.
 func TestTruncation(t *testing.T) {
+	for _, reserve := range []bool{false, true} {
+		testTruncation(t, reserve)
+	}
+}
+
+func testTruncation(t *testing.T, reserve bool) {
 	var b []byte
 	var ends []int
 	b, _ = AppendHello(b, HelloMsg{Group: "g", Host: "h", LastSeq: 1, Spool: testSpool})
@@ -219,7 +235,7 @@ func TestTruncation(t *testing.T) {
 	b = AppendAck(b, 21)
 	ends = append(ends, len(b))
 	for cut := 0; cut < len(b); cut++ {
-		r := NewReader(bytes.NewReader(b[:cut]))
+		r := newReader(b[:cut], reserve)
 		whole := 0
 		for _, e := range ends {
 			if e <= cut {
@@ -234,19 +250,20 @@ func TestTruncation(t *testing.T) {
 		_, err := r.Next()
 		atBoundary := cut == 0 || whole > 0 && ends[whole-1] == cut
 		if atBoundary && err != io.EOF || !atBoundary && !errors.Is(err, ErrTruncated) {
-			t.Fatalf("cut %d: %v", cut, err)
+			t.Fatalf("reserve %v, cut %d: %v", reserve, cut, err)
 		}
 	}
 }
 
-// Every single bit flipped in a frame is detected.
+// Every single bit flipped in a frame is detected, with Reserve set too.
 func TestBitFlips(t *testing.T) {
 	frames := [][]byte{encodeBatch(t, true, genRecords(5, 10, 9)), encodeBatch(t, false, genRecords(5, 3, 9)), AppendAck(nil, 9)}
-	for fi, good := range frames {
+	for i, good := range append(frames, frames...) {
+		fi, reserve := i%len(frames), i >= len(frames)
 		for bit := 0; bit < 8*len(good); bit++ {
 			b := bytes.Clone(good)
 			b[bit/8] ^= 1 << (bit % 8)
-			f, err := readOne(b)
+			f, err := newReader(b, reserve).Next()
 			if err == nil {
 				t.Fatalf("frame %d: bit %d flipped: read %v frame", fi, bit, f.Type)
 			}
@@ -323,6 +340,21 @@ func FuzzFrame(f *testing.F) {
 	d := NewBatchDecoder() // shared like a connection's: its buffer is reused
 	defer d.Close()
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// With Reserve set, the same frames, each reserved for at least
+		// its payload.
+		rr := NewReader(bytes.NewReader(b))
+		var cost int64
+		rr.Reserve = func(c int64) error { cost = c; return nil }
+		for {
+			cost = 0
+			fr, err := rr.Next()
+			if err != nil {
+				break
+			}
+			if cost < int64(len(fr.Payload)) {
+				t.Fatalf("%v frame of %d bytes reserved %d", fr.Type, len(fr.Payload), cost)
+			}
+		}
 		r := NewReader(bufio.NewReader(bytes.NewReader(b)))
 		for {
 			fr, err := r.Next()

@@ -48,7 +48,18 @@ type replica struct {
 	srv  *receiver.Server
 
 	mu    sync.Mutex
-	times []int64 // capture times of every record appended, in order
+	times []int64                    // capture times of every record appended, in order
+	gates map[string]<-chan struct{} // by group: its appends wait until the channel is closed
+}
+
+// hold makes the appends to a group wait until the channel is closed.
+func (r *replica) hold(group string, until <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gates == nil {
+		r.gates = map[string]<-chan struct{}{}
+	}
+	r.gates[group] = until
 }
 
 // recording is a journal that notes the capture times appended to it.
@@ -58,6 +69,12 @@ type recording struct {
 }
 
 func (j recording) Append(ctx context.Context, recs []record.Record) error {
+	j.r.mu.Lock()
+	gate := j.r.gates[j.Group()]
+	j.r.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	if err := j.Journal.Append(ctx, recs); err != nil {
 		return err
 	}
@@ -69,7 +86,10 @@ func (j recording) Append(ctx context.Context, recs []record.Record) error {
 	return nil
 }
 
-func start(t testing.TB) *replica {
+func start(t testing.TB) *replica { return startWith(t, nil) }
+
+// startWith starts a replica whose server set sets up before it serves.
+func startWith(t testing.TB, set func(*receiver.Server)) *replica {
 	root := t.TempDir()
 	cfg, err := configs.ParseReplica("replica.toml", []byte(`
 [replica]
@@ -107,6 +127,9 @@ groups = ["payroll"]
 		},
 	}
 	r.srv = srv
+	if set != nil {
+		set(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,14 @@ import (
 var (
 	ErrServerClosed = errors.New("receiver: server closed")
 	ErrDenied       = errors.New("receiver: denied")
+	// ErrLimit is a stream refused because its tenant is at a limit of
+	// the replica policy. OpenJournal returns it (wrapped, its message
+	// naming the limit) to refuse a group the tenant may not create; the
+	// host is refused with CodeDenied and that message.
+	ErrLimit = errors.New("receiver: over a limit of the replica policy")
+	// errBusy is a stream that waited too long for room in the in-flight
+	// budget.
+	errBusy = errors.New("receiver: replica busy")
 )
 
 // Journal is what the receiver needs of a group's journal
@@ -46,8 +54,13 @@ type Authorizer interface {
 const (
 	DefaultIdleTimeout      = 60 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxInflight is the in-flight budget when MaxInflight is 0
+	// (configs.DefaultMaxInflight, the policy's default).
+	DefaultMaxInflight = configs.DefaultMaxInflight
 	// maxPending bounds the bytes of batches appended with one fsync.
 	maxPending = 64 << 20
+	// readBuffer is each connection's read buffer.
+	readBuffer = 64 << 10
 )
 
 // Server receives streams. Set the exported fields, then call Serve.
@@ -70,12 +83,26 @@ type Server struct {
 	HandshakeTimeout time.Duration
 	// Now is the replica's clock (default time.Now), a seam for tests.
 	Now func() time.Time
+	// MaxInflight bounds the memory, in bytes, that all streams together
+	// hold for data in flight: frames being read, batches being decoded
+	// and decoded batches waiting for their journal append (each counted
+	// by stream.FrameCost before anything is allocated for it); default
+	// DefaultMaxInflight. A stream that needs more than is free waits for
+	// it, at most IdleTimeout; a frame that alone needs more than
+	// MaxInflight is refused (CodeProtocol).
+	MaxInflight int64
+	// MaxStreams returns how many connections the hosts of a tenant may
+	// have open at once; 0, or a nil MaxStreams, is no limit. See the
+	// package doc.
+	MaxStreams func(tenant string) int
 
 	mu       sync.Mutex
 	closed   bool
 	lns      map[net.Listener]struct{}
 	conns    map[*session]struct{}
 	groups   map[groupKey]*groupState
+	tenants  map[string]int // connections per tenant, from the TLS handshake on
+	budget   *budget
 	wg       sync.WaitGroup // connection handlers
 	baseCtx  context.Context
 	cancel   context.CancelFunc
@@ -86,9 +113,10 @@ type groupKey struct{ tenant, group string }
 
 // groupState serialises the streams of one group.
 type groupState struct {
-	sem chan struct{} // capacity 1: held by the session that streams
-	cur *session      // the newest session; older ones are being replaced (srv.mu)
-	j   Journal       // open journal, or nil; owned by the holder of sem
+	sem   chan struct{} // capacity 1: held by the session that streams
+	cur   *session      // the newest session; older ones are being replaced (srv.mu)
+	users int           // sessions holding or waiting for sem (srv.mu)
+	j     Journal       // open journal, or nil; owned by the holder of sem
 	// lastTime is the capture time of the newest record appended or
 	// pending; clock what was corrected. Owned by the holder of sem.
 	lastTime  int64
@@ -129,13 +157,15 @@ type session struct {
 	raw    net.Conn  // the TCP connection: kill closes it, which breaks any read or write
 	conn   *tls.Conn // over raw
 	peer   string
-	killed chan struct{} // closed when replaced or at Shutdown
+	killed chan struct{}      // closed when replaced or at Shutdown
+	cancel context.CancelFunc // cancels the session's context, when killed
 	once   sync.Once
 }
 
 func (s *session) kill() {
 	s.once.Do(func() {
 		close(s.killed)
+		s.cancel()
 		s.raw.Close()
 	})
 }
@@ -145,7 +175,12 @@ func (srv *Server) init() {
 		srv.lns = map[net.Listener]struct{}{}
 		srv.conns = map[*session]struct{}{}
 		srv.groups = map[groupKey]*groupState{}
+		srv.tenants = map[string]int{}
 		srv.baseCtx, srv.cancel = context.WithCancel(context.Background())
+		if srv.MaxInflight <= 0 {
+			srv.MaxInflight = DefaultMaxInflight
+		}
+		srv.budget = newBudget(srv.MaxInflight)
 		if srv.Logger == nil {
 			srv.Logger = slog.Default()
 		}
@@ -207,10 +242,12 @@ func (srv *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		s := &session{raw: c, conn: tls.Server(c, srv.TLS), peer: c.RemoteAddr().String(), killed: make(chan struct{})}
+		ctx, cancel := context.WithCancel(srv.baseCtx)
+		s := &session{raw: c, conn: tls.Server(c, srv.TLS), peer: c.RemoteAddr().String(), killed: make(chan struct{}), cancel: cancel}
 		srv.mu.Lock()
 		if srv.closed {
 			srv.mu.Unlock()
+			cancel()
 			c.Close()
 			return ErrServerClosed
 		}
@@ -219,7 +256,7 @@ func (srv *Server) Serve(ln net.Listener) error {
 		srv.mu.Unlock()
 		go func() {
 			defer srv.wg.Done()
-			srv.handle(s)
+			srv.handle(ctx, s)
 			s.kill()
 			srv.mu.Lock()
 			delete(srv.conns, s)
@@ -276,12 +313,13 @@ func refuse(c net.Conn, code stream.Code, msg string) {
 }
 
 // handle runs one connection: handshake, authorization, then the stream.
-func (srv *Server) handle(s *session) {
+// ctx ends when the session is killed.
+func (srv *Server) handle(ctx context.Context, s *session) {
 	log := srv.Logger.With("peer", s.peer)
 	tc := s.conn
 	tc.SetDeadline(time.Now().Add(srv.HandshakeTimeout))
-	ctx, cancel := context.WithTimeout(srv.baseCtx, srv.HandshakeTimeout)
-	err := tc.HandshakeContext(ctx)
+	hctx, cancel := context.WithTimeout(ctx, srv.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		log.Warn("receiver: TLS handshake failed", "err", err)
@@ -294,7 +332,14 @@ func (srv *Server) handle(s *session) {
 		return
 	}
 	log = log.With("tenant", id.Tenant, "host", id.Host)
-	br := bufio.NewReaderSize(tc, 1<<20)
+	limit := srv.countConn(id.Tenant, 1)
+	defer srv.countConn(id.Tenant, -1)
+	if err := srv.overStreams(id.Tenant, "", limit); err != nil {
+		log.Warn("receiver: refused", "code", stream.CodeUnavailable, "err", err)
+		refuse(tc, stream.CodeUnavailable, err.Error())
+		return
+	}
+	br := bufio.NewReaderSize(tc, readBuffer)
 	fr := stream.NewReader(br)
 	f, err := fr.Next()
 	if err != nil {
@@ -324,7 +369,49 @@ func (srv *Server) handle(s *session) {
 		refuse(tc, code, err.Error())
 		return
 	}
-	srv.stream(s, tc, br, fr, id, hello, log)
+	if err := srv.overStreams(id.Tenant, hello.Group, limit); err != nil {
+		log.Warn("receiver: refused", "code", stream.CodeUnavailable, "err", err)
+		refuse(tc, stream.CodeUnavailable, err.Error())
+		return
+	}
+	srv.stream(ctx, s, tc, br, fr, id, hello, log)
+}
+
+// countConn adds d to the connections of a tenant and returns its
+// max_streams (0: no limit).
+func (srv *Server) countConn(tenant string, d int) int {
+	srv.mu.Lock()
+	if srv.tenants[tenant] += d; srv.tenants[tenant] <= 0 {
+		delete(srv.tenants, tenant)
+	}
+	srv.mu.Unlock()
+	if srv.MaxStreams == nil {
+		return 0
+	}
+	return max(srv.MaxStreams(tenant), 0)
+}
+
+// overStreams says whether a connection of a tenant, counted already, is
+// one too many for its max_streams limit (0: none). Before its Hello
+// (group ""), only a connection beyond twice the limit is; after it, one
+// for a group that is streaming now is let in: it replaces that stream.
+func (srv *Server) overStreams(tenant, group string, limit int) error {
+	if limit == 0 {
+		return nil
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	n := srv.tenants[tenant]
+	gs := srv.groups[groupKey{tenant, group}]
+	switch {
+	case n <= limit:
+		return nil
+	case group == "" && n <= 2*limit:
+		return nil
+	case group != "" && gs != nil && gs.cur != nil:
+		return nil
+	}
+	return fmt.Errorf("%w: tenant %q has %d other connections open; its max_streams is %d", ErrLimit, tenant, n-1, limit)
 }
 
 // authorize checks the group name, then the policy. Names are checked
@@ -357,6 +444,7 @@ func (srv *Server) claim(key groupKey, s *session) (*groupState, bool) {
 	}
 	old := gs.cur
 	gs.cur = s
+	gs.users++
 	srv.mu.Unlock()
 	if old != nil {
 		refuse(old.conn, stream.CodeReplaced, "a newer connection for this group took over")
@@ -371,15 +459,31 @@ func (srv *Server) claim(key groupKey, s *session) (*groupState, bool) {
 	}
 }
 
+// release lets go of the group. The state of a group that has nothing to
+// keep (no journal open, nothing to report) is dropped with its last
+// session, so that names refused before their journal opened (a tenant
+// at max_groups) leave nothing behind.
 func (srv *Server) release(key groupKey, gs *groupState, s *session, held bool) {
-	srv.mu.Lock()
-	if gs.cur == s {
-		gs.cur = nil
-	}
-	srv.mu.Unlock()
 	if held {
 		<-gs.sem
 	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if gs.cur == s {
+		gs.cur = nil
+	}
+	// With no other user, nobody holds sem: gs.j can be read.
+	if gs.users--; gs.users == 0 && gs.j == nil && gs.bound == nil && gs.refused == nil && gs.published == (ClockReport{}) &&
+		srv.groups[key] == gs {
+		delete(srv.groups, key)
+	}
+}
+
+// Inflight returns the bytes of the in-flight budget held now and its
+// size (MaxInflight).
+func (srv *Server) Inflight() (held, size int64) {
+	srv.init()
+	return srv.budget.inUse(), srv.budget.size
 }
 
 func (srv *Server) now() time.Time {

@@ -2,12 +2,14 @@ package receiver
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"time"
+	"unsafe"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/stream"
@@ -15,7 +17,8 @@ import (
 
 // stream runs an authorized connection: it claims the group, welcomes the
 // host with the durable seq, then appends batches and acknowledges them.
-func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.Reader, id stream.Identity, hello stream.HelloMsg, log *slog.Logger) {
+// ctx ends when the session is killed.
+func (srv *Server) stream(ctx context.Context, s *session, c net.Conn, br *bufio.Reader, fr *stream.Reader, id stream.Identity, hello stream.HelloMsg, log *slog.Logger) {
 	key := groupKey{id.Tenant, hello.Group}
 	log = log.With("spool", hello.Spool, "epoch", hello.Spool.Epoch)
 	if err := srv.foreign(key, hello); err != nil {
@@ -29,6 +32,11 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 	defer srv.release(key, gs, s, true)
 	if gs.j == nil {
 		j, err := srv.OpenJournal(srv.baseCtx, id.Tenant, hello.Group)
+		if errors.Is(err, ErrLimit) {
+			log.Warn("receiver: refused", "code", stream.CodeDenied, "err", err)
+			refuse(c, stream.CodeDenied, err.Error())
+			return
+		}
 		if err != nil {
 			log.Error("receiver: open journal", "err", err)
 			refuse(c, stream.CodeUnavailable, fmt.Sprintf("replica cannot open the journal of group %q", hello.Group))
@@ -61,7 +69,7 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 	log.Info("receiver: stream started", "durable", durable, "host_last", hello.LastSeq)
 	r := &receiving{srv: srv, gs: gs, c: c, br: br, fr: fr, dec: stream.NewBatchDecoder(), log: log}
 	defer r.dec.Close()
-	err := r.run()
+	err := r.run(ctx)
 	if errors.Is(err, errJournal) {
 		// Whatever ended the session, a journal that failed an append is
 		// broken until reopened: the next session must not inherit it.
@@ -86,6 +94,9 @@ func (srv *Server) stream(s *session, c net.Conn, br *bufio.Reader, fr *stream.R
 		return
 	case errors.Is(err, errJournal):
 		code = stream.CodeInternal
+	case errors.Is(err, errBusy):
+		code = stream.CodeUnavailable
+		log.Warn("receiver: stream refused", "err", err)
 	case errors.Is(err, stream.ErrCorrupt), errors.Is(err, stream.ErrProtocol), errors.Is(err, stream.ErrTooLarge),
 		errors.Is(err, stream.ErrVersion), errors.Is(err, stream.ErrTruncated):
 		code = stream.CodeProtocol
@@ -133,21 +144,34 @@ type receiving struct {
 
 	warnedBack, warnedAhead bool // logged once per session
 
-	pending []record.Record // decoded, not yet appended
-	bytes   int             // raw bytes of pending
-	bufs    [][]byte        // payload copies of coalesced batches, reused
-	nbuf    int
-	ack     []byte
+	// pending holds the records decoded and not yet appended. They alias
+	// the payloads and decompressed data of their batches, which belong to
+	// the stream (the Reader and the decoder keep none of them), until the
+	// append: then all of it is dropped.
+	pending []record.Record
+	bytes   int // raw bytes of pending
+	// cur is the in-flight budget taken for the frame being read and
+	// decoded, held the budget taken for pending: everything it
+	// references. flush returns held.
+	cur, held int64
+	ack       []byte
 }
 
+// recordSize is what a record takes in pending.
+const recordSize = int64(unsafe.Sizeof(record.Record{}))
+
 // run reads frames until the connection ends or fails. It returns nil when
-// the host closed the connection between frames.
-func (r *receiving) run() error {
+// the host closed the connection between frames. ctx ends when the session
+// is killed.
+func (r *receiving) run(ctx context.Context) error {
+	r.fr.Reserve = func(cost int64) error { return r.reserve(ctx, cost) }
+	r.dec.Fresh = true
+	defer func() { r.srv.budget.release(r.cur + r.held) }()
 	for {
 		r.c.SetReadDeadline(time.Now().Add(r.srv.IdleTimeout))
 		f, err := r.fr.Next()
 		if err != nil {
-			if r.bytes > 0 {
+			if len(r.pending) > 0 {
 				// What arrived whole is still worth keeping.
 				if aerr := r.flush(); aerr != nil {
 					return aerr
@@ -178,6 +202,40 @@ func (r *receiving) run() error {
 	}
 }
 
+// reserve takes a frame's cost (stream.FrameCost) from the in-flight
+// budget before the frame is read. The stream holds nothing else for it
+// then (cur is 0): if it must wait, it first appends what is pending, so
+// that no stream waits while holding what another one waits for.
+func (r *receiving) reserve(ctx context.Context, cost int64) error {
+	b := r.srv.budget
+	if cost > b.size {
+		return fmt.Errorf("%w: a frame that needs %d bytes of memory, more than the replica's whole in-flight budget of %d bytes (max_inflight)",
+			stream.ErrTooLarge, cost, b.size)
+	}
+	if !b.tryAcquire(cost) {
+		if len(r.pending) > 0 {
+			if err := r.flush(); err != nil {
+				return err
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, r.srv.IdleTimeout)
+		err := b.acquire(wctx, cost)
+		cancel()
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return ctx.Err() // replaced, or shutting down
+		default:
+			return fmt.Errorf("%w: waited %v for %d bytes of the in-flight budget of %d bytes (max_inflight)", errBusy, r.srv.IdleTimeout, cost, b.size)
+		}
+		// The wait is the replica's: the host gets the whole idle
+		// timeout for the payload.
+		r.c.SetReadDeadline(time.Now().Add(r.srv.IdleTimeout))
+	}
+	r.cur += cost
+	return nil
+}
+
 // batch decodes a batch, trims what is durable or pending already, and
 // adds the rest to pending.
 func (r *receiving) batch(f stream.Frame) error {
@@ -190,37 +248,37 @@ func (r *receiving) batch(f stream.Frame) error {
 		return fmt.Errorf("%w: batch starts at seq %d, the replica expects %d: a gap", stream.ErrProtocol, bi.First, next)
 	}
 	if skip := next - bi.First; skip >= uint64(len(recs)) {
-		return nil // all of it is a resend
+		r.srv.budget.release(r.cur) // all of it is a resend
+		r.cur = 0
+		return nil
 	} else {
 		recs = recs[skip:]
 	}
 	r.checkTimes(recs)
-	if len(r.pending) == 0 && r.br.Buffered() == 0 {
-		r.pending = append(r.pending, recs...) // appended before the buffers are reused
-		r.bytes += bi.RawLen
-		return nil
+	if need := len(r.pending) + len(recs); len(r.pending) > 0 && cap(r.pending) < need {
+		// Coalescing: pending grows into a slice of its own, paid for
+		// from the budget, or, if it cannot be at once, is appended first.
+		grow := int64(2*need) * recordSize
+		if r.srv.budget.tryAcquire(grow) {
+			r.held += grow
+			r.pending = append(make([]record.Record, 0, 2*need), r.pending...)
+		} else if err := r.flush(); err != nil {
+			return err
+		}
 	}
-	// Coalescing: the decoder's buffers are reused by the next batch, so
-	// keep a copy of the payloads.
-	if r.nbuf == len(r.bufs) {
-		r.bufs = append(r.bufs, nil)
+	if len(r.pending) == 0 {
+		r.pending = recs // decoded into a slice of its own
+	} else {
+		r.pending = append(r.pending, recs...)
 	}
-	buf := r.bufs[r.nbuf][:0]
-	for i := range recs {
-		buf = append(buf, recs[i].Payload...)
-	}
-	r.bufs[r.nbuf] = buf
-	r.nbuf++
-	for _, rec := range recs {
-		n := len(rec.Payload)
-		rec.Payload, buf = buf[:n:n], buf[n:]
-		r.pending = append(r.pending, rec)
-	}
+	r.held += r.cur
+	r.cur = 0
 	r.bytes += bi.RawLen
 	return nil
 }
 
-// flush appends what is pending and acknowledges the durable seq.
+// flush appends what is pending, acknowledges the durable seq, and
+// returns the budget pending held.
 func (r *receiving) flush() error {
 	if len(r.pending) > 0 {
 		first, last := r.pending[0].Seq, r.pending[len(r.pending)-1].Seq
@@ -232,8 +290,10 @@ func (r *receiving) flush() error {
 			return fmt.Errorf("%w: seqs %d..%d: %w", errJournal, first, last, err)
 		}
 	}
-	clear(r.pending) // drop payload references
-	r.pending, r.bytes, r.nbuf = r.pending[:0], 0, 0
+	// Drop the records and, with them, every buffer they alias.
+	r.pending, r.bytes = nil, 0
+	r.srv.budget.release(r.held)
+	r.held = 0
 	r.ack = stream.AppendAck(r.ack[:0], r.gs.j.LastSeq())
 	return r.srv.write(r.c, r.ack)
 }
