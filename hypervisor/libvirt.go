@@ -158,12 +158,17 @@ func (s *Libvirt) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	// Disconnect before the event subscription is cancelled: go-libvirt
+	// answers a cancel with an unsubscribe call, which waits for its
+	// router, which may be blocked handing that very subscription an event
+	// (its consumer is the goroutine making the call): a deadlock seen
+	// under load. Disconnected first, the call fails at once.
+	err := s.l.Disconnect()
 	s.ev.mu.Lock()
 	if s.ev.cancel != nil {
 		s.ev.cancel()
 	}
 	s.ev.mu.Unlock()
-	err := s.l.Disconnect()
 	s.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("hypervisor: disconnect from libvirt %s: %w", s.uri, err)
