@@ -30,14 +30,42 @@ func (d *Engine) membersPath(gc *configs.Group) string {
 	return filepath.Join(d.pol.Host.StateDir, "members", gc.Name)
 }
 
-// declare declares the disks v captures, as v's in its group.
+// declare declares the disks v captures, as v's in its group, each inside
+// an open resync bracket: an attach starts a copy that is not a write log
+// (and a VM that restarts, or a daemon that comes back, may have written
+// what nobody captured), so no restore point may fall between the
+// declaration and the copy's end. A disk declared before gets its bracket
+// ahead of the declaration (a point at the declaration would be stamped
+// after writes the stream lacks); a new one right after it (it is not in
+// sync until its first copy ends anyway). The capture's own resync-begin
+// joins the open bracket; its READY closes it.
 func (d *Engine) declare(v *vmCapture) error {
+	seq := v.group.Sequencer()
+	declared := map[string]bool{}
+	if cur, ok := seq.Members(); ok {
+		for _, m := range cur.Disks {
+			declared[m.Disk] = true
+		}
+	}
 	ms := make([]record.Member, 0, len(v.disks))
 	for _, dc := range v.disks {
 		ms = append(ms, record.Member{Disk: dc.name, Size: uint64(dc.disk.Size), VMName: v.vm.Name, Target: dc.disk.Target})
+		if declared[dc.name] {
+			if _, err := seq.MarkDisk(record.ResyncBegin, dc.name); err != nil {
+				// The sequencer owes it and writes it before any record.
+				d.log.Warn("resync-begin before re-declaring", "disk", dc.name, "err", err)
+			}
+		}
 	}
-	if _, err := v.group.Sequencer().Declare(v.vm.ID, ms); err != nil {
+	if _, err := seq.Declare(v.vm.ID, ms); err != nil {
 		return fmt.Errorf("declare its disks in the group's membership: %w", err)
+	}
+	for _, dc := range v.disks {
+		if !declared[dc.name] {
+			if _, err := seq.MarkDisk(record.ResyncBegin, dc.name); err != nil {
+				d.log.Warn("resync-begin after declaring", "disk", dc.name, "err", err)
+			}
+		}
 	}
 	return nil
 }
