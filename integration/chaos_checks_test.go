@@ -532,7 +532,7 @@ func (r *chaosRun) judge(pt pointJSON, views [][]byte) error {
 			// Open finding F2's or F3's signature: a point before the
 			// bracket of a re-copy, stamped after writes nobody
 			// captured.
-			r.open(id, func(t *chaos.Tally) { t.Losses++ },
+			r.finding(id, func(t *chaos.Tally) { t.Losses++ },
 				"point %d, just before a bracket, holds boot %d's state after seq %v, stamped %s, after boot %d had fsync'd seq %d (invariant 3)",
 				pt.Seq, i+1, rg, pt.Time.Format(time.RFC3339Nano), max(laterBoot, i+1), max(later, before))
 			return nil
@@ -546,7 +546,7 @@ func (r *chaosRun) judge(pt pointJSON, views [][]byte) error {
 			i+1, rg, before, pt.Time.Format(time.RFC3339Nano))
 	}
 	if r.preBracket(pt.Seq) == "F3" {
-		r.open("F3", func(t *chaos.Tally) { t.NotState++ },
+		r.finding("F3", func(t *chaos.Tally) { t.NotState++ },
 			"point %d, a copy record before its disk's bracket, is no state of the guest (invariant 2): %v", pt.Seq, first)
 		return nil
 	}

@@ -32,9 +32,9 @@ import (
 //	QCDP_CHAOS_SUMMARY  also write the summary table to this file
 //	QCDP_CHAOS_KEEP     keep the working directory even when it passes
 //	QCDP_CHAOS_OPEN     "count": count the open findings of
-//	                    chaos.OpenFindings (their narrow signatures only)
-//	                    and go on instead of failing; the short run's
-//	                    default; "fail" is the long run's
+//	                    chaos.Findings (their narrow signatures only) and
+//	                    go on instead of failing; the short run's default;
+//	                    "fail" is the long run's
 const (
 	chaosWatchdog = 3 * time.Second // WatchdogSec of the fake systemd
 	// chaosSlack is what TCG, the console and a loaded 2-core machine
@@ -68,7 +68,7 @@ type chaosConfig struct {
 	budget  time.Duration
 	summary string
 	keep    bool
-	// countOpen: count chaos.OpenFindings instead of failing on them.
+	// countOpen: count open chaos.Findings instead of failing on them.
 	countOpen bool
 }
 
@@ -216,13 +216,18 @@ func (r *chaosRun) preserve() {
 	}
 }
 
-// open handles an open finding's signature: counted when the run counts
-// them, else a finding like any other (kind counts it in the tally).
-func (r *chaosRun) open(id string, kind func(*chaos.Tally), format string, args ...any) {
+// finding handles a finding's signature: an open one is counted when the
+// run counts them, else it is a finding like any other (kind counts it in
+// the tally); a fixed one is a regression.
+func (r *chaosRun) finding(id string, kind func(*chaos.Tally), format string, args ...any) {
 	r.t.Helper()
-	f := chaos.Open(id)
+	f := chaos.FindingByID(id)
 	msg := fmt.Sprintf(format, args...)
-	if !r.cfg.countOpen {
+	switch {
+	case !f.Open():
+		r.tally.Update(kind)
+		r.fatalf("%s: the signature of finding %s, fixed (%s): a regression: %s", msg, id, f.Fixed, f.What)
+	case !r.cfg.countOpen:
 		r.tally.Update(kind)
 		r.fatalf("%s (open finding %s: %s)", msg, id, f.What)
 	}
@@ -295,8 +300,10 @@ func TestChaos(t *testing.T) {
 	})
 	r.logf("chaos: seed %d, %d faults%s, working directory %s", cfg.seed, cfg.faults, kindsNote(cfg.only), dir)
 	if cfg.countOpen {
-		for _, f := range chaos.OpenFindings {
-			r.logf("open finding %s is counted, not failed on: %s", f.ID, f.What)
+		for _, f := range chaos.Findings {
+			if f.Open() {
+				r.logf("open finding %s is counted, not failed on: %s", f.ID, f.What)
+			}
 		}
 	}
 

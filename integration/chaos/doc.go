@@ -8,7 +8,7 @@
 // storage in a mount namespace of the suite's own (storage.go), damage to
 // files at rest (damage.go), the model of the guest's workload across its
 // boots (model.go), a reader of the journal's records to tell an open
-// finding's signature (journal.go), the open findings (findings.go) and
+// finding's signature (journal.go), the findings (findings.go) and
 // the summary (report.go).
 //
 // `make test` runs the short version (seed 1, 30 faults, every kind at
@@ -98,10 +98,11 @@
 // at-failure/ with the replica's points and journal and the host's status
 // and spool as they were).
 //
-// # Open findings
+// # Findings
 //
-// A finding whose fix is not in yet is listed in OpenFindings with its
-// narrow signature. `make chaos` fails on it like on any other; the short
+// A finding of the suite with a narrow signature is listed in Findings.
+// While it is open, `make chaos` fails on it like on any other; the short
 // run counts it instead (QCDP_CHAOS_OPEN=count) and its summary says how
-// often each was seen, so that CI keeps checking everything else.
+// often each was seen, so that CI keeps checking everything else. Once
+// fixed, its signature seen again fails every run as a regression.
 package chaos

@@ -41,8 +41,8 @@ type Tally struct {
 	// bound it was held to.
 	Longest, Bound time.Duration
 	Failure        string // the first finding, with where to look
-	// Open counts the open findings (OpenFindings) seen but not failed
-	// on, when the run counts them.
+	// Open counts the open findings (Findings) seen but not failed on,
+	// when the run counts them.
 	Open map[string]int
 }
 
@@ -168,7 +168,7 @@ func (t *Tally) Table() string {
 	}
 	fmt.Fprintf(&b, "findings: losses %d, points not a guest state %d, corrupt bytes served %d, corruptions not reported %d, guest I/O errors %d, writes held past the bound %d\n",
 		t.Losses, t.NotState, t.CorruptServed, t.Unreported, t.GuestErrors, t.Held)
-	for _, f := range OpenFindings {
+	for _, f := range Findings {
 		if n := t.Open[f.ID]; n > 0 {
 			fmt.Fprintf(&b, "open finding %s seen %d times (counted, not failed on): %s\n", f.ID, n, f.What)
 		}
