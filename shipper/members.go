@@ -191,7 +191,15 @@ func (s *Sequencer) KeepMembers(fs vfs.FS, path string) error {
 	if !found {
 		return nil
 	}
-	s.mem.decl, s.mem.on, s.mem.owed = d, true, true
+	// A spool that holds or has shipped records has this declaration in
+	// its stream already: written again at every start it would stand
+	// ahead of the adopted captures' resync brackets, and the replica
+	// would offer it as a point stamped after writes nobody captured while
+	// the daemon was down. Only a new spool needs it written.
+	s.mem.decl, s.mem.on, s.mem.owed = d, true, s.next == 1
+	if !s.mem.owed {
+		return nil
+	}
 	if _, err := s.declareOwedLocked(); err != nil {
 		s.logger().Warn("capture: the spool refuses the group's membership; it is written before the next record", "err", err)
 	}

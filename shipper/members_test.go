@@ -229,9 +229,27 @@ func TestKeepMembers(t *testing.T) {
 	if err := seq.KeepMembers(nil, path); err != nil {
 		t.Fatal(err)
 	}
-	got := readKeep(t, sp, 3)
-	if len(got) != 1 || !reflect.DeepEqual(declOf(t, got[0]), []record.Member{a, b}) {
-		t.Fatalf("after the restart: %+v", got)
+	// The stream has the declaration already (seq 2): a restart writes
+	// none ahead of the adopted captures' brackets, but knows it.
+	if got := readKeep(t, sp, 3); len(got) != 0 {
+		t.Fatalf("a restart wrote the declaration again ahead of any bracket: %+v", got)
+	}
+	if d, on := seq.Members(); !on || !reflect.DeepEqual(d.Disks, []record.Member{a, b}) {
+		t.Fatalf("after the restart the sequencer knows %+v (%v), want both disks", d.Disks, on)
+	}
+	// A new spool (its stream has nothing) gets the kept declaration.
+	opts2 := opts
+	opts2.Dir = filepath.Join(dir, "spool2")
+	sp2, err := spool.Open(context.Background(), opts2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp2.Close()
+	if err := NewSequencer(sp2).KeepMembers(nil, path); err != nil {
+		t.Fatal(err)
+	}
+	if got := readKeep(t, sp2, 1); len(got) != 1 || !reflect.DeepEqual(declOf(t, got[0]), []record.Member{a, b}) {
+		t.Fatalf("a new spool did not get the kept declaration: %+v", got)
 	}
 	// Attaching vm-1 again does not drop vm-2, which is not attached yet.
 	seq.Declare("vm-1", []record.Member{a})

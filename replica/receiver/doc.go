@@ -68,17 +68,17 @@
 //   - Another host uses the same group name: give one of the groups
 //     another name in its host's policy (and allow it in the replica's).
 //   - The host's spool is gone (lost directory, host reinstalled, a crash
-//     lost sent records) and the journal's history is to be kept but
-//     closed: stop the replica daemon, move the group's journal directory
+//     lost sent records), or the journal is corrupt, and the journal's
+//     history is to be kept but closed. In this order: stop qcdp host;
+//     move the group's spool directory <state_dir>/spool/<group> aside;
+//     stop the replica daemon; move the group's journal directory
 //     <storage root>/<tenant>/<group> out of the storage root (it can still
-//     be opened for restores from there), and start the daemon again. On
-//     the host, stop qcdp host and move the group's spool directory
-//     <state_dir>/spool/<group> aside as well (a spool that already let go
-//     of what the old journal acknowledged cannot start a new journal:
-//     the sender names that as diverged), start qcdp host again, and
-//     detach and attach the group's VMs (qcdp detach, qcdp attach) so that
-//     new capture jobs copy them whole: the new journal offers no restore
-//     point before every disk's initial sync.
+//     be opened for restores from there); start the replica daemon, then
+//     qcdp host; detach and attach the group's VMs (qcdp detach, qcdp
+//     attach) so that new capture jobs copy them whole. The new journal
+//     binds the new spool and offers no restore point before every disk's
+//     initial sync. (Started with the old spool still running, the new
+//     journal would bind that spool, and the new one would then be refused.)
 //   - The ORIGIN file is damaged (the group's streams are refused as
 //     unavailable and its info names the error): remove it; the bound
 //     spool, which vouches for all the journal holds, is bound again at its
