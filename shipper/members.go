@@ -198,6 +198,7 @@ func (s *Sequencer) KeepMembers(fs vfs.FS, path string) error {
 	// the daemon was down. Only a new spool needs it written.
 	s.mem.decl, s.mem.on, s.mem.owed = d, true, s.next == 1
 	if !s.mem.owed {
+		s.mem.in = s.sp // in this spool's stream already: not owed at its first record either
 		return nil
 	}
 	if _, err := s.declareOwedLocked(); err != nil {

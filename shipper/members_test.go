@@ -237,6 +237,15 @@ func TestKeepMembers(t *testing.T) {
 	if d, on := seq.Members(); !on || !reflect.DeepEqual(d.Disks, []record.Member{a, b}) {
 		t.Fatalf("after the restart the sequencer knows %+v (%v), want both disks", d.Disks, on)
 	}
+	// Nor ahead of the first record of the session (an adopted capture's
+	// resync-begin): the replica would offer it as a point stamped after
+	// writes nobody captured while the daemon was down.
+	if _, err := seq.MarkDisk(record.ResyncBegin, "vda"); err != nil {
+		t.Fatal(err)
+	}
+	if got := readKeep(t, sp, 3); len(got) != 1 || got[0].Kind != record.Marker {
+		t.Fatalf("the session's first record was preceded by the declaration again: %+v", got)
+	}
 	// A new spool (its stream has nothing) gets the kept declaration.
 	opts2 := opts
 	opts2.Dir = filepath.Join(dir, "spool2")
