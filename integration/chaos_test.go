@@ -320,7 +320,12 @@ func TestChaos(t *testing.T) {
 	start := time.Now()
 	for r.tally.Injections() < cfg.faults {
 		if cfg.budget > 0 && time.Since(start) > cfg.budget {
-			r.logf("time budget %v spent after %d faults: stopping", cfg.budget, r.tally.Injections())
+			n := r.tally.Injections()
+			r.logf("time budget %v spent after %d faults: stopping", cfg.budget, n)
+			r.tally.Update(func(t *chaos.Tally) {
+				t.Faults = n
+				t.Notes = append(t.Notes, fmt.Sprintf("stopped by QCDP_CHAOS_TIME=%v after %d of %d faults", cfg.budget, n, cfg.faults))
+			})
 			break
 		}
 		r.round = sched.Next()

@@ -18,13 +18,17 @@ func (f Finding) Open() bool { return f.Fixed == "" }
 
 // Findings are the suite's findings with a signature, by ID.
 var Findings = []Finding{
-	{"F1", "the repair of a corrupt journal by moving the journal aside alone never resumed the stream: the new journal " +
-		"held seq 0, the host's intact spool no longer retained seq 1, and the sender retried \"resync needed\" forever",
-		"the sender names it as diverged; replica/receiver/doc.go: move the host's spool aside as well, then detach and attach"},
-	{"F2", "the host declares the group's disks (a Members record) when it starts, before the brackets of the re-copies " +
-		"its adopted jobs owe: the journal offers that record as a restore point stamped at the daemon's start, holding the " +
-		"last state captured before the daemon went away but not the writes the guest fsync'd meanwhile, which nobody " +
-		"captured (invariant 3). (At a VM's attach this was fixed in c0a5cec.)", ""},
+	{"F1", "the documented repair of a corrupt journal did not converge: with the journal moved aside alone, the new " +
+		"journal held seq 0, the host's intact spool no longer retained seq 1, and the sender retried \"resync needed\" " +
+		"forever; then, with the spool moved aside too but after the replica's restart (the documented order), the old " +
+		"spool bound the new journal in between and the new spool was refused as diverged forever",
+		"92652c4: replica/receiver/doc.go's order stops the host and moves its spool aside first; the sender names the state diverged"},
+	{"F2", "the host declares the group's disks (a Members record) ahead of the adopted captures' resync brackets when it " +
+		"starts: the journal offers that record as a restore point stamped at the daemon's start, holding the last state " +
+		"captured before the daemon went away but not the writes the guest fsync'd meanwhile, which nobody captured " +
+		"(invariant 3). At a VM's attach it was fixed in c0a5cec; 92652c4 keeps KeepMembers from writing it at start, " +
+		"but the sequencer's admitLocked still owes the declaration at the first record of every spool session " +
+		"(mem.in != sp) and writes it ahead of that record, which is the first resync-begin", ""},
 	{"F3", "a re-attach started the mirror's copy before it wrote the disk's resync-begin marker, so the first copy " +
 		"records could reach the stream outside any bracket and be offered as restore points (invariants 2 and 3)",
 		"c0a5cec: a (re)declared disk is inside an open resync bracket before its capture copies anything"},

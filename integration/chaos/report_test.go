@@ -14,7 +14,7 @@ func TestTable(t *testing.T) {
 	tl.Injected(LinkCut)
 	tl.Effective(LinkCut)
 	tl.Note(HostStop, "watchdog kills")
-	tl.Update(func(t *Tally) { t.Rounds, t.Points, t.Bytes = 3, 5, 3 << 30 })
+	tl.Update(func(t *Tally) { t.Rounds, t.Points, t.Bytes = 3, 5, 3<<30 })
 	tl.Update(func(t *Tally) { t.Open["F2"] = 4 })
 	got := tl.Table()
 	for _, want := range []string{
