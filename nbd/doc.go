@@ -23,9 +23,10 @@
 // asks the kernel who connected (SO_PEERCRED: PID, user, group, with the
 // process's start time so that a reused PID is told apart; package proc)
 // and hands that Peer to an export that implements Authorizer before it
-// opens the export, describes it, or lists it. A refusal is answered
-// NBD_REP_ERR_POLICY and logged with the peer and the reason; the export
-// stays out of that peer's NBD_OPT_LIST. Exports without Authorizer are
+// opens the export, describes it, or lists it. A refusal is answered exactly
+// like a name that does not exist (NBD_REP_ERR_UNKNOWN, same text), so a
+// stranger cannot learn which export names are open; it is logged with the
+// peer and the reason, and the export stays out of that peer's NBD_OPT_LIST. Exports without Authorizer are
 // open to every client, as before.
 //
 // Ordering and concurrency. Each connection has one request loop. It reads

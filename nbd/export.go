@@ -92,7 +92,8 @@ func (p Peer) LogValue() slog.Value {
 // Allow before it opens the export (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) or
 // tells anything about it (NBD_OPT_INFO, the meta context options), and
 // leaves the export out of NBD_OPT_LIST for a peer it refuses. A refused
-// option is answered NBD_REP_ERR_POLICY (NBD_OPT_EXPORT_NAME, which cannot
+// option is answered as for a missing export, NBD_REP_ERR_UNKNOWN with the
+// same text, so refusals do not reveal names (NBD_OPT_EXPORT_NAME, which cannot
 // carry an error, closes the connection), and the server logs who was
 // refused and Allow's error. An export without Allow is open to whoever can
 // connect. Allow must be quick: it runs during negotiation.

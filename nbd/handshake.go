@@ -195,12 +195,9 @@ func (n *negotiator) infoGo(opt uint32, data []byte) (*session, error) {
 	if len(rest) != 2*nreq {
 		return nil, n.reply(opt, repErrInvalid, []byte("info request count does not match length"))
 	}
-	e, found := n.c.srv.cat.Lookup(name)
-	if !found {
-		return nil, n.reply(opt, repErrUnknown, []byte("unknown export "+quote(name)))
-	}
-	if !n.allow(opt, name, e) {
-		return nil, n.reply(opt, repErrPolicy, []byte("export "+quote(name)+" is not open to this client"))
+	e, ok := n.open(opt, name)
+	if !ok {
+		return nil, n.reply(opt, repErrUnknown, notOpen(name))
 	}
 	wantName := false
 	for i := 0; i < nreq; i++ {
@@ -262,12 +259,8 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 	if len(rest) != 0 {
 		return n.reply(opt, repErrInvalid, []byte("trailing bytes after meta context queries"))
 	}
-	e, found := n.c.srv.cat.Lookup(name)
-	if !found {
-		return n.reply(opt, repErrUnknown, []byte("unknown export "+quote(name)))
-	}
-	if !n.allow(opt, name, e) {
-		return n.reply(opt, repErrPolicy, []byte("export "+quote(name)+" is not open to this client"))
+	if _, ok := n.open(opt, name); !ok {
+		return n.reply(opt, repErrUnknown, notOpen(name))
 	}
 	match := false
 	for _, q := range queries {
@@ -292,6 +285,24 @@ func (n *negotiator) metaContext(opt uint32, data []byte) error {
 		}
 	}
 	return n.reply(opt, repAck, nil)
+}
+
+// open looks name up for opt and reports whether this peer may open it.
+// A refused export is answered exactly as a missing one (NBD_REP_ERR_UNKNOWN,
+// the same text): a process that reaches a group's socket must not learn
+// which disks the group's other VMs have by probing names. The refusal is
+// logged and counted on this side (see allow).
+func (n *negotiator) open(opt uint32, name string) (Export, bool) {
+	e, found := n.c.srv.cat.Lookup(name)
+	if !found || !n.allow(opt, name, e) {
+		return nil, false
+	}
+	return e, true
+}
+
+// notOpen is the one answer to a missing or refused export.
+func notOpen(name string) []byte {
+	return []byte("no export " + quote(name) + " open to this client")
 }
 
 // allows reports whether e lets p open it (see Authorizer).

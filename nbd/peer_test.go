@@ -16,8 +16,6 @@ import (
 	"github.com/qcdp/qcdp/proc"
 )
 
-const wRepErrPolicy = 1<<31 + 2
-
 var errNotYours = errors.New("not this peer's export")
 
 // gatedExport is a recordExport that only peers allow accepts may open; it
@@ -93,7 +91,7 @@ func listNames(t *testing.T, c *rawClient) []string {
 
 // TestAuthorizerRawClient: through the wire protocol, byte by byte: an
 // export's Allow sees this process's credentials; a refused export is
-// answered NBD_REP_ERR_POLICY for GO, INFO and the meta context options,
+// answered NBD_REP_ERR_UNKNOWN, like a missing name, for GO, INFO and the meta context options,
 // left out of LIST, and closes the connection on EXPORT_NAME; the same
 // connection can still open what it may; nothing is written to a refused
 // export.
@@ -117,8 +115,8 @@ func TestAuthorizerRawClient(t *testing.T) {
 		{wOptGo, nameData("theirs")},
 	} {
 		reps := c.option(tc.opt, tc.data)
-		if len(reps) != 1 || reps[0].typ != wRepErrPolicy {
-			t.Errorf("option %d on a refused export: replies %+v, want one NBD_REP_ERR_POLICY", tc.opt, reps)
+		if len(reps) != 1 || reps[0].typ != wRepErrUnkn {
+			t.Errorf("option %d on a refused export: replies %+v, want one NBD_REP_ERR_UNKNOWN (as a missing export)", tc.opt, reps)
 		}
 	}
 	s := c.goExport("mine", true)
@@ -151,7 +149,7 @@ func TestAuthorizerRawClient(t *testing.T) {
 }
 
 // TestAuthorizerRealClients: libnbd's and QEMU's clients, other processes
-// than the server, are refused with the policy error and write nothing;
+// than the server, are refused as if the export did not exist and write nothing;
 // allowed, they write.
 func TestAuthorizerRealClients(t *testing.T) {
 	libnbdTools(t)
@@ -162,7 +160,7 @@ func TestAuthorizerRealClients(t *testing.T) {
 		return p.HasCred && p.Cred.PID != os.Getpid() && p.Cred.UID == uint32(os.Getuid())
 	})
 
-	// nbdinfo is refused (libnbd reports the policy refusal as ENOTSUP)
+	// nbdinfo is refused
 	// and does not list what it may not open.
 	if _, errs, code := run(t, 20*time.Second, "nbdinfo", uri(env.sock, "theirs")); code == 0 {
 		t.Errorf("nbdinfo opened a refused export: %s", errs)
@@ -172,14 +170,14 @@ func TestAuthorizerRealClients(t *testing.T) {
 		t.Errorf("nbdinfo --list shows what it may not open, or hides what it may:\n%s", out)
 	}
 
-	// Writes with nbdsh and qemu-io are refused with the protocol's policy
+	// Writes with nbdsh and qemu-io are refused with the missing-export
 	// error, and nothing reaches the export.
 	script := "h.pwrite(b'\\xab' * 4096, 0); h.flush()"
-	if _, errs, code := run(t, 20*time.Second, "nbdsh", "-u", uri(env.sock, "theirs"), "-c", script); code == 0 || !strings.Contains(errs, "server policy prevents") {
-		t.Errorf("nbdsh on a refused export: exit %d, %q; want NBD_REP_ERR_POLICY (\"server policy prevents\")", code, errs)
+	if _, errs, code := run(t, 20*time.Second, "nbdsh", "-u", uri(env.sock, "theirs"), "-c", script); code == 0 || !strings.Contains(errs, "has no export named 'theirs'") {
+		t.Errorf("nbdsh on a refused export: exit %d, %q; want the answer a missing export gets", code, errs)
 	}
-	if out, errs, code := run(t, 20*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 4096", uri(env.sock, "theirs")); !strings.Contains(out+errs, "Denied by server") {
-		t.Errorf("qemu-io on a refused export: exit %d\n%s\n%s\nwant NBD_REP_ERR_POLICY (\"Denied by server\")", code, out, errs)
+	if out, errs, code := run(t, 20*time.Second, "qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 4096", uri(env.sock, "theirs")); !strings.Contains(out+errs, "open to this client") {
+		t.Errorf("qemu-io on a refused export: exit %d\n%s\n%s\nwant the answer a missing export gets", code, out, errs)
 	}
 	if ops := env.theirs.snapshot(); len(ops) != 0 {
 		t.Fatalf("refused export saw %+v", ops)
