@@ -32,7 +32,8 @@ type Origin struct {
 	Spool   SpoolID `json:"spool_id"`
 	Created int64   `json:"spool_created_unix_ns"`
 	// Epoch is the newest epoch of the spool the journal took a stream
-	// from (the spool bumps it at every open): an older one is a copy.
+	// from (the spool raises it by a random step at every open): an
+	// older one is a copy.
 	Epoch uint64 `json:"epoch"`
 	// Host is the host (of its certificate) that streamed the spool when
 	// it was bound.

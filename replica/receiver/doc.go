@@ -32,7 +32,8 @@
 // # One spool per journal
 //
 // A Hello names the host spool its records come from (stream.SpoolID: a
-// random id, its creation time and an epoch the spool bumps at every open)
+// random id, its creation time and an epoch the spool raises by a random
+// step at every open, so two copies of one spool directory differ)
 // and the seq up to which that spool vouches for what it ever held (its
 // intact seq). The journal records the spool it is bound to in its ORIGIN
 // file (journal.Origin, written with vfs.Publish): the first spool that

@@ -174,8 +174,8 @@ func TestCrashLostSentRecordsNeverSpliced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sp.Close() })
-	if sp.LastSeq() != 0 || sp.Identity().Epoch != 2 {
-		t.Fatalf("after the crash: last seq %d, identity %+v; want 0 and epoch 2", sp.LastSeq(), sp.Identity())
+	if sp.LastSeq() != 0 || sp.Identity().Epoch < 2 {
+		t.Fatalf("after the crash: last seq %d, identity %+v; want 0 and a new epoch", sp.LastSeq(), sp.Identity())
 	}
 	rb := startSender(t, st, sp, nil)
 	for sp.LastSeq() < 120 {

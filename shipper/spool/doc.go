@@ -30,7 +30,10 @@
 //
 // A spool has an identity (Identity): a random 16-byte id and the time it
 // was made, created by the first Open of its directory and kept across
-// restarts, and an epoch that every Open bumps. The sender names it in its
+// restarts, and an epoch that every Open raises by a random step of 1 to
+// 2^32 (so two copies of one stopped directory, a cloned host image or a
+// restored backup, open at different epochs and the replica takes the
+// stream of one only: TestReviewCopiedSpoolSpliced). The sender names it in its
 // Hello (package stream); the replica binds the group's journal to the
 // first spool that streams into it and refuses any other as diverged, so
 // a spool whose directory was lost (a new one starts again at seq 1), or

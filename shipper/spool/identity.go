@@ -34,7 +34,14 @@ type ID = record.SpoolID
 type Identity struct {
 	ID      ID     `json:"id"`
 	Created int64  `json:"created_unix_ns"` // tells an operator which of two spools is older
-	Epoch   uint64 `json:"epoch"`           // bumped at every Open: 1 at the first
+	// Epoch is 1 at the spool's first Open and grows at every later one
+	// by a random step of 1 to 2^32, so that two copies of one stopped
+	// spool directory (a cloned host image, a restored backup) opened
+	// apart get different epochs (but for a chance of 2^-32) and the
+	// replica never takes the stream of both: it refuses a lower epoch
+	// than the one it took, and a copy with a higher one vouches only for
+	// the records it held when it was copied (Intact).
+	Epoch uint64 `json:"epoch"`
 }
 
 // identity is the content of the identity file.
@@ -129,10 +136,14 @@ func (s *Spool) openIdentity() error {
 				"spool_id", id.ID, "last_seq", s.last)
 		}
 	}
-	if id.Epoch == math.MaxUint64 {
+	step, err := epochStep(ok)
+	if err != nil {
+		return err
+	}
+	if id.Epoch > math.MaxUint64-step {
 		return fmt.Errorf("%w: %s: epoch exhausted", ErrCorrupt, s.path(identityName))
 	}
-	id.Epoch++
+	id.Epoch += step
 	// What recovery kept is all this epoch can vouch for: records after
 	// it that an earlier epoch held (and may have sent) are gone, and
 	// their seqs will be taken by new records.
@@ -142,6 +153,19 @@ func (s *Spool) openIdentity() error {
 	}
 	s.id = id
 	return nil
+}
+
+// epochStep is how much an Open raises the epoch: 1 for a new spool
+// (existed false), else a random step in [1, 2^32].
+func epochStep(existed bool) (uint64, error) {
+	if !existed {
+		return 1, nil
+	}
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("spool: epoch step: %w", err)
+	}
+	return uint64(binary.LittleEndian.Uint32(b[:])) + 1, nil
 }
 
 // Identity returns the spool's identity.
