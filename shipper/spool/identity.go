@@ -32,8 +32,8 @@ type ID = record.SpoolID
 // stream). It is kept in the spool directory and survives restarts; a new
 // directory, or one whose identity file was removed, is a new spool.
 type Identity struct {
-	ID      ID     `json:"id"`
-	Created int64  `json:"created_unix_ns"` // tells an operator which of two spools is older
+	ID      ID    `json:"id"`
+	Created int64 `json:"created_unix_ns"` // tells an operator which of two spools is older
 	// Epoch is 1 at the spool's first Open and grows at every later one
 	// by a random step of 1 to 2^32, so that two copies of one stopped
 	// spool directory (a cloned host image, a restored backup) opened
