@@ -61,7 +61,14 @@ type Config struct {
 	// ConvergePoll is how often resync asks whether the job has caught up
 	// (default 200 ms).
 	ConvergePoll time.Duration
-	Logger       *slog.Logger
+	// Recopy, when set, makes Run copy the whole disk anew: a capture job
+	// of the disk found in QEMU is cancelled (never completed) and its
+	// target node removed rather than adopted; Recopy is called once no
+	// job remains, before the new full copy starts, and its error fails
+	// the attach. The host engine sets it for a disk owed a full re-copy
+	// (shipper.Sequencer.RecopyOwed).
+	Recopy func() error
+	Logger *slog.Logger
 }
 
 // Names of the QEMU objects of a disk. Never change: a restarted daemon
@@ -170,6 +177,15 @@ func (c *Capture) Run(ctx context.Context) error {
 }
 
 func (c *Capture) run(ctx context.Context) error {
+	if c.cfg.Recopy != nil {
+		// Before subscribing: the old job's end is not this capture's.
+		if err := c.dropJob(ctx); err != nil {
+			return err
+		}
+		if err := c.cfg.Recopy(); err != nil {
+			return fmt.Errorf("filter: disk %s: re-copy: %w", c.cfg.Disk, err)
+		}
+	}
 	// The subscription ends with Run: a subscriber nobody reads would hold
 	// back every event of the VM's QMP connection.
 	ctx, cancel := context.WithCancel(ctx)
@@ -205,6 +221,38 @@ func (c *Capture) findJob(ctx context.Context) (*qmp.BlockJobInfo, error) {
 		}
 	}
 	return nil, nil
+}
+
+// dropJob cancels the disk's capture job, if there is one, waits until
+// QEMU no longer lists it, and removes its target node.
+func (c *Capture) dropJob(ctx context.Context) error {
+	d := c.cfg.Disk
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for first := true; ; first = false {
+		job, err := c.findJob(ctx)
+		if err != nil {
+			return err
+		}
+		if job == nil {
+			break
+		}
+		if first {
+			c.log.Info("cancelling the capture job to copy the whole disk anew", "status", job.Status)
+			if err := c.q.BlockJobCancel(ctx, JobID(d), true); err != nil && !qmp.IsDeviceNotActive(err) {
+				return fmt.Errorf("filter: disk %s: cancel job for a re-copy: %w", d, err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("filter: disk %s: wait for the old job to end: %w", d, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if err := c.q.BlockdevDel(ctx, TargetNode(d)); err != nil && !qmp.IsClass(err, qmp.ClassGenericError) {
+		return fmt.Errorf("filter: disk %s: remove the old target node: %w", d, err)
+	}
+	return nil
 }
 
 // attach adds the bitmap (if not there), the target node and the job.

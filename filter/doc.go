@@ -73,6 +73,10 @@
 // (sync=full): resync from the bitmap, or by hash comparison when it was
 // lost (invariant 4), is not built yet.
 //
+// A disk owed a full re-copy (Config.Recopy: its group's spool lost writes
+// it had answered) is never adopted: its job is cancelled, its target node
+// removed, and a new job copies the whole disk.
+//
 // The sync-complete marker is written once per job: at BLOCK_JOB_READY, or,
 // when the job got there through a resync (a refused write, a restarted
 // daemon), when it has converged — without it the replica offers no restore

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,6 +97,7 @@ type diskCapture struct {
 	done   chan struct{}
 	err    error // why Run ended; read after done
 	since  time.Time
+	recopy bool // this capture copies the whole disk anew (filter.Config.Recopy)
 }
 
 // Open connects to the hypervisors the policy names (libvirt_uri,
@@ -296,6 +298,7 @@ func (d *Engine) scan(ctx context.Context) {
 		d.forgetStopped(func(id string) bool { return !running[id] })
 		d.reconcileMembers(seen)
 	}
+	d.recopies(ctx)
 }
 
 // forgetStopped drops VMs that stopped and whose captures all ended, for
@@ -407,6 +410,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("VM %s not protected: its capture exports would be open to every QEMU on the host: %w", vm.Name, err)
 	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
+	owed := g.Sequencer().RecopyOwed()
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
@@ -422,17 +426,23 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			d.log.Warn("capture export", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
 		}
+		var recopy func() error
+		if slices.Contains(owed, name) {
+			seq := g.Sequencer()
+			recopy = func() error { return seq.RecopyStarted(name) }
+		}
 		c, err := filter.New(q, filter.Config{
 			Disk: name, Node: dk.Node, Socket: g.Socket(),
 			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
 			Granularity: uint32(gc.Granularity),
+			Recopy:      recopy,
 			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
 		}, g.Sequencer())
 		if err != nil {
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
 		}
-		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now()})
+		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now(), recopy: recopy != nil})
 	}
 	if len(v.disks) == 0 {
 		v.close()
@@ -582,14 +592,8 @@ func (d *Engine) Attach(ctx context.Context, vm string) error {
 		}
 		// A VM with a disk detached (or ended) is attached anew: the
 		// disks still captured are adopted by their running jobs.
-		delete(d.vms, v.vm.ID)
 		d.mu.Unlock()
-		for _, dc := range v.disks {
-			dc.cancel()
-			<-dc.done
-		}
-		v.close()
-		return d.attach(ctx, v.src, v.vm)
+		return d.reattach(ctx, v)
 	}
 	for _, src := range d.sources {
 		vms, err := src.ListVMs(ctx)
@@ -603,6 +607,69 @@ func (d *Engine) Attach(ctx context.Context, vm string) error {
 		}
 	}
 	return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
+}
+
+// reattach attaches v's VM anew: its disks' captures stop (their jobs stay
+// in QEMU) and new ones start, adopting the jobs, or, for a disk owed a
+// full re-copy, replacing its job. Callers hold attachMu.
+func (d *Engine) reattach(ctx context.Context, v *vmCapture) error {
+	d.mu.Lock()
+	delete(d.vms, v.vm.ID)
+	d.mu.Unlock()
+	for _, dc := range v.disks {
+		dc.cancel()
+		<-dc.done
+	}
+	v.close()
+	return d.attach(ctx, v.src, v.vm)
+}
+
+// recopies attaches anew the VMs with a disk owed a full re-copy (the
+// group's spool lost writes it had answered: shipper.Sequencer.RecopyOwed)
+// whose capture is not already copying it anew, unless the operator
+// detached one of its disks. Callers hold attachMu.
+func (d *Engine) recopies(ctx context.Context) {
+	d.mu.Lock()
+	var redo []*vmCapture
+	for _, v := range d.vms {
+		if v.detached || v.hasDetached() {
+			continue
+		}
+		owed := v.group.Sequencer().RecopyOwed()
+		for _, dc := range v.disks {
+			if slices.Contains(owed, dc.name) && !(dc.recopy && !dc.ended()) {
+				redo = append(redo, v)
+				break
+			}
+		}
+	}
+	d.mu.Unlock()
+	for _, v := range redo {
+		d.log.Warn("re-copying the disks of a VM in full: its group's spool lost writes it had answered", "vm", v.vm.Name, "owed", v.group.Sequencer().RecopyOwed())
+		if err := d.reattach(ctx, v); err != nil {
+			d.log.Warn("attach VM for a re-copy", "vm", v.vm.Name, "err", err)
+		}
+	}
+}
+
+// hasDetached reports whether the operator detached one of v's disks.
+func (v *vmCapture) hasDetached() bool {
+	for _, dc := range v.disks {
+		if st, _ := dc.cap.State(); st == filter.Detached {
+			return true
+		}
+	}
+	return false
+}
+
+// ended reports whether the capture's Run has returned.
+func (dc *diskCapture) ended() bool {
+	select {
+	case <-dc.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Pause holds capture of vm's disks (or one): writes are refused by the

@@ -381,3 +381,62 @@ func TestEngineAttachOwnsExports(t *testing.T) {
 		t.Fatalf("attach of vm2: %v, want hypervisor.ErrNoProcess", err)
 	}
 }
+
+// TestEngineRecopyOwed: when the group's spool lost writes it had answered
+// (a heal after a failed fsync: shipper.Sequencer.RecopyOwed), the engine's
+// next scan cancels the disk's job and starts a new one, which copies the
+// whole disk; the re-copy is no longer owed once the old job is gone, and
+// the scan after does not cancel the new job again.
+func TestEngineRecopyOwed(t *testing.T) {
+	q := newFakeQEMU(t, "node-vm1")
+	src := &fakeSource{
+		vms:  []hypervisor.VM{{ID: "vm1", Name: "vm1", Running: true, Source: hypervisor.SourceQMP}},
+		qemu: map[string]*fakeQEMU{"vm1": q},
+	}
+	e, _ := newEngine(t, src)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e.scan(ctx)
+	waitDisk(t, e, "g1", "vm1", "initial-sync")
+	count := func(name string) int {
+		n := 0
+		for _, c := range q.srv.Commands() {
+			if c.Name == name {
+				n++
+			}
+		}
+		return n
+	}
+	e.scan(ctx)
+	if n := count("block-job-cancel"); n != 0 {
+		t.Fatalf("%d cancels with nothing owed", n)
+	}
+	g := e.groups["g1"]
+	if err := g.Spool().OweRecopy("vm1.vda"); err != nil {
+		t.Fatal(err)
+	}
+	e.scan(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(g.Sequencer().RecopyOwed()) != 0 || count("blockdev-mirror") != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("re-copy not started: owed %q, %d mirrors, %d cancels", g.Sequencer().RecopyOwed(), count("blockdev-mirror"), count("block-job-cancel"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := count("block-job-cancel"); n != 1 {
+		t.Fatalf("%d cancels for one re-copy, want 1", n)
+	}
+	if n := q.jobCount(); n != 1 {
+		t.Fatalf("%d jobs after the re-copy started, want 1", n)
+	}
+	waitDisk(t, e, "g1", "vm1", "initial-sync")
+	e.scan(ctx)
+	if n := count("block-job-cancel"); n != 1 {
+		t.Fatalf("the scan after the re-copy cancelled the new job (%d cancels)", n)
+	}
+	for _, c := range q.srv.Commands() {
+		if c.Name == "block-job-complete" {
+			t.Fatal("the engine completed a capture job")
+		}
+	}
+}

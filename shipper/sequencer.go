@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +37,9 @@ type Sequencer struct {
 	// has one more chunk to re-copy.
 	refused map[string]bool
 	mem     members // the group's declared membership (members.go)
+	// exported holds the disks Export was asked for: with the declared
+	// ones, the disks a reopened spool that lost records owes a re-copy.
+	exported map[string]bool
 }
 
 // ErrResyncPending is MarkDisk's answer to a ResyncEnd when a write of the
@@ -50,7 +55,7 @@ func NewSequencer(sp *spool.Spool) *Sequencer {
 
 func newSequencer(sp *spool.Spool, read readClock) *Sequencer {
 	return &Sequencer{sp: sp, clk: newCaptureClock(read, lastTime(sp)), next: sp.LastSeq() + 1,
-		resync: map[string]uint64{}, refused: map[string]bool{}}
+		resync: map[string]uint64{}, refused: map[string]bool{}, exported: map[string]bool{}}
 }
 
 // lastTime is the capture time of the spool's last record, 0 when it
@@ -180,6 +185,9 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 			s.owed--
 		}
 	case record.ResyncEnd:
+		if slices.Contains(s.sp.RecopyOwed(), disk) {
+			return 0, fmt.Errorf("shipper: marker %v of %s: %w: answered writes were lost; a full re-copy of the disk is owed", kind, disk, ErrResyncPending)
+		}
 		if s.refused[disk] {
 			delete(s.refused, disk)
 			return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, ErrResyncPending)
@@ -228,17 +236,62 @@ func (s *Sequencer) spool() *spool.Spool {
 // one appended to. The old one refused every write since it broke (each
 // refusal owes its disk a resync bracket, written first); seqs go on
 // after sp.LastSeq(). Records the reopened spool no longer holds (they
-// never reached the disk) were answered as written: the log says so, and
-// only a resync by hash comparison brings them back.
+// never reached the disk: an fsync failed and the kernel dropped its
+// pages) were answered as written, so QEMU no longer tracks them and the
+// replica never got them: every disk of the group (declared or exported)
+// is then owed a full re-copy (spool.OweRecopy, kept across restarts) and
+// a resync bracket, written before the next record and not closed until
+// the re-copy has run (RecopyOwed, RecopyStarted; the host engine starts
+// it).
 func (s *Sequencer) reopened(sp *spool.Spool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next := sp.LastSeq() + 1
+	s.sp = sp
 	if next < s.next {
-		s.logger().Error("capture: the reopened spool lost records that were answered as written; the replica needs a resync of the group's disks",
-			"first_lost", next, "last_lost", s.next-1)
+		disks := s.groupDisksLocked()
+		s.logger().Error("capture: the reopened spool lost records that were answered as written; every disk of the group is re-copied in full",
+			"first_lost", next, "last_lost", s.next-1, "disks", disks)
+		if err := sp.OweRecopy(disks...); err != nil {
+			s.logger().Error("capture: keep the re-copies owed", "err", err)
+		}
+		for _, d := range disks {
+			// The open bracket's marker may be one of the lost records:
+			// a new one is owed, written before the next record.
+			if seq, open := s.resync[d]; !open || seq != 0 {
+				s.resync[d] = 0
+				s.owed++
+			}
+		}
 	}
-	s.sp, s.next = sp, next
+	s.next = next
+}
+
+// groupDisksLocked returns the declared and exported disks, sorted.
+func (s *Sequencer) groupDisksLocked() []string {
+	set := maps.Clone(s.exported)
+	for _, m := range s.mem.decl.Disks {
+		set[m.Disk] = true
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// RecopyOwed returns the disks owed a full re-copy because answered
+// writes were lost (see reopened): the host engine starts a new capture
+// job of each (cancelling the one running), which copies the whole disk,
+// and calls RecopyStarted once the old job is gone. Until then the disk's
+// resync bracket stays open (MarkDisk(ResyncEnd) is ErrResyncPending), so
+// no restore point is offered that lacks the lost writes.
+func (s *Sequencer) RecopyOwed() []string { return s.spool().RecopyOwed() }
+
+// RecopyStarted records that disk's full re-copy has started: its old
+// capture job is gone and a new one copies the whole disk, whose READY
+// may close the bracket.
+func (s *Sequencer) RecopyStarted(disk string) error {
+	if err := s.spool().RecopyStarted(disk); err != nil {
+		return fmt.Errorf("shipper: re-copy of %s started: %w", disk, err)
+	}
+	return nil
 }
 
 // Export returns the capture export of one disk of the group, of size bytes.
@@ -249,6 +302,9 @@ func (s *Sequencer) Export(disk string, size int64) (*CaptureExport, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("shipper: capture export %s: negative size %d", disk, size)
 	}
+	s.mu.Lock()
+	s.exported[disk] = true
+	s.mu.Unlock()
 	return &CaptureExport{seq: s, disk: disk, size: size}, nil
 }
 

@@ -11,6 +11,7 @@
 //	DIR/00000000000000000001.seg      a segment, named by its first seq (20 digits)
 //	DIR/acked                         the last acknowledged seq (written with vfs.Publish)
 //	DIR/identity                      which spool this is: id, creation time, epoch, intact seq (vfs.Publish)
+//	DIR/recopy                        disks owed a full re-copy after answered writes were lost (vfs.Publish; recopy.go)
 //	DIR/<segment>.torn-<offset>       a torn tail cut off by recovery, kept for inspection
 //
 // A segment is a header followed by encoded records with consecutive seqs:

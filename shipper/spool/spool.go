@@ -92,6 +92,7 @@ type Spool struct {
 	broken       error
 	brokenLogged bool
 	id           identity // as published
+	recopy       []string // disks owed a full re-copy, as published (recopy.go)
 	closed       bool
 	waitCh       chan struct{} // closed at the next append, made by Wait
 	buf          []byte        // encode buffer
@@ -137,6 +138,10 @@ func Open(ctx context.Context, opts Options) (*Spool, error) {
 		return nil, err
 	}
 	if err := s.openIdentity(); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	if err := s.loadRecopy(); err != nil {
 		s.closeFiles()
 		return nil, err
 	}
