@@ -165,6 +165,13 @@ func (r *chaosRun) inject(ctx context.Context, f chaos.Fault) {
 		r.hostDown = true
 		r.hangs = append(r.hangs, span{from: time.Now()})
 		r.host.Signal(syscall.SIGSTOP)
+	case chaos.ClockStep:
+		var pts pointsJSON
+		if err := r.replicaJSON(ctx, &pts, "points", "g1"); err != nil {
+			r.fatalf("%v: points before the step: %v", f, err)
+		}
+		r.clockSeq = pts.Window.LastSeq
+		r.stepClock(f.Step)
 	case chaos.ReplicaFSFull:
 		n, err := r.storage.Fill()
 		if err != nil {
@@ -209,6 +216,19 @@ func (r *chaosRun) heal(ctx context.Context, f chaos.Fault) {
 		}
 		r.tally.Note(f.Kind, "resumed")
 		r.hostDown = false
+	case chaos.ClockStep:
+		r.stepClock(0)
+		// The window is 2 minutes and the step lasted seconds: the
+		// newest point from before the step is still in it, whatever
+		// capture times the stepped clock would have given.
+		var pts pointsJSON
+		if err := r.replicaJSON(ctx, &pts, "points", "g1"); err != nil {
+			r.fatalf("%v: points after the step: %v", f, err)
+		}
+		if pts.Window.FirstSeq > r.clockSeq && r.clockSeq > 0 {
+			r.fatalf("%v: the any-point window now starts at seq %d, past seq %d, the newest point when the clock stepped seconds ago: points were folded away by a stepped capture time",
+				f, pts.Window.FirstSeq, r.clockSeq)
+		}
 	case chaos.ReplicaFSFull:
 		if err := r.storage.Drain(); err != nil {
 			r.fatalf("drain the replica's storage: %v", err)
@@ -674,4 +694,12 @@ func (r *chaosRun) repairSpool(ctx context.Context, f chaos.Fault) {
 	r.startReplica(ctx)
 	r.reattach(ctx)
 	r.tally.Note(f.Kind, "repaired")
+}
+
+// stepClock sets the host daemon's clock offset (0: its clock is right
+// again); the daemon reads it within 100 ms.
+func (r *chaosRun) stepClock(d time.Duration) {
+	if err := os.WriteFile(r.clock, []byte(d.String()+"\n"), 0o644); err != nil {
+		r.fatalf("step the host's clock: %v", err)
+	}
 }

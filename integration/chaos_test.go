@@ -18,6 +18,7 @@ import (
 	"github.com/qcdp/qcdp/integration/guest/workload"
 	"github.com/qcdp/qcdp/integration/harness"
 	"github.com/qcdp/qcdp/qmp"
+	"github.com/qcdp/qcdp/shipper"
 )
 
 // The chaos suite (package integration/chaos says what it injects and
@@ -33,8 +34,8 @@ import (
 //	QCDP_CHAOS_KEEP     keep the working directory even when it passes
 //	QCDP_CHAOS_OPEN     "count": count the open findings of
 //	                    chaos.Findings (their narrow signatures only) and
-//	                    go on instead of failing; the short run's default;
-//	                    "fail" is the long run's
+//	                    go on instead of failing; "fail" (the default,
+//	                    short and long run alike) fails on them
 const (
 	chaosWatchdog = 3 * time.Second // WatchdogSec of the fake systemd
 	// chaosSlack is what TCG, the console and a loaded 2-core machine
@@ -94,11 +95,9 @@ func chaosConfigFromEnv(t *testing.T) chaosConfig {
 		c.faults = n
 	}
 	switch s := os.Getenv("QCDP_CHAOS_OPEN"); s {
-	case "":
-		c.countOpen = os.Getenv("QCDP_CHAOS_FAULTS") == "" // the short run
+	case "", "fail":
 	case "count":
 		c.countOpen = true
-	case "fail":
 	default:
 		t.Fatalf("QCDP_CHAOS_OPEN=%q: want count or fail", s)
 	}
@@ -153,6 +152,10 @@ type chaosRun struct {
 	// guestChecked: the console's events up to here are checked.
 	guestChecked time.Time
 	asides       int
+	// clock is the host daemon's clock-offset file (shipper.ClockOffsetEnv);
+	// clockSeq the replica's newest seq when a clock step began.
+	clock    string
+	clockSeq uint64
 }
 
 // chaosBoot is one boot of the guest and its model.
@@ -409,6 +412,9 @@ groups = ["g1"]
 		filepath.Join(tls, "ca.pem"), filepath.Join(tls, "kvm1.pem"), filepath.Join(tls, "kvm1-key.pem")),
 		fmt.Sprintf("replica = %q\nspool_max = \"64M\"\nspool_segment = \"1M\"", r.link.Addr()))
 	r.sd = newFakeSystemd(r.dir, chaosWatchdog)
+	r.clock = filepath.Join(r.dir, "clock-offset")
+	writeFile(t, r.clock, "0\n")
+	r.sd.env = shipper.ClockOffsetEnv + "=" + r.clock
 	r.startHost(ctx)
 	r.monPath = filepath.Join(r.dir, "monitor.sock")
 	r.boot(ctx, nil)

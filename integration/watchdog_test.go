@@ -33,6 +33,7 @@ type fakeSystemd struct {
 	dir      string
 	watchdog time.Duration
 	starts   int
+	env      string // NAME=value added to every start's environment (shell-safe), or ""
 }
 
 // sdRun is one start of the daemon under fakeSystemd.
@@ -74,10 +75,13 @@ func (sd *fakeSystemd) start(ctx context.Context, t *testing.T, dir, name, contr
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := fmt.Sprintf(`export NOTIFY_SOCKET=%s; exec "$0" "$@"`, sock)
+	if sd.env != "" && !shellSafe.MatchString(strings.ReplaceAll(sd.env, "=", "")) {
+		t.Fatalf("environment %q needs shell quoting", sd.env)
+	}
+	script := fmt.Sprintf(`export NOTIFY_SOCKET=%s %s; exec "$0" "$@"`, sock, sd.env)
 	if sd.watchdog > 0 {
-		script = fmt.Sprintf(`export NOTIFY_SOCKET=%s WATCHDOG_USEC=%d WATCHDOG_PID=$$; exec "$0" "$@"`,
-			sock, sd.watchdog.Microseconds())
+		script = fmt.Sprintf(`export NOTIFY_SOCKET=%s WATCHDOG_USEC=%d WATCHDOG_PID=$$ %s; exec "$0" "$@"`,
+			sock, sd.watchdog.Microseconds(), sd.env)
 	}
 	p := harness.StartProcT(t, dir, name, append([]string{"sh", "-c", script}, argv...)...)
 	r := &sdRun{Proc: p, watchdog: sd.watchdog, ready: make(chan struct{}), killed: make(chan struct{}), done: make(chan struct{})}

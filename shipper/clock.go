@@ -1,6 +1,10 @@
 package shipper
 
-import "time"
+import (
+	"os"
+	"strings"
+	"time"
+)
 
 // stepTolerance is how far the wall clock may move against the monotonic
 // clock before the capture clock calls it a step.
@@ -10,12 +14,31 @@ const stepTolerance = time.Second
 // reading (time since some fixed instant). A seam for tests.
 type readClock func() (wall int64, mono time.Duration)
 
-// systemClock reads both from time.Now.
+// ClockOffsetEnv names a file whose content, a Go duration ("-48h",
+// "90s", "0"), is added to the wall clock the capture clock reads, re-read
+// at most every 100 ms: a fault-injection seam, so that a test (the chaos
+// suite's clock-step fault) can step one daemon's clock without stepping
+// the machine's. Unset, as in production, the wall clock is read as is.
+const ClockOffsetEnv = "QCDP_CLOCK_OFFSET_FILE"
+
+// systemClock reads both from time.Now (plus ClockOffsetEnv's offset).
 func systemClock() readClock {
 	start := time.Now()
+	path := os.Getenv(ClockOffsetEnv)
+	var offset time.Duration
+	var readAt time.Duration = -time.Hour
 	return func() (int64, time.Duration) {
 		t := time.Now()
-		return t.UnixNano(), t.Sub(start) // Sub uses the monotonic reading
+		mono := t.Sub(start) // Sub uses the monotonic reading
+		if path != "" && mono-readAt >= 100*time.Millisecond {
+			readAt = mono
+			if b, err := os.ReadFile(path); err == nil {
+				if d, err := time.ParseDuration(strings.TrimSpace(string(b))); err == nil {
+					offset = d
+				}
+			}
+		}
+		return t.Add(offset).UnixNano(), mono
 	}
 }
 

@@ -2,7 +2,8 @@ package shipper
 
 import (
 	"context"
-
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -90,5 +91,33 @@ func TestCaptureTimesSurviveRestartWithClockBehind(t *testing.T) {
 	recs := readAll(t, sp, 1)
 	if got := recs[len(recs)-1].Time; got < last {
 		t.Fatalf("after a restart with the clock 48h behind, capture time went back by %v", time.Duration(last-got))
+	}
+}
+
+// TestClockOffsetSeam: the fault-injection seam steps this process's
+// capture clock only: the wall clock it reads follows the offset file
+// within 100 ms, and stamps still never go back.
+func TestClockOffsetSeam(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "offset")
+	if err := os.WriteFile(path, []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(ClockOffsetEnv, path)
+	read := systemClock()
+	c := newCaptureClock(read, 0)
+	first := c.stamp()
+	if err := os.WriteFile(path, []byte("-48h\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(150 * time.Millisecond)
+	wall, _ := read()
+	if d := time.Since(time.Unix(0, wall)); d < 47*time.Hour || d > 49*time.Hour {
+		t.Fatalf("the wall clock read %v behind after a -48h offset", d)
+	}
+	if s := c.stamp(); s < first {
+		t.Fatalf("a stamp went back %v after the step", time.Duration(first-s))
+	}
+	if n, back := c.steps, c.back; n != 1 || back < 47*time.Hour {
+		t.Fatalf("steps %d back %v, want one of about 48h", n, back)
 	}
 }

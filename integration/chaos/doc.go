@@ -59,7 +59,7 @@
 //	journal-index-flip        5   yes  the same on an index file (a cache: it must be rebuilt, not reported)
 //	spool-flip                4   yes  unsent records in the spool, stop the host, flip a bit of a segment not the last
 //	spool-truncate            3   yes  the same, cutting it short
-//	clock-step                -        skipped: no seam for the daemon's clock (see Kinds)
+//	clock-step               50        step qcdp host's wall clock 1 min-48 h back or ahead for 1-4 s, then back
 //
 // Damage lands on the last segment's tail only where it is corruption by
 // the formats' own rules: the spool's last segment may lose a torn tail
@@ -101,8 +101,8 @@
 // # Findings
 //
 // A finding of the suite with a narrow signature is listed in Findings.
-// While it is open, `make chaos` fails on it like on any other; the short
-// run counts it instead (QCDP_CHAOS_OPEN=count) and its summary says how
-// often each was seen, so that CI keeps checking everything else. Once
-// fixed, its signature seen again fails every run as a regression.
+// While it is open, every run fails on it like on any other, unless asked
+// to count it instead (QCDP_CHAOS_OPEN=count, `make chaos OPEN=count`):
+// its summary then says how often each was seen. Once fixed, its
+// signature seen again fails every run as a regression. F1-F3 are fixed.
 package chaos

@@ -90,8 +90,8 @@ var Kinds = []KindInfo{
 		"qcdp spool verify names the file; qcdp host refuses the spool; nothing wrong is shipped; the repair (spool and journal aside, re-attach) converges", ""},
 	{SpoolCut, 3, true, "", "as spool-flip, cutting a spool segment that is not the last short",
 		"as spool-flip", ""},
-	{ClockStep, 0, false, "", "step the host daemon's wall clock", "",
-		"no seam for the daemon's clock: the capture clock's seam (shipper.readClock) is internal to the package and stepping the machine's clock would disturb every other process; shipper's TestCaptureTimesSurviveClockSteps covers it"},
+	{ClockStep, 50, false, "clock", "step qcdp host's wall clock by 1 min-48 h, back or ahead, for 1-4 s (its clock-offset seam, shipper.ClockOffsetEnv), then back",
+		"capture times never go back; times ahead are lowered by the replica; no restore point inside the any-point window is folded away", ""},
 }
 
 // Info returns the table row of k.
@@ -131,6 +131,7 @@ type Fault struct {
 	Start time.Duration // after the round began
 	Hold  time.Duration // how long it lasts (down time for a kill)
 	Delay time.Duration // link-delay
+	Step  time.Duration // clock-step: added to the host daemon's wall clock
 	Rate  int64         // link-squeeze, bytes per second
 	// Pick chooses what a corruption hits (file and offset), as a
 	// fraction in [0, 1) each.
@@ -148,6 +149,8 @@ func (f Fault) String() string {
 		s += fmt.Sprintf(" delay=%v", f.Delay)
 	case LinkSqueeze:
 		s += fmt.Sprintf(" rate=%dKiB/s", f.Rate>>10)
+	case ClockStep:
+		s += fmt.Sprintf(" step=%v", f.Step)
 	}
 	if f.Hold > 0 {
 		s += fmt.Sprintf(" hold=%v", f.Hold)
@@ -312,6 +315,14 @@ func (s *Schedule) fault(ki KindInfo, start time.Duration) Fault {
 		f.Hold = span(time.Second, 4*time.Second)
 	case SpoolFull:
 		f.Hold = span(2*time.Second, 4*time.Second)
+	case ClockStep:
+		f.Hold = span(time.Second, 4*time.Second)
+		// From the draws every fault makes: how far from PickOffset,
+		// which way from Graceful.
+		f.Step = (time.Minute + time.Duration(f.PickOffset*float64(48*time.Hour-time.Minute))).Round(time.Second)
+		if f.Graceful {
+			f.Step = -f.Step
+		}
 	}
 	return f
 }
