@@ -68,7 +68,19 @@ type Config struct {
 	// the attach. The host engine sets it for a disk owed a full re-copy
 	// (shipper.Sequencer.RecopyOwed).
 	Recopy func() error
-	Logger *slog.Logger
+	// Resync, when set, says the replica holds the disk: a new job then
+	// starts without a full copy (sync=none) when the disk's bitmaps can
+	// say what changed, and their dirty ranges are copied into Resync (a
+	// bitmap resync, resync.go); it also enables the bitmap generations
+	// that make that possible at the next attach.
+	Resync ResyncTarget
+	// Hold keeps the disk's resync bracket open until release
+	// (shipper.Sequencer.HoldResync): taken for a bitmap resync.
+	Hold func() (release func())
+	// NBDSocket is where QEMU's NBD server listens for resync exports
+	// (one server per QEMU: the same path for every disk of the VM).
+	NBDSocket string
+	Logger    *slog.Logger
 }
 
 // Names of the QEMU objects of a disk. Never change: a restarted daemon
@@ -107,6 +119,12 @@ type Capture struct {
 
 	ended     chan struct{} // closed when Run has seen the job end
 	endedOnce sync.Once
+
+	rs resyncState // the bitmap resync (resync.go)
+	// syncRefusals is Resync.Refusals() when the disk last became
+	// syncing; promoted is set once the live bitmap generation exists.
+	syncRefusals int64
+	promoted     bool
 }
 
 // New returns the lifecycle of one disk. Nothing happens in QEMU until Run.
@@ -189,6 +207,7 @@ func (c *Capture) run(ctx context.Context) error {
 	// The subscription ends with Run: a subscriber nobody reads would hold
 	// back every event of the VM's QMP connection.
 	ctx, cancel := context.WithCancel(ctx)
+	defer c.rs.wg.Wait() // the resync goroutine ends with ctx
 	defer cancel()
 	events, err := c.q.Subscribe(ctx, qmp.EventBlockJobReady, qmp.EventBlockJobError,
 		qmp.EventBlockJobCompleted, qmp.EventBlockJobCancelled, qmp.EventJobStatusChange, qmp.EventShutdown)
@@ -201,7 +220,20 @@ func (c *Capture) run(ctx context.Context) error {
 	}
 	if job != nil {
 		c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
+		// An earlier daemon's resync left its frozen bitmap: copy it,
+		// with the bracket held, before the adopted job's bracket closes.
+		var release func()
+		if c.cfg.Resync != nil {
+			if bms, err := c.bitmaps(ctx); err == nil {
+				if _, ok := bms[resyncBitmap(c.cfg.Disk)]; ok {
+					release = c.hold()
+				}
+			}
+		}
 		c.feed(input{kind: adoptInput(job)})
+		if release != nil {
+			c.startResync(ctx, release)
+		}
 	} else if err := c.attach(ctx); err != nil {
 		c.feed(input{kind: inAttachFailed, err: err}) // follow returns err
 	} else {
@@ -255,23 +287,45 @@ func (c *Capture) dropJob(ctx context.Context) error {
 	return nil
 }
 
-// attach adds the bitmap (if not there), the target node and the job.
+// attach starts the disk's capture: without a copy when the replica holds
+// the disk and its bitmaps say what changed (attachResync), else with a
+// full copy, tracked by the copying bitmap until it converges.
 func (c *Capture) attach(ctx context.Context) error {
 	d := c.cfg.Disk
-	have, err := c.hasBitmap(ctx)
+	bms, err := c.bitmaps(ctx)
 	if err != nil {
 		return err
 	}
-	if !have {
-		err := c.q.Execute(ctx, "block-dirty-bitmap-add", map[string]any{
-			"node": c.cfg.Node, "name": BitmapName(d),
-			"granularity": c.cfg.Granularity, "persistent": c.cfg.Persistent,
-		}, nil)
-		if err != nil {
+	if c.resumable(ctx, bms) {
+		c.log.Info("resuming capture from the dirty bitmaps: only what changed is copied")
+		return c.attachResync(ctx, bms)
+	}
+	if c.cfg.Resync != nil {
+		// A full copy makes every older generation moot.
+		for name := range bms {
+			if name != copyingBitmap(d) {
+				if err := c.removeBitmap(ctx, name); err != nil {
+					c.log.Warn("remove a bitmap a full copy makes moot", "err", err)
+				}
+			}
+		}
+	}
+	tracking := BitmapName(d)
+	if c.cfg.Resync != nil {
+		tracking = copyingBitmap(d)
+	}
+	if _, ok := bms[tracking]; !ok {
+		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(tracking, false), nil); err != nil {
 			return fmt.Errorf("filter: disk %s: add bitmap on %s: %w", d, c.cfg.Node, err)
 		}
 	}
-	err = c.q.BlockdevAdd(ctx, map[string]any{
+	return c.startJob(ctx, qmp.SyncFull)
+}
+
+// startJob adds the target node and starts the mirror with sync.
+func (c *Capture) startJob(ctx context.Context, sync string) error {
+	d := c.cfg.Disk
+	err := c.q.BlockdevAdd(ctx, map[string]any{
 		"driver": "nbd", "node-name": TargetNode(d),
 		"server":          map[string]string{"type": "unix", "path": c.cfg.Socket},
 		"export":          d,
@@ -282,7 +336,7 @@ func (c *Capture) attach(ctx context.Context) error {
 	}
 	err = c.q.BlockdevMirror(ctx, qmp.MirrorArgs{
 		JobID: JobID(d), Device: c.cfg.Node, Target: TargetNode(d),
-		Sync: qmp.SyncFull, CopyMode: qmp.CopyModeWriteBlocking,
+		Sync: sync, CopyMode: qmp.CopyModeWriteBlocking,
 		Granularity: c.cfg.Granularity, OnTargetError: qmp.ErrorActionStop,
 		OnSourceError: qmp.ErrorActionReport, FilterNodeName: FilterNode(d),
 	})
@@ -293,32 +347,6 @@ func (c *Capture) attach(ctx context.Context) error {
 		return fmt.Errorf("filter: disk %s: start mirror of %s: %w", d, c.cfg.Node, err)
 	}
 	return nil
-}
-
-// hasBitmap reports whether the disk's node already has the capture bitmap
-// (kept from an earlier attach, or loaded from a qcow2 v3 image).
-func (c *Capture) hasBitmap(ctx context.Context) (bool, error) {
-	var nodes []struct {
-		NodeName     string `json:"node-name"`
-		DirtyBitmaps []struct {
-			Name string `json:"name"`
-		} `json:"dirty-bitmaps"`
-	}
-	if err := c.q.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
-		return false, fmt.Errorf("filter: disk %s: query nodes: %w", c.cfg.Disk, err)
-	}
-	for _, n := range nodes {
-		if n.NodeName != c.cfg.Node {
-			continue
-		}
-		for _, b := range n.DirtyBitmaps {
-			if b.Name == BitmapName(c.cfg.Disk) {
-				return true, nil
-			}
-		}
-		return false, nil
-	}
-	return false, fmt.Errorf("filter: disk %s: no node %q in QEMU", c.cfg.Disk, c.cfg.Node)
 }
 
 // Pause holds capture for the operator: the disk shows paused and the job,
@@ -337,10 +365,15 @@ func (c *Capture) Resume(ctx context.Context) { c.feed(input{kind: inResume}) }
 // tracking writes. Run must be running.
 func (c *Capture) Detach(ctx context.Context) error {
 	d := c.cfg.Disk
+	st, _ := c.State()
 	c.feed(input{kind: inDetach})
 	job, err := c.findJob(ctx)
 	if err != nil {
 		return err
+	}
+	rotated := false
+	if job != nil && c.cfg.Resync != nil && st == Syncing {
+		rotated = c.rotateBefore(ctx)
 	}
 	if job != nil {
 		// Forced: a soft cancel of a READY mirror drains what is dirty first,
@@ -356,8 +389,49 @@ func (c *Capture) Detach(ctx context.Context) error {
 	if err := c.q.BlockdevDel(ctx, TargetNode(d)); err != nil && !qmp.IsClass(err, "GenericError") {
 		return fmt.Errorf("filter: disk %s: remove target node: %w", d, err)
 	}
+	if rotated {
+		c.rotateAfter(ctx)
+	}
 	c.feed(input{kind: inDetached})
 	return nil
+}
+
+// rotateBefore starts the next bitmap generation before a detach cancels
+// a syncing job: what the guest writes from now on is in it, whatever the
+// cancel does to writes in flight. It reports whether it did.
+func (c *Capture) rotateBefore(ctx context.Context) bool {
+	bms, err := c.bitmaps(ctx)
+	if err != nil {
+		c.log.Warn("bitmap generation before detach", "err", err)
+		return false
+	}
+	if _, ok := bms[BitmapName(c.cfg.Disk)]; !ok {
+		return false
+	}
+	if _, ok := bms[nextBitmap(c.cfg.Disk)]; !ok {
+		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(nextBitmap(c.cfg.Disk), false), nil); err != nil {
+			c.log.Warn("bitmap generation before detach", "err", err)
+			return false
+		}
+	}
+	return true
+}
+
+// rotateAfter drops the live generation once the job is gone, if the
+// detach was clean: the disk was syncing, and the capture export refused
+// no write since (so every write before the next generation began reached
+// the stream). Otherwise both stay, and the next attach copies their union.
+func (c *Capture) rotateAfter(ctx context.Context) {
+	c.mu.Lock()
+	since := c.syncRefusals
+	c.mu.Unlock()
+	if n := c.cfg.Resync.Refusals(); n != since {
+		c.log.Info("writes were refused before the detach: the next attach copies what both bitmap generations tracked", "refused", n-since)
+		return
+	}
+	if err := c.removeBitmap(ctx, BitmapName(c.cfg.Disk)); err != nil {
+		c.log.Warn("drop the older bitmap generation after detach", "err", err)
+	}
 }
 
 // waitGone waits until Run has seen the job end.

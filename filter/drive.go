@@ -22,6 +22,9 @@ func (c *Capture) feed(in input) {
 	if old != next.state {
 		close(c.changed)
 		c.changed = make(chan struct{})
+		if next.state == Syncing && c.cfg.Resync != nil {
+			c.syncRefusals = c.cfg.Resync.Refusals()
+		}
 	}
 	c.mu.Unlock()
 	if r == nil {
@@ -49,6 +52,7 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 		if done, err := c.drain(ctx, &t); done {
 			return err
 		}
+		c.maybePromote(ctx)
 		var in input
 		select {
 		case <-ctx.Done():
@@ -74,6 +78,23 @@ func (c *Capture) follow(ctx context.Context, events <-chan qmp.Event) error {
 		}
 		c.feed(in)
 	}
+}
+
+// maybePromote makes the live bitmap generation once a full copy has
+// converged (see promote); it is tried again at the next turn of the loop
+// if QEMU refused.
+func (c *Capture) maybePromote(ctx context.Context) {
+	if c.cfg.Resync == nil || c.promoted {
+		return
+	}
+	if st, _ := c.State(); st != Syncing {
+		return
+	}
+	if err := c.promote(ctx); err != nil {
+		c.log.Warn("live bitmap generation", "err", err)
+		return
+	}
+	c.promoted = true
 }
 
 // drain carries out the actions waiting, feeding back their outcomes, until

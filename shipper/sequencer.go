@@ -40,6 +40,8 @@ type Sequencer struct {
 	// exported holds the disks Export was asked for: with the declared
 	// ones, the disks a reopened spool that lost records owes a re-copy.
 	exported map[string]bool
+	// holds counts, per disk, the resync copies under way (HoldResync).
+	holds map[string]int
 }
 
 // ErrResyncPending is MarkDisk's answer to a ResyncEnd when a write of the
@@ -185,6 +187,9 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 			s.owed--
 		}
 	case record.ResyncEnd:
+		if s.holds[disk] > 0 {
+			return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, ErrResyncHeld)
+		}
 		if slices.Contains(s.sp.RecopyOwed(), disk) {
 			return 0, fmt.Errorf("shipper: marker %v of %s: %w: answered writes were lost; a full re-copy of the disk is owed", kind, disk, ErrResyncPending)
 		}
@@ -334,7 +339,9 @@ type CaptureExport struct {
 	// refused counts the writes refused since the last one taken: the
 	// first of a run is logged, and the run's count when writes are
 	// taken again, so a full spool or a failed disk is in the log once.
-	refused atomic.Int64
+	refused  atomic.Int64
+	refusals atomic.Int64 // every write refused, never reset (Refusals)
+	locks    rangeLock    // ranges a resync is copying (resync.go)
 }
 
 // ErrPaused is why a paused capture export refuses writes.
@@ -409,11 +416,14 @@ func (e *CaptureExport) check(op string, off, length int64, errno nbd.Errno) err
 
 // put appends r, answering EIO at once when the spool cannot take it.
 func (e *CaptureExport) put(r *record.Record) error {
+	e.locks.wait(int64(r.Offset), int64(r.Length))
 	if e.paused.Load() {
+		e.refusals.Add(1)
 		e.seq.refuse(r)
 		return fmt.Errorf("capture %s: %w: %w", e.disk, nbd.EIO, ErrPaused)
 	}
 	if _, err := e.seq.append(r); err != nil {
+		e.refusals.Add(1)
 		if e.refused.Add(1) == 1 {
 			e.seq.logger().Error("capture: the spool refuses writes (or the disk is not declared); answering EIO (the mirror stops and QEMU tracks the changes)",
 				"disk", e.disk, "err", err)

@@ -1,0 +1,475 @@
+package filter
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/qcdp/qcdp/libnbd"
+	"github.com/qcdp/qcdp/qmp"
+)
+
+// ResyncTarget is where a resync copies the source's bytes: the disk's
+// capture export (shipper.CaptureExport). The resync holds each range it
+// copies (LockRange) so that a live write the mirror forwards for it
+// lands in the stream after the resync's older bytes, never before.
+type ResyncTarget interface {
+	LockRange(off, n int64) (unlock func())
+	ResyncWrite(p []byte, off int64) error
+	ResyncZero(off, n int64) error
+	// Refusals counts the writes the export ever refused.
+	Refusals() int64
+}
+
+// Bitmap generations of a disk, beside BitmapName (the live one). Never
+// change: a restarted daemon, and QEMU's qcow2 images, keep them.
+//
+//	qcdp-<disk>          live: every write since the replica last held the
+//	                     disk whole (created at the first convergence of a
+//	                     full copy; cleared when a resync freezes it)
+//	qcdp-<disk>.copying  tracks writes during a full copy; merged into the
+//	                     live one once the copy converged, never trusted alone
+//	qcdp-<disk>.next     made at a detach, before the job is cancelled; the
+//	                     live one is removed after it when the detach was
+//	                     clean (every write before it was taken)
+//	qcdp-<disk>.resync   frozen (disabled): the union of the generations a
+//	                     resync copies; removed once the copy is done
+func copyingBitmap(disk string) string { return BitmapName(disk) + ".copying" }
+func nextBitmap(disk string) string    { return BitmapName(disk) + ".next" }
+func resyncBitmap(disk string) string  { return BitmapName(disk) + ".resync" }
+
+// ResyncExport is the name (and block export id) under which a resync
+// reads a disk's filter node from QEMU's NBD server.
+func ResyncExport(disk string) string { return nodeName("qcdp-r-", disk) }
+
+// resyncChunk is the most a resync copies under one range lock.
+const resyncChunk = 1 << 20
+
+// Progress is a disk's resync as `qcdp status` shows it.
+type Progress struct {
+	Mode     string    `json:"mode"`               // "bitmap"
+	Total    int64     `json:"total_bytes"`        // the disk's size
+	Compared int64     `json:"compared_bytes"`     // looked at so far
+	Dirty    int64     `json:"dirty_bytes"`        // to copy, known so far
+	Sent     int64     `json:"sent_bytes"`         // copied into the stream
+	Started  time.Time `json:"started"`            // when it began
+	Done     bool      `json:"done,omitempty"`     // finished
+	Error    string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
+}
+
+// Rate is the bytes compared per second so far.
+func (p Progress) Rate() float64 {
+	if d := time.Since(p.Started).Seconds(); d > 0 {
+		return float64(p.Compared) / d
+	}
+	return 0
+}
+
+// ETA is the time left at the rate so far (0: unknown or done).
+func (p Progress) ETA() time.Duration {
+	r := p.Rate()
+	if p.Done || r <= 0 || p.Compared >= p.Total {
+		return 0
+	}
+	return time.Duration(float64(p.Total-p.Compared) / r * float64(time.Second)).Round(time.Second)
+}
+
+// resyncState is a Capture's resync, read by Progress.
+type resyncState struct {
+	mu   sync.Mutex
+	p    Progress
+	on   bool
+	wg   sync.WaitGroup
+	live atomic.Bool // a resync goroutine runs
+}
+
+// Progress returns the disk's resync, ok false when none ran since Run.
+func (c *Capture) Progress() (p Progress, ok bool) {
+	c.rs.mu.Lock()
+	defer c.rs.mu.Unlock()
+	return c.rs.p, c.rs.on
+}
+
+func (c *Capture) progress(fn func(p *Progress)) {
+	c.rs.mu.Lock()
+	defer c.rs.mu.Unlock()
+	fn(&c.rs.p)
+}
+
+// bitmapInfo is one dirty bitmap of the disk's node.
+type bitmapInfo struct {
+	Name         string `json:"name"`
+	Recording    bool   `json:"recording"`
+	Inconsistent bool   `json:"inconsistent"`
+}
+
+// bitmaps returns the disk node's qcdp bitmaps of this disk, by name.
+func (c *Capture) bitmaps(ctx context.Context) (map[string]bitmapInfo, error) {
+	var nodes []struct {
+		NodeName     string       `json:"node-name"`
+		DirtyBitmaps []bitmapInfo `json:"dirty-bitmaps"`
+	}
+	if err := c.q.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
+		return nil, fmt.Errorf("filter: disk %s: query nodes: %w", c.cfg.Disk, err)
+	}
+	ours := map[string]bool{BitmapName(c.cfg.Disk): true, copyingBitmap(c.cfg.Disk): true,
+		nextBitmap(c.cfg.Disk): true, resyncBitmap(c.cfg.Disk): true}
+	for _, n := range nodes {
+		if n.NodeName != c.cfg.Node {
+			continue
+		}
+		out := map[string]bitmapInfo{}
+		for _, b := range n.DirtyBitmaps {
+			if ours[b.Name] {
+				out[b.Name] = b
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("filter: disk %s: no node %q in QEMU", c.cfg.Disk, c.cfg.Node)
+}
+
+func (c *Capture) removeBitmap(ctx context.Context, name string) error {
+	err := c.q.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": c.cfg.Node, "name": name}, nil)
+	if err != nil {
+		return fmt.Errorf("filter: disk %s: remove bitmap %s: %w", c.cfg.Disk, name, err)
+	}
+	return nil
+}
+
+func (c *Capture) addBitmap(name string, disabled bool) map[string]any {
+	return map[string]any{"node": c.cfg.Node, "name": name, "granularity": c.cfg.Granularity,
+		"persistent": c.cfg.Persistent, "disabled": disabled}
+}
+
+func txAction(typ string, data map[string]any) map[string]any {
+	return map[string]any{"type": typ, "data": data}
+}
+
+func (c *Capture) transaction(ctx context.Context, actions ...map[string]any) error {
+	if err := c.q.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+		return fmt.Errorf("filter: disk %s: bitmap transaction: %w", c.cfg.Disk, err)
+	}
+	return nil
+}
+
+// resumable says whether the disk's bitmaps can stand for what the
+// replica lacks, so that a new job needs no full copy. Inconsistent
+// bitmaps (QEMU was killed: a persistent bitmap is stored only at a clean
+// close) are removed: they cannot be trusted.
+func (c *Capture) resumable(ctx context.Context, bms map[string]bitmapInfo) bool {
+	if c.cfg.Resync == nil {
+		return false
+	}
+	for name, b := range bms {
+		if b.Inconsistent {
+			c.log.Warn("dirty bitmap inconsistent (QEMU ended without a clean close): it cannot say what changed; copying the whole disk", "bitmap", name)
+			c.dropBitmaps(ctx, bms)
+			return false
+		}
+	}
+	d := c.cfg.Disk
+	_, live := bms[BitmapName(d)]
+	_, next := bms[nextBitmap(d)]
+	_, frozen := bms[resyncBitmap(d)]
+	return live || next || frozen
+}
+
+// dropBitmaps removes every bitmap of bms (a full copy makes them moot).
+func (c *Capture) dropBitmaps(ctx context.Context, bms map[string]bitmapInfo) {
+	for name := range bms {
+		if err := c.removeBitmap(ctx, name); err != nil {
+			c.log.Warn("remove stale bitmap", "bitmap", name, "err", err)
+		}
+	}
+}
+
+// attachResync starts the job without a copy (sync=none) and freezes what
+// the bitmaps tracked into the resync bitmap, which a goroutine then
+// copies (resync). The disk's bracket is held open from before the job
+// starts until the copy is done.
+func (c *Capture) attachResync(ctx context.Context, bms map[string]bitmapInfo) (err error) {
+	d := c.cfg.Disk
+	release := c.hold()
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
+	frozen := resyncBitmap(d)
+	if _, ok := bms[frozen]; !ok {
+		// Before the job: it must exist for the merge below.
+		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(frozen, true), nil); err != nil {
+			return fmt.Errorf("filter: disk %s: add bitmap %s: %w", d, frozen, err)
+		}
+	}
+	if err := c.startJob(ctx, qmp.SyncNone); err != nil {
+		return err
+	}
+	// From here every write reaches the target. What the generations
+	// tracked until now is frozen, and the live one tracks on, in one
+	// transaction: no write falls between them.
+	var srcs []string
+	var acts []map[string]any
+	for _, name := range []string{BitmapName(d), nextBitmap(d)} {
+		if _, ok := bms[name]; ok {
+			srcs = append(srcs, name)
+		}
+	}
+	if len(srcs) > 0 {
+		acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": frozen, "bitmaps": srcs}))
+	}
+	if _, ok := bms[BitmapName(d)]; ok {
+		acts = append(acts, txAction("block-dirty-bitmap-clear", map[string]any{"node": c.cfg.Node, "name": BitmapName(d)}))
+	} else {
+		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(BitmapName(d), false)))
+	}
+	if _, ok := bms[nextBitmap(d)]; ok {
+		acts = append(acts, txAction("block-dirty-bitmap-disable", map[string]any{"node": c.cfg.Node, "name": nextBitmap(d)}))
+	}
+	if err := c.transaction(ctx, acts...); err != nil {
+		// Nothing was frozen: the job must not run on as if it had.
+		if cerr := c.q.BlockJobCancel(ctx, JobID(d), true); cerr != nil {
+			c.log.Warn("cancel the job after a failed freeze", "err", cerr)
+		}
+		return err
+	}
+	for _, name := range []string{nextBitmap(d), copyingBitmap(d)} {
+		if _, ok := bms[name]; ok {
+			if err := c.removeBitmap(ctx, name); err != nil {
+				c.log.Warn("remove merged bitmap", "err", err)
+			}
+		}
+	}
+	c.startResync(ctx, release)
+	return nil
+}
+
+// hold opens the disk's resync hold (Config.Hold), or does nothing.
+func (c *Capture) hold() (release func()) {
+	if c.cfg.Hold == nil {
+		return func() {}
+	}
+	return c.cfg.Hold()
+}
+
+// startResync copies the resync bitmap's dirty ranges on a goroutine Run
+// owns (it ends with Run's ctx and Run waits for it), retrying with a
+// backoff until the copy is done; release ends the disk's hold then.
+func (c *Capture) startResync(ctx context.Context, release func()) {
+	c.rs.mu.Lock()
+	c.rs.on = true
+	c.rs.p = Progress{Mode: "bitmap", Started: time.Now()}
+	c.rs.mu.Unlock()
+	c.rs.wg.Add(1)
+	c.rs.live.Store(true)
+	go func() {
+		defer c.rs.wg.Done()
+		defer c.rs.live.Store(false)
+		defer release()
+		backoff := time.Second
+		for {
+			err := c.resync(ctx)
+			if err == nil {
+				c.progress(func(p *Progress) { p.Done, p.Error = true, "" })
+				p, _ := c.Progress()
+				c.log.Info("bitmap resync done", "dirty_bytes", p.Dirty, "sent_bytes", p.Sent, "took", time.Since(p.Started).Round(time.Millisecond))
+				c.poke()
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("bitmap resync failed; retrying (the disk stays in its resync bracket)", "err", err, "retry_in", backoff)
+			c.progress(func(p *Progress) { p.Error = err.Error() })
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 30*time.Second)
+		}
+	}()
+}
+
+// poke makes Run's loop ask QEMU about the job now, so that a converged
+// job closes its bracket without waiting for the next poll.
+func (c *Capture) poke() { c.feed(input{kind: inPollDue}) }
+
+// resync exports the filter node with the resync bitmap from QEMU's NBD
+// server, reads its dirty extents through libnbd and copies them into the
+// stream range by range, then removes the bitmap.
+func (c *Capture) resync(ctx context.Context) error {
+	d := c.cfg.Disk
+	if c.cfg.NBDSocket == "" {
+		return fmt.Errorf("filter: disk %s: no NBD socket for resync exports", d)
+	}
+	err := c.q.Execute(ctx, "nbd-server-start", map[string]any{
+		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": c.cfg.NBDSocket}}}, nil)
+	if err != nil && !strings.Contains(err.Error(), "already running") {
+		return fmt.Errorf("filter: disk %s: start QEMU's NBD server on %s: %w", d, c.cfg.NBDSocket, err)
+	}
+	name, frozen := ResyncExport(d), resyncBitmap(d)
+	// A daemon that died mid-resync may have left its export.
+	_ = c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
+	c.waitExportGone(ctx, name)
+	err = c.q.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": name, "node-name": FilterNode(d),
+		"name": name, "writable": false, "bitmaps": []string{frozen}}, nil)
+	if err != nil {
+		return fmt.Errorf("filter: disk %s: export %s for the resync: %w", d, FilterNode(d), err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.q.Execute(dctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil); err != nil && !qmp.IsClass(err, qmp.ClassGenericError) {
+			c.log.Warn("remove the resync export", "err", err)
+		}
+	}()
+	if err := c.copyDirty(ctx, name, frozen); err != nil {
+		return err
+	}
+	return c.removeBitmap(ctx, frozen)
+}
+
+// waitExportGone waits (briefly) until QEMU no longer lists the export.
+func (c *Capture) waitExportGone(ctx context.Context, id string) {
+	for range 50 {
+		var exps []struct {
+			ID string `json:"id"`
+		}
+		if c.q.Execute(ctx, "query-block-exports", nil, &exps) != nil {
+			return
+		}
+		found := false
+		for _, e := range exps {
+			found = found || e.ID == id
+		}
+		if !found {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// copyDirty reads the dirty extents of bitmap through the export name and
+// copies them, a chunk at a time, each under its range lock.
+func (c *Capture) copyDirty(ctx context.Context, name, bitmap string) error {
+	h, err := libnbd.New()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	meta := "qemu:dirty-bitmap:" + bitmap
+	if err := h.SetExportName(name); err != nil {
+		return err
+	}
+	if err := h.AddMetaContext(meta); err != nil {
+		return err
+	}
+	if err := h.ConnectUnix(ctx, c.cfg.NBDSocket); err != nil {
+		return fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", c.cfg.Disk, err)
+	}
+	if ok, err := h.CanMetaContext(meta); err != nil || !ok {
+		return fmt.Errorf("filter: disk %s: QEMU's export offers no %s (%v)", c.cfg.Disk, meta, err)
+	}
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	c.progress(func(p *Progress) { p.Total, p.Compared, p.Dirty, p.Sent = size, 0, 0, 0 })
+	buf := make([]byte, resyncChunk)
+	for off := int64(0); off < size; {
+		var dirty [][2]int64
+		next := off
+		err := h.BlockStatus(ctx, uint64(min(size-off, 1<<30)), uint64(off), 0, func(ctxName string, o uint64, ents []libnbd.Extent) error {
+			if ctxName != meta {
+				return nil
+			}
+			at := int64(o)
+			for _, e := range ents {
+				n := min(int64(e.Length), size-at)
+				if e.Flags&1 != 0 && n > 0 {
+					dirty = append(dirty, [2]int64{at, n})
+				}
+				at += n
+			}
+			next = max(next, at)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("filter: disk %s: dirty extents at %d: %w", c.cfg.Disk, off, err)
+		}
+		if next <= off {
+			return fmt.Errorf("filter: disk %s: QEMU described no extent at %d", c.cfg.Disk, off)
+		}
+		for _, e := range dirty {
+			c.progress(func(p *Progress) { p.Dirty += e[1] })
+			for at, end := e[0], e[0]+e[1]; at < end; {
+				n := min(end-at, resyncChunk)
+				if err := c.copyRange(ctx, h, buf[:n], at); err != nil {
+					return err
+				}
+				at += n
+				c.progress(func(p *Progress) { p.Sent += n })
+			}
+		}
+		off = next
+		c.progress(func(p *Progress) { p.Compared = off })
+	}
+	return nil
+}
+
+// copyRange reads [at, at+len(p)) from the source and appends it, holding
+// the range against live writes meanwhile.
+func (c *Capture) copyRange(ctx context.Context, h *libnbd.Handle, p []byte, at int64) error {
+	unlock := c.cfg.Resync.LockRange(at, int64(len(p)))
+	defer unlock()
+	if err := h.Pread(ctx, p, uint64(at)); err != nil {
+		return fmt.Errorf("filter: disk %s: read [%d,+%d) for the resync: %w", c.cfg.Disk, at, len(p), err)
+	}
+	if isZero(p) {
+		return c.cfg.Resync.ResyncZero(at, int64(len(p)))
+	}
+	return c.cfg.Resync.ResyncWrite(p, at)
+}
+
+var zeroPage = make([]byte, 64<<10)
+
+func isZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(zeroPage))
+		if !bytes.Equal(p[:n], zeroPage[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+// promote makes the live generation out of a full copy's tracking bitmap
+// once the copy converged (the disk is syncing): from then on the replica
+// holds the disk whole, and the live bitmap says what it lacks.
+func (c *Capture) promote(ctx context.Context) error {
+	d := c.cfg.Disk
+	bms, err := c.bitmaps(ctx)
+	if err != nil {
+		return err
+	}
+	copying := copyingBitmap(d)
+	if _, ok := bms[copying]; !ok {
+		return nil
+	}
+	var acts []map[string]any
+	if _, ok := bms[BitmapName(d)]; !ok {
+		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(BitmapName(d), false)))
+	}
+	acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": BitmapName(d), "bitmaps": []string{copying}}))
+	if err := c.transaction(ctx, acts...); err != nil {
+		return err
+	}
+	return c.removeBitmap(ctx, copying)
+}
