@@ -51,13 +51,13 @@ const resyncChunk = 1 << 20
 
 // Progress is a disk's resync as `qcdp status` shows it.
 type Progress struct {
-	Mode     string    `json:"mode"`               // "bitmap"
-	Total    int64     `json:"total_bytes"`        // the disk's size
-	Compared int64     `json:"compared_bytes"`     // looked at so far
-	Dirty    int64     `json:"dirty_bytes"`        // to copy, known so far
-	Sent     int64     `json:"sent_bytes"`         // copied into the stream
-	Started  time.Time `json:"started"`            // when it began
-	Done     bool      `json:"done,omitempty"`     // finished
+	Mode     string    `json:"mode"`                 // "bitmap"
+	Total    int64     `json:"total_bytes"`          // the disk's size
+	Compared int64     `json:"compared_bytes"`       // looked at so far
+	Dirty    int64     `json:"dirty_bytes"`          // to copy, known so far
+	Sent     int64     `json:"sent_bytes"`           // copied into the stream
+	Started  time.Time `json:"started"`              // when it began
+	Done     bool      `json:"done,omitempty"`       // finished
 	Error    string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
 }
 
