@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/qcdp/qcdp/configs"
@@ -97,7 +98,9 @@ type diskCapture struct {
 	done   chan struct{}
 	err    error // why Run ended; read after done
 	since  time.Time
-	recopy bool // this capture copies the whole disk anew (filter.Config.Recopy)
+	// recopying: this capture is about to copy the whole disk anew
+	// (filter.Config.Recopy) and has not yet told the sequencer so.
+	recopying *atomic.Bool
 }
 
 // Open connects to the hypervisors the policy names (libvirt_uri,
@@ -427,9 +430,17 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			continue
 		}
 		var recopy func() error
+		recopying := new(atomic.Bool)
 		if slices.Contains(owed, name) {
 			seq := g.Sequencer()
-			recopy = func() error { return seq.RecopyStarted(name) }
+			recopying.Store(true)
+			recopy = func() error {
+				if err := seq.RecopyStarted(name); err != nil {
+					return err
+				}
+				recopying.Store(false) // owed again later: a new re-copy
+				return nil
+			}
 		}
 		c, err := filter.New(q, filter.Config{
 			Disk: name, Node: dk.Node, Socket: g.Socket(),
@@ -442,7 +453,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
 		}
-		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now(), recopy: recopy != nil})
+		v.disks = append(v.disks, &diskCapture{name: name, disk: dk, exp: exp, cap: c, since: time.Now(), recopying: recopying})
 	}
 	if len(v.disks) == 0 {
 		v.close()
@@ -542,6 +553,8 @@ func (d *Engine) find(vm string) (*vmCapture, bool) {
 // is disk): the jobs are cancelled, never completed, and the VM is not
 // re-attached until Attach.
 func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
+	d.attachMu.Lock() // not while a scan attaches the VM anew
+	defer d.attachMu.Unlock()
 	v, ok := d.find(vm)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)
@@ -632,12 +645,14 @@ func (d *Engine) recopies(ctx context.Context) {
 	d.mu.Lock()
 	var redo []*vmCapture
 	for _, v := range d.vms {
-		if v.detached || v.hasDetached() {
+		// An operator's detach or pause stands: the re-copy waits for
+		// the attach or the resume.
+		if v.detached || v.hasState(filter.Detached) || v.hasState(filter.Paused) {
 			continue
 		}
 		owed := v.group.Sequencer().RecopyOwed()
 		for _, dc := range v.disks {
-			if slices.Contains(owed, dc.name) && !(dc.recopy && !dc.ended()) {
+			if slices.Contains(owed, dc.name) && !(dc.recopying.Load() && !dc.ended()) {
 				redo = append(redo, v)
 				break
 			}
@@ -652,10 +667,10 @@ func (d *Engine) recopies(ctx context.Context) {
 	}
 }
 
-// hasDetached reports whether the operator detached one of v's disks.
-func (v *vmCapture) hasDetached() bool {
+// hasState reports whether one of v's disks is in state.
+func (v *vmCapture) hasState(state filter.State) bool {
 	for _, dc := range v.disks {
-		if st, _ := dc.cap.State(); st == filter.Detached {
+		if st, _ := dc.cap.State(); st == state {
 			return true
 		}
 	}
@@ -692,6 +707,8 @@ func (d *Engine) Resume(ctx context.Context, vm, disk string) error {
 }
 
 func (d *Engine) eachDisk(vm, disk string, fn func(*diskCapture)) error {
+	d.attachMu.Lock() // not while a scan attaches the VM anew
+	defer d.attachMu.Unlock()
 	v, ok := d.find(vm)
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrUnknownVM, vm)

@@ -412,9 +412,7 @@ func TestEngineRecopyOwed(t *testing.T) {
 		t.Fatalf("%d cancels with nothing owed", n)
 	}
 	g := e.groups["g1"]
-	if err := g.Spool().OweRecopy("vm1.vda"); err != nil {
-		t.Fatal(err)
-	}
+	g.Sequencer().OweRecopy("vm1.vda")
 	e.scan(ctx)
 	deadline := time.Now().Add(10 * time.Second)
 	for len(g.Sequencer().RecopyOwed()) != 0 || count("blockdev-mirror") != 2 {

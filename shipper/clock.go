@@ -10,6 +10,13 @@ import (
 // clock before the capture clock calls it a step.
 const stepTolerance = time.Second
 
+// forwardConfirm is how long the wall clock must stay stepped forward
+// before the capture clock follows it: an NTP correction stays, a mistaken
+// step undone at once never moves capture times ahead (where they would
+// stay, since they never go back, and the replica could only lower them
+// to its own receipt times, later than the writes they stamp).
+const forwardConfirm = 10 * time.Second
+
 // readClock returns the wall clock (ns since the epoch) and a monotonic
 // reading (time since some fixed instant). A seam for tests.
 type readClock func() (wall int64, mono time.Duration)
@@ -47,7 +54,7 @@ func systemClock() readClock {
 // and retention folds by them, so one step back would fold away points
 // that are minutes old. It advances with the monotonic clock from an
 // anchor on the wall clock. When the wall clock steps forward past it (an
-// NTP correction), the anchor follows; when the wall clock steps back, the
+// NTP correction) and stays so for forwardConfirm, the anchor follows; when the wall clock steps back, the
 // step is counted and the capture clock goes on at the monotonic rate, so
 // it stays ahead of the wall clock by the step until a later step forward.
 // It starts no earlier than the spool's last capture time, so a restart on
@@ -61,12 +68,15 @@ type captureClock struct {
 	last   int64         // the last stamp given
 	steps  int64         // steps back seen
 	back   time.Duration // their sum
+	// fwdAt is the monotonic reading when the wall clock was first seen
+	// stepped forward, while it stays so; -1 when it is not.
+	fwdAt time.Duration
 }
 
 func newCaptureClock(read readClock, last int64) *captureClock {
 	wall, mono := read()
 	base := max(wall, last)
-	return &captureClock{read: read, monoAt: mono, base: base, ahead: base - wall, last: last}
+	return &captureClock{read: read, monoAt: mono, base: base, ahead: base - wall, last: last, fwdAt: -1}
 }
 
 // stamp returns the next capture time: never less than the last one.
@@ -75,11 +85,19 @@ func (c *captureClock) stamp() int64 {
 	t := c.base + int64(mono-c.monoAt)
 	switch diff := t - wall; {
 	case diff < -int64(stepTolerance): // the wall clock stepped forward
-		c.monoAt, c.base, c.ahead, t = mono, wall, 0, wall
+		if c.fwdAt < 0 {
+			c.fwdAt = mono
+		}
+		if mono-c.fwdAt >= forwardConfirm { // and stayed so: follow it
+			c.monoAt, c.base, c.ahead, t, c.fwdAt = mono, wall, 0, wall, -1
+		}
 	case diff-c.ahead > int64(stepTolerance): // the wall clock stepped back
+		c.fwdAt = -1
 		c.steps++
 		c.back += time.Duration(diff - c.ahead)
 		c.monoAt, c.base, c.ahead = mono, t, diff
+	default:
+		c.fwdAt = -1 // a forward step undone before it was followed
 	}
 	c.last = max(c.last, t)
 	return c.last

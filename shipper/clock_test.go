@@ -38,7 +38,7 @@ func TestCaptureTimesSurviveClockSteps(t *testing.T) {
 		if i == 51 {
 			fc.wall -= int64(48 * time.Hour)
 		}
-		if i == 91 {
+		if i == 81 {
 			fc.wall += int64(72 * time.Hour) // corrected past where it was
 		}
 		if err := e.WriteAt(ctx, make([]byte, 512), 0); err != nil {
@@ -57,7 +57,8 @@ func TestCaptureTimesSurviveClockSteps(t *testing.T) {
 	if d := time.Duration(recs[59].Time - recs[49].Time); d != 10*time.Second {
 		t.Fatalf("seq 50..60 span %v of capture time across the step back, want 10s (the monotonic time)", d)
 	}
-	// After the step forward the wall clock is followed again.
+	// After the step forward has held for 10 s the wall clock is
+	// followed again.
 	if got, want := recs[99].Time, fc.wall-int64(time.Second); got != want {
 		t.Fatalf("after the correction forward, capture time %d, want the wall clock %d", got, want)
 	}
@@ -119,5 +120,26 @@ func TestClockOffsetSeam(t *testing.T) {
 	}
 	if n, back := c.steps, c.back; n != 1 || back < 47*time.Hour {
 		t.Fatalf("steps %d back %v, want one of about 48h", n, back)
+	}
+}
+
+// TestCaptureTimesIgnoreStepForwardUndone: a wall clock stepped 17 h
+// forward and set right 3 s later (a mistaken step) never moves capture
+// times ahead: they would stay ahead, since they never go back.
+func TestCaptureTimesIgnoreStepForwardUndone(t *testing.T) {
+	fc := &fakeClock{wall: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixNano()}
+	c := newCaptureClock(fc.read, 0)
+	start := fc.wall
+	for i := range 20 {
+		if i == 5 {
+			fc.wall += int64(17 * time.Hour)
+		}
+		if i == 8 {
+			fc.wall -= int64(17 * time.Hour)
+		}
+		if got := c.stamp(); got > fc.wall+int64(2*time.Second) && (i < 5 || i >= 8) || got > start+int64(30*time.Second) {
+			t.Fatalf("stamp %d: %v past the start, the wall clock %v past it", i, time.Duration(got-start), time.Duration(fc.wall-start))
+		}
+		fc.tick(time.Second)
 	}
 }

@@ -42,6 +42,10 @@ type Sequencer struct {
 	exported map[string]bool
 	// holds counts, per disk, the resync copies under way (HoldResync).
 	holds map[string]int
+	// recopy holds the disks owed a full re-copy: what the spool keeps
+	// (spool.OweRecopy), and more while keeping it fails (recopyUnkept).
+	recopy       map[string]bool
+	recopyUnkept bool
 }
 
 // ErrResyncPending is MarkDisk's answer to a ResyncEnd when a write of the
@@ -56,8 +60,16 @@ func NewSequencer(sp *spool.Spool) *Sequencer {
 }
 
 func newSequencer(sp *spool.Spool, read readClock) *Sequencer {
-	return &Sequencer{sp: sp, clk: newCaptureClock(read, lastTime(sp)), next: sp.LastSeq() + 1,
-		resync: map[string]uint64{}, refused: map[string]bool{}, exported: map[string]bool{}}
+	s := &Sequencer{sp: sp, clk: newCaptureClock(read, lastTime(sp)), next: sp.LastSeq() + 1,
+		resync: map[string]uint64{}, refused: map[string]bool{}, exported: map[string]bool{}, recopy: map[string]bool{}}
+	// A disk still owed a re-copy is out of sync: its bracket is written
+	// again before the next record, whether or not its VM runs.
+	for _, d := range sp.RecopyOwed() {
+		s.recopy[d] = true
+		s.resync[d] = 0
+		s.owed++
+	}
+	return s
 }
 
 // lastTime is the capture time of the spool's last record, 0 when it
@@ -190,7 +202,7 @@ func (s *Sequencer) MarkDisk(kind record.MarkerKind, disk string) (uint64, error
 		if s.holds[disk] > 0 {
 			return 0, fmt.Errorf("shipper: marker %v of %s: %w", kind, disk, ErrResyncHeld)
 		}
-		if slices.Contains(s.sp.RecopyOwed(), disk) {
+		if s.recopy[disk] {
 			return 0, fmt.Errorf("shipper: marker %v of %s: %w: answered writes were lost; a full re-copy of the disk is owed", kind, disk, ErrResyncPending)
 		}
 		if s.refused[disk] {
@@ -257,17 +269,7 @@ func (s *Sequencer) reopened(sp *spool.Spool) {
 		disks := s.groupDisksLocked()
 		s.logger().Error("capture: the reopened spool lost records that were answered as written; every disk of the group is re-copied in full",
 			"first_lost", next, "last_lost", s.next-1, "disks", disks)
-		if err := sp.OweRecopy(disks...); err != nil {
-			s.logger().Error("capture: keep the re-copies owed", "err", err)
-		}
-		for _, d := range disks {
-			// The open bracket's marker may be one of the lost records:
-			// a new one is owed, written before the next record.
-			if seq, open := s.resync[d]; !open || seq != 0 {
-				s.resync[d] = 0
-				s.owed++
-			}
-		}
+		s.oweRecopyLocked(disks...)
 	}
 	s.next = next
 }
@@ -286,16 +288,63 @@ func (s *Sequencer) groupDisksLocked() []string {
 // job of each (cancelling the one running), which copies the whole disk,
 // and calls RecopyStarted once the old job is gone. Until then the disk's
 // resync bracket stays open (MarkDisk(ResyncEnd) is ErrResyncPending), so
-// no restore point is offered that lacks the lost writes.
-func (s *Sequencer) RecopyOwed() []string { return s.spool().RecopyOwed() }
+// no restore point is offered that lacks the lost writes. It also tries
+// again to keep what is owed in the spool, if that failed.
+func (s *Sequencer) RecopyOwed() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.recopyUnkept {
+		s.keepRecopyLocked()
+	}
+	return slices.Sorted(maps.Keys(s.recopy))
+}
+
+// OweRecopy owes disks a full re-copy, as a heal that lost answered
+// writes does (reopened): each gets a resync bracket, written before the
+// next record, that stays open until its re-copy started (RecopyStarted).
+func (s *Sequencer) OweRecopy(disks ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.oweRecopyLocked(disks...)
+}
+
+func (s *Sequencer) oweRecopyLocked(disks ...string) {
+	for _, d := range disks {
+		s.recopy[d] = true
+		// The open bracket's marker may be one of the lost records: a
+		// new one is owed.
+		if seq, open := s.resync[d]; !open || seq != 0 {
+			s.resync[d] = 0
+			s.owed++
+		}
+	}
+	s.keepRecopyLocked()
+}
+
+// keepRecopyLocked keeps the re-copies owed in the spool directory, so a
+// restarted daemon owes them too; when that fails they stay owed in memory
+// and RecopyOwed tries again.
+func (s *Sequencer) keepRecopyLocked() {
+	if err := s.sp.OweRecopy(slices.Sorted(maps.Keys(s.recopy))...); err != nil {
+		if !s.recopyUnkept {
+			s.logger().Error("capture: keep the re-copies owed in the spool directory (they stay owed in memory; retried)", "err", err)
+		}
+		s.recopyUnkept = true
+		return
+	}
+	s.recopyUnkept = false
+}
 
 // RecopyStarted records that disk's full re-copy has started: its old
 // capture job is gone and a new one copies the whole disk, whose READY
 // may close the bracket.
 func (s *Sequencer) RecopyStarted(disk string) error {
-	if err := s.spool().RecopyStarted(disk); err != nil {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.sp.RecopyStarted(disk); err != nil {
 		return fmt.Errorf("shipper: re-copy of %s started: %w", disk, err)
 	}
+	delete(s.recopy, disk)
 	return nil
 }
 

@@ -91,7 +91,7 @@ var Kinds = []KindInfo{
 	{SpoolCut, 3, true, "", "as spool-flip, cutting a spool segment that is not the last short",
 		"as spool-flip", ""},
 	{ClockStep, 50, false, "clock", "step qcdp host's wall clock by 1 min-48 h, back or ahead, for 1-4 s (its clock-offset seam, shipper.ClockOffsetEnv), then back",
-		"capture times never go back; times ahead are lowered by the replica; no restore point inside the any-point window is folded away", ""},
+		"capture times never go back, and a step forward undone within 10 s never moves them ahead; no restore point inside the any-point window is folded away", ""},
 }
 
 // Info returns the table row of k.

@@ -55,16 +55,27 @@ func (srv *Server) foreign(key groupKey, hello stream.HelloMsg) error {
 		bound = gs.bound
 	}
 	srv.mu.Unlock()
-	if bound == nil || bound.Spool == journal.SpoolID(hello.Spool.ID) {
+	if bound == nil {
 		return nil
 	}
-	return otherSpool(hello, *bound)
+	if bound.Spool != journal.SpoolID(hello.Spool.ID) {
+		return otherSpool(hello, *bound)
+	}
+	if hello.Spool.Epoch < bound.Epoch { // an older copy: it must not knock the bound one off
+		return olderCopy(hello, *bound)
+	}
+	return nil
 }
 
 func otherSpool(hello stream.HelloMsg, o journal.Origin) error {
 	return diverged("the replica holds group %q from spool %s (host %s, created %s); this is spool %s (created %s): "+
 		"the host's spool directory was lost or recreated, or another host uses the same group name; the records are never spliced (resync needed)",
 		hello.Group, o.Spool, o.Host, when(o.Created), hello.Spool, when(hello.Spool.Created))
+}
+
+func olderCopy(hello stream.HelloMsg, o journal.Origin) error {
+	return diverged("spool %s of group %q is at epoch %d, but the replica took its stream at epoch %d: "+
+		"the spool directory is an older copy (restored or cloned); resync needed", hello.Spool, hello.Group, hello.Spool.Epoch, o.Epoch)
 }
 
 // admit checks the Hello's spool against the one the journal is bound to,
@@ -82,8 +93,7 @@ func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error
 	case bound && o.Spool != journal.SpoolID(hs.ID):
 		return o, otherSpool(hello, o)
 	case bound && hs.Epoch < o.Epoch:
-		return o, diverged("spool %s of group %q is at epoch %d, but the replica took its stream at epoch %d: "+
-			"the spool directory is an older copy (restored or cloned); resync needed", hs, hello.Group, hs.Epoch, o.Epoch)
+		return o, olderCopy(hello, o)
 	case durable > hello.LastSeq:
 		return o, diverged("the replica holds group %q up to seq %d, spool %s only up to %d: "+
 			"the host's spool lost records the replica holds; resync needed", hello.Group, durable, hs, hello.LastSeq)
