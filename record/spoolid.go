@@ -24,3 +24,10 @@ func (id *SpoolID) UnmarshalText(b []byte) error {
 	_, err := hex.Decode(id[:], b)
 	return err
 }
+
+// EpochTag is the part of a spool epoch that the epochs descending from
+// it carry (its low 32 bits), and EpochParent the tag of the epoch e
+// descends from (its high 32 bits; 0: e descends from none). Package
+// shipper/spool makes them; the replica checks them.
+func EpochTag(e uint64) uint64    { return e & 0xffffffff }
+func EpochParent(e uint64) uint64 { return e >> 32 }

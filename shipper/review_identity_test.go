@@ -298,3 +298,52 @@ func TestReviewShutdownTwiceConcurrently(t *testing.T) {
 		t.Fatalf("second Shutdown returned nil while the first was still syncing (spool still open: %+v) and before its failed final sync was known", spoolOpen)
 	}
 }
+
+// TestReviewCopiedSpoolSplicedAfterReopen (review): two copies of one
+// stopped spool, both welcomed at the copy point; B takes the stream and
+// ships 6..13, A wrote its own 6..17. With epochs that only grew, A's
+// daemon restarting until its random epoch passed B's was taken and
+// acknowledged 17: the journal held B's 6..13 then A's 14..17. Now
+// epochs descend from the one last welcomed: A's never descend from B's,
+// and A is refused however often it reopens.
+func TestReviewCopiedSpoolSplicedAfterReopen(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	rep := startReplica(t)
+	root := t.TempDir()
+	dirA, dirB := filepath.Join(root, "a"), filepath.Join(root, "b")
+	g, exp, stop := reviewGroup(t, ctx, dirA, rep)
+	reviewWrite(t, ctx, exp, 5, 0x11)
+	waitAcked(t, g, 5, 10*time.Second)
+	stop()
+	if out, err := exec.Command("cp", "-a", dirA, dirB).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	gA, expA, stopA := reviewGroup(t, ctx, dirA, rep)
+	waitConnected(t, gA) // A welcomed at 5
+	gB, expB, stopB := reviewGroup(t, ctx, dirB, rep)
+	defer stopB()
+	waitConnected(t, gB)               // B too: nothing came from A since it was taken
+	reviewWrite(t, ctx, expB, 8, 0xBB) // B: 6..13
+	waitAcked(t, gB, 13, 10*time.Second)
+	reviewWrite(t, ctx, expA, 12, 0xAA) // A: its own 6..17
+	for i := range 6 {                  // A's daemon restarts again and again
+		stopA()
+		gA, _, stopA = reviewGroup(t, ctx, dirA, rep)
+		deadline := time.Now().Add(time.Second)
+		for gA.Sender().Stats().Diverged == "" && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := gA.Spool().Acked(); got != 5 {
+			t.Fatalf("restart %d of copy A (epoch %#x, B %#x): A acknowledged %d: the replica spliced A's records onto B's",
+				i, gA.Spool().Identity().Epoch, gB.Spool().Identity().Epoch, got)
+		}
+		if d := gA.Sender().Stats().Diverged; d == "" {
+			t.Fatalf("restart %d of copy A: not told it diverged: %+v", i, gA.Sender().Stats())
+		}
+	}
+	stopA()
+	if got := gB.Spool().Acked(); got != 13 {
+		t.Fatalf("B acked %d, want 13", got)
+	}
+}

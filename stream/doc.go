@@ -94,7 +94,8 @@
 //
 // A Hello names the spool its records come from (package shipper/spool):
 // a random 16-byte id made with the spool, its creation time, and its
-// epoch, raised by a random step at every open of the spool. The intact seq is the highest
+// epoch, new at every open of the spool and descending from the epoch the
+// replica last welcomed (record.EpochParent). The intact seq is the highest
 // seq up to which the spool vouches for every record it ever held since
 // the replica last welcomed it (a spool that lost unsynced records in a
 // host crash, or was restored from an older copy, vouches only for what

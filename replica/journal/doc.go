@@ -62,8 +62,10 @@
 // layout takes a new version.
 //
 // ORIGIN names the spool of the host the journal's records come from (its
-// random id, creation time and newest epoch seen, the host, and the seq at
-// which it was bound), laid out in origin.go with a CRC32C over it. The
+// random id, creation time and newest epoch seen, the host, the seq at
+// which it was bound, and, since version 2, the epoch bound before and the
+// seq at which the newest was bound), laid out in origin.go with a CRC32C
+// over it; version 1 files are still read. The
 // receiver binds it at the first stream of a spool and refuses every
 // other spool; a journal without it takes the first spool that streams.
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 
 	"github.com/qcdp/qcdp/record"
@@ -16,8 +17,9 @@ import (
 const (
 	originName    = "ORIGIN"
 	originMagic   = "QCJO"
-	originVersion = 1
-	originFixed   = 48
+	originVersion = 2
+	originFixed   = 64 // version 2; version 1's fixed part is 48 bytes
+	originFixedV1 = 48
 	maxOriginHost = 255
 )
 
@@ -43,16 +45,24 @@ type Origin struct {
 	// had an identity, whose records up to Since came from a spool that
 	// named none.
 	Since uint64 `json:"bound_at_seq"`
+	// Prev is the epoch bound before Epoch (0: none), and EpochAt the
+	// journal's last seq when Epoch was bound (MaxUint64: unknown, as in
+	// a version 1 file): while no record came after EpochAt, a spool
+	// that crashed before it noted its welcome may come back descending
+	// from Prev (package replica/receiver).
+	Prev    uint64 `json:"prev_epoch,omitempty"`
+	EpochAt uint64 `json:"epoch_bound_at_seq"`
 }
 
-// encodeOrigin lays out the ORIGIN file:
+// encodeOrigin lays out the ORIGIN file (version 2):
 //
-//	0      4      6   7   8         24        32       40        48         48+h
-//	+------+------+---+---+---------+---------+--------+---------+----------+--------+
-//	|"QCJO"| vers |h  | 0 | spool id| created | epoch  | since   | host (h) | CRC32C |
-//	+------+------+---+---+---------+---------+--------+---------+----------+--------+
+//	0      4      6   7   8         24        32       40      48      56         64         64+h
+//	+------+------+---+---+---------+---------+--------+-------+-------+----------+----------+--------+
+//	|"QCJO"| vers |h  | 0 | spool id| created | epoch  | since | prev  | epoch at | host (h) | CRC32C |
+//	+------+------+---+---+---------+---------+--------+-------+-------+----------+----------+--------+
 //
-// The CRC32C covers bytes [0, 48+h).
+// The CRC32C covers every byte before it. Version 1 (still read) has no
+// prev and epoch-at: its host starts at 48.
 func encodeOrigin(o Origin) []byte {
 	b := make([]byte, 0, originFixed+len(o.Host)+4)
 	b = append(b, originMagic...)
@@ -62,13 +72,23 @@ func encodeOrigin(o Origin) []byte {
 	b = binary.LittleEndian.AppendUint64(b, uint64(o.Created))
 	b = binary.LittleEndian.AppendUint64(b, o.Epoch)
 	b = binary.LittleEndian.AppendUint64(b, o.Since)
+	b = binary.LittleEndian.AppendUint64(b, o.Prev)
+	b = binary.LittleEndian.AppendUint64(b, o.EpochAt)
 	b = append(b, o.Host...)
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 func decodeOrigin(b []byte) (Origin, error) {
-	if len(b) < originFixed+4 || string(b[:4]) != originMagic || binary.LittleEndian.Uint16(b[4:]) != originVersion ||
-		b[7] != 0 || len(b) != originFixed+int(b[6])+4 {
+	fixed := 0
+	if len(b) >= originFixedV1+4 && string(b[:4]) == originMagic {
+		switch binary.LittleEndian.Uint16(b[4:]) {
+		case 1:
+			fixed = originFixedV1
+		case 2:
+			fixed = originFixed
+		}
+	}
+	if fixed == 0 || b[7] != 0 || len(b) != fixed+int(b[6])+4 {
 		return Origin{}, fmt.Errorf("%w: ORIGIN of %d bytes: bad magic, version or length", ErrCorrupt, len(b))
 	}
 	n := len(b) - 4
@@ -80,7 +100,11 @@ func decodeOrigin(b []byte) (Origin, error) {
 		Created: int64(binary.LittleEndian.Uint64(b[24:])),
 		Epoch:   binary.LittleEndian.Uint64(b[32:]),
 		Since:   binary.LittleEndian.Uint64(b[40:]),
-		Host:    string(b[originFixed:n]),
+		EpochAt: math.MaxUint64,
+		Host:    string(b[fixed:n]),
+	}
+	if fixed == originFixed {
+		o.Prev, o.EpochAt = binary.LittleEndian.Uint64(b[48:]), binary.LittleEndian.Uint64(b[56:])
 	}
 	if err := o.check(); err != nil {
 		return Origin{}, fmt.Errorf("%w: ORIGIN: %w", ErrCorrupt, err)

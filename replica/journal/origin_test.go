@@ -3,6 +3,7 @@ package journal
 import (
 	"bytes"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -14,17 +15,24 @@ import (
 // goldenOrigin is what testdata/origin-v1 holds.
 var goldenOrigin = Origin{
 	Spool:   SpoolID{0x3f, 0x2a, 0x9c, 0x1d, 0x44, 0x05, 0x4b, 0x67, 0x80, 0x11, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01},
-	Created: 1700000000123456789, Epoch: 7, Host: "kvm-17.example", Since: 42,
+	Created: 1700000000123456789, Epoch: 7, Host: "kvm-17.example", Since: 42, EpochAt: math.MaxUint64,
 }
 
 const goldenOriginFile = "testdata/origin-v1"
+
+// goldenOriginV2 is what testdata/origin-v2 holds: version 2 adds the
+// epoch bound before and the seq at which the epoch was bound.
+var goldenOriginV2 = Origin{Spool: goldenOrigin.Spool, Created: goldenOrigin.Created, Epoch: 0x1234abcd00000009,
+	Host: "kvm-17.example", Since: 42, Prev: 0x77770000_1234abcd, EpochAt: 4096}
+
+const goldenOriginFileV2 = "testdata/origin-v2"
 
 // TestGoldenOrigin: the ORIGIN file of version 1 still reads and is written
 // byte for byte the same; every bit flipped and every cut is corruption.
 func TestGoldenOrigin(t *testing.T) {
 	if os.Getenv("QCDP_WRITE_GOLDEN") == "1" {
-		if _, err := os.Stat(goldenOriginFile); errors.Is(err, os.ErrNotExist) {
-			if err := os.WriteFile(goldenOriginFile, encodeOrigin(goldenOrigin), 0o644); err != nil {
+		if _, err := os.Stat(goldenOriginFileV2); errors.Is(err, os.ErrNotExist) {
+			if err := os.WriteFile(goldenOriginFileV2, encodeOrigin(goldenOriginV2), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -36,8 +44,22 @@ func TestGoldenOrigin(t *testing.T) {
 	if o, err := decodeOrigin(b); err != nil || o != goldenOrigin {
 		t.Fatalf("decoded %+v (%v), want %+v", o, err, goldenOrigin)
 	}
-	if !bytes.Equal(encodeOrigin(goldenOrigin), b) {
-		t.Fatal("the encoder no longer writes " + goldenOriginFile)
+	b2, err := os.ReadFile(goldenOriginFileV2)
+	if err != nil {
+		t.Fatalf("%v (QCDP_WRITE_GOLDEN=1 writes missing fixtures)", err)
+	}
+	if o, err := decodeOrigin(b2); err != nil || o != goldenOriginV2 {
+		t.Fatalf("decoded %+v (%v), want %+v", o, err, goldenOriginV2)
+	}
+	if !bytes.Equal(encodeOrigin(goldenOriginV2), b2) {
+		t.Fatal("the encoder no longer writes " + goldenOriginFileV2)
+	}
+	for bit := 0; bit < 8*len(b2); bit++ {
+		c := bytes.Clone(b2)
+		c[bit/8] ^= 1 << (bit % 8)
+		if _, err := decodeOrigin(c); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("v2 bit %d flipped: %v", bit, err)
+		}
 	}
 	for bit := 0; bit < 8*len(b); bit++ {
 		c := bytes.Clone(b)

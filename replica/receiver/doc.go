@@ -32,8 +32,8 @@
 // # One spool per journal
 //
 // A Hello names the host spool its records come from (stream.SpoolID: a
-// random id, its creation time and an epoch the spool raises by a random
-// step at every open, so two copies of one spool directory differ)
+// random id, its creation time and an epoch per open of the spool, which
+// descends from the epoch last welcomed: record.EpochParent)
 // and the seq up to which that spool vouches for what it ever held (its
 // intact seq). The journal records the spool it is bound to in its ORIGIN
 // file (journal.Origin, written with vfs.Publish): the first spool that
@@ -43,8 +43,12 @@
 //   - it names another spool: the host's spool directory was lost or
 //     recreated (the new spool starts again at seq 1), or another host
 //     protects a group of the same name;
-//   - it names an older epoch of the bound spool: a copy of the spool
-//     directory, restored or cloned;
+//   - it names an epoch of the bound spool that does not follow the bound
+//     one (the same epoch, one descending from it, or, while no record
+//     came since it was bound, one descending from the epoch bound before:
+//     a spool that crashed before it noted its welcome): a copy of the
+//     spool directory, restored or cloned; spools whose epochs do not
+//     descend yet (written before they did) must only not go lower;
 //   - the journal holds more than the spool's last seq, or more than its
 //     intact seq: the spool lost records it had sent (a host crash before
 //     their fsync) and will write other records under their seqs.

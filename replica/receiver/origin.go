@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/replica/journal"
 	"github.com/qcdp/qcdp/stream"
 )
@@ -61,7 +62,7 @@ func (srv *Server) foreign(key groupKey, hello stream.HelloMsg) error {
 	if bound.Spool != journal.SpoolID(hello.Spool.ID) {
 		return otherSpool(hello, *bound)
 	}
-	if hello.Spool.Epoch < bound.Epoch { // an older copy: it must not knock the bound one off
+	if !related(*bound, hello.Spool.Epoch) { // a copy: it must not knock the bound one off
 		return olderCopy(hello, *bound)
 	}
 	return nil
@@ -74,8 +75,27 @@ func otherSpool(hello stream.HelloMsg, o journal.Origin) error {
 }
 
 func olderCopy(hello stream.HelloMsg, o journal.Origin) error {
-	return diverged("spool %s of group %q is at epoch %d, but the replica took its stream at epoch %d: "+
-		"the spool directory is an older copy (restored or cloned); resync needed", hello.Spool, hello.Group, hello.Spool.Epoch, o.Epoch)
+	return diverged("spool %s of group %q is at epoch %#x, which does not follow epoch %#x the replica took its stream at: "+
+		"the spool directory is a copy (restored or cloned) of the one the replica streams from; resync needed",
+		hello.Spool, hello.Group, hello.Spool.Epoch, o.Epoch)
+}
+
+// related reports whether a spool at epoch may follow the bound epoch
+// o.Epoch: the same open, a later open descending from it (or from the
+// epoch bound before it: see admit), or, for spools whose epochs do not
+// descend yet (package shipper/spool: never welcomed since they had an
+// identity), a higher one.
+func related(o journal.Origin, epoch uint64) bool {
+	parent := record.EpochParent(epoch)
+	switch {
+	case epoch == o.Epoch:
+		return true
+	case parent == 0:
+		return epoch > o.Epoch
+	case parent == record.EpochTag(o.Epoch):
+		return true
+	}
+	return o.Prev != 0 && parent == record.EpochTag(o.Prev)
 }
 
 // admit checks the Hello's spool against the one the journal is bound to,
@@ -92,7 +112,12 @@ func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error
 	switch {
 	case bound && o.Spool != journal.SpoolID(hs.ID):
 		return o, otherSpool(hello, o)
-	case bound && hs.Epoch < o.Epoch:
+	case bound && !related(o, hs.Epoch):
+		return o, olderCopy(hello, o)
+	case bound && hs.Epoch != o.Epoch && record.EpochParent(hs.Epoch) != 0 && record.EpochParent(hs.Epoch) != record.EpochTag(o.Epoch) && durable != o.EpochAt:
+		// It descends from the epoch bound before: allowed only while
+		// nothing came since (the spool crashed before it noted that the
+		// replica took its newer epoch); else it is the other copy.
 		return o, olderCopy(hello, o)
 	case durable > hello.LastSeq:
 		return o, diverged("the replica holds group %q up to seq %d, spool %s only up to %d: "+
@@ -108,11 +133,14 @@ func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error
 	}
 	switch {
 	case !bound:
-		o = journal.Origin{Spool: journal.SpoolID(hs.ID), Created: hs.Created, Epoch: hs.Epoch, Host: host, Since: durable}
-	case hs.Epoch > o.Epoch:
-		o.Epoch = hs.Epoch
-	default:
+		o = journal.Origin{Spool: journal.SpoolID(hs.ID), Created: hs.Created, Epoch: hs.Epoch, Host: host, Since: durable, EpochAt: durable}
+	case hs.Epoch == o.Epoch:
 		return o, nil
+	default:
+		if p := record.EpochParent(hs.Epoch); p == 0 || p == record.EpochTag(o.Epoch) {
+			o.Prev = o.Epoch // else it descends from Prev, which stays
+		}
+		o.Epoch, o.EpochAt = hs.Epoch, durable
 	}
 	if err := j.BindOrigin(o); err != nil {
 		return journal.Origin{}, err

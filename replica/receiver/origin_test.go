@@ -71,7 +71,7 @@ func TestSpoolBinding(t *testing.T) {
 	old, _ := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
 	old.spool.Epoch = 2
 	_, err := old.hello("web", 40)
-	if re := refusal(t, err, stream.CodeDiverged); !strings.Contains(re.Message, "older copy") {
+	if re := refusal(t, err, stream.CodeDiverged); !strings.Contains(re.Message, "is a copy") {
 		t.Errorf("older epoch: %q", re.Message)
 	}
 	// The spool lost records 13..15 (a host crash before their fsync),
@@ -125,4 +125,61 @@ func TestSpoolBindingUpgrade(t *testing.T) {
 	fresh.spool = otherSpool(0xf0, 1)
 	_, err = fresh.helloIntact("db-old", 100, 100)
 	refusal(t, err, stream.CodeDiverged)
+}
+
+// TestSpoolLineage: once spools are welcomed, each open's epoch descends
+// from the epoch last welcomed (package shipper/spool). The replica takes
+// a descendant of the bound epoch; of two copies of one spool directory,
+// both descending from the same welcomed epoch, it takes the first and
+// refuses the second for good, however it reopens, once a record came
+// from the first; a spool that crashed before it noted that the replica
+// took its newer epoch comes back descending from the one before, which
+// is taken while nothing came since.
+func TestSpoolLineage(t *testing.T) {
+	r := start(t)
+	hello := func(epoch, last uint64) error {
+		t.Helper()
+		c, _ := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
+		defer c.c.Close()
+		c.spool.Epoch = epoch
+		_, err := c.hello("web", last)
+		return err
+	}
+	const e0 = 3                // a spool whose epochs do not descend yet
+	ea := uint64(e0)<<32 | 0xaa // copy A's next open
+	eb := uint64(e0)<<32 | 0xbb // copy B's
+	if err := hello(e0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := hello(ea, 0); err != nil {
+		t.Fatalf("a descendant of the bound epoch: %v", err)
+	}
+	// B descends from the epoch bound before, and nothing came since A
+	// was bound: as a crash before A noted its welcome would look.
+	if err := hello(eb, 0); err != nil {
+		t.Fatalf("a descendant of the epoch before, nothing since: %v", err)
+	}
+	// B streams.
+	c, _ := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
+	c.spool.Epoch = eb
+	if _, err := c.hello("web", 0); err != nil {
+		t.Fatal(err)
+	}
+	c.batch(t, 1, 5)
+	if ack, err := c.answer(); err != nil || ack != 5 {
+		t.Fatalf("B's records: ack %d %v", ack, err)
+	}
+	c.c.Close()
+	// A again, as it was and reopened (descending from its welcomed ea,
+	// or from e0 if it never noted ea's welcome): refused for good.
+	for _, e := range []uint64{ea, 0xaa<<32 | 0x77, uint64(e0)<<32 | 0xcc} {
+		err := hello(e, 5)
+		if re := refusal(t, err, stream.CodeDiverged); !strings.Contains(re.Message, "is a copy") {
+			t.Errorf("copy A at epoch %#x: %q", e, re.Message)
+		}
+	}
+	// B's own next open descends from eb: taken.
+	if err := hello(0xbb<<32|0x01, 5); err != nil {
+		t.Fatalf("B reopened: %v", err)
+	}
 }

@@ -10,7 +10,7 @@
 //
 //	DIR/00000000000000000001.seg      a segment, named by its first seq (20 digits)
 //	DIR/acked                         the last acknowledged seq (written with vfs.Publish)
-//	DIR/identity                      which spool this is: id, creation time, epoch, intact seq (vfs.Publish)
+//	DIR/identity                      which spool this is: id, creation time, epoch, intact seq, epoch last welcomed (vfs.Publish)
 //	DIR/recopy                        disks owed a full re-copy after answered writes were lost (vfs.Publish; recopy.go)
 //	DIR/<segment>.torn-<offset>       a torn tail cut off by recovery, kept for inspection
 //
@@ -24,17 +24,17 @@
 // The header CRC32C (Castagnoli) covers bytes [0, 16+g). The acked file is
 // "QCDA", version (2 bytes), 2 zero bytes, the seq (8 bytes) and a CRC32C of
 // those 16 bytes. The identity file is laid out in identity.go ("QCDI",
-// 52 bytes, CRC32C). Integers are little-endian. These layouts are on
+// 60 bytes in version 2, 52 in version 1, CRC32C). Integers are little-endian. These layouts are on
 // disk: never change them; a new layout takes a new version.
 //
 // # Identity
 //
 // A spool has an identity (Identity): a random 16-byte id and the time it
 // was made, created by the first Open of its directory and kept across
-// restarts, and an epoch that every Open raises by a random step of 1 to
-// 2^32 (so two copies of one stopped directory, a cloned host image or a
-// restored backup, open at different epochs and the replica takes the
-// stream of one only: TestReviewCopiedSpoolSpliced). The sender names it in its
+// restarts, and an epoch per Open that descends from the epoch the replica
+// last welcomed (Identity.Epoch), so that of two copies of one stopped
+// directory, a cloned host image or a restored backup, the replica takes
+// the stream of one only (TestReviewCopiedSpoolSplicedAfterReopen). The sender names it in its
 // Hello (package stream); the replica binds the group's journal to the
 // first spool that streams into it and refuses any other as diverged, so
 // a spool whose directory was lost (a new one starts again at seq 1), or

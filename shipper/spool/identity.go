@@ -19,8 +19,9 @@ import (
 // On-disk constants of the identity file. Never change.
 const (
 	identityMagic   = "QCDI"
-	identityVersion = 1
-	identityLen     = 52
+	identityVersion = 2
+	identityLen     = 60 // version 2; version 1 is 52 bytes (no welcomed epoch)
+	identityLenV1   = 52
 	identityName    = "identity"
 )
 
@@ -34,13 +35,16 @@ type ID = record.SpoolID
 type Identity struct {
 	ID      ID    `json:"id"`
 	Created int64 `json:"created_unix_ns"` // tells an operator which of two spools is older
-	// Epoch is 1 at the spool's first Open and grows at every later one
-	// by a random step of 1 to 2^32, so that two copies of one stopped
-	// spool directory (a cloned host image, a restored backup) opened
-	// apart get different epochs (but for a chance of 2^-32) and the
-	// replica never takes the stream of both: it refuses a lower epoch
-	// than the one it took, and a copy with a higher one vouches only for
-	// the records it held when it was copied (Intact).
+	// Epoch names one Open of the spool. Once the replica has welcomed
+	// the spool, each Open's epoch descends from the epoch last welcomed:
+	// its high 32 bits are that epoch's low 32 bits, its low 32 bits are
+	// random (never 0). The replica takes a new epoch only if it descends
+	// from the one it took (or, when nothing came since, from the one
+	// before), so of two copies of one stopped spool directory (a cloned
+	// host image, a restored backup) only one can ever stream: the other
+	// descends from an epoch the replica has left behind. A spool never
+	// welcomed since it had an identity (0 welcomed) steps its epoch by a
+	// random 1 to 2^32 instead, starting at 1; the replica orders those.
 	Epoch uint64 `json:"epoch"`
 }
 
@@ -51,16 +55,19 @@ type identity struct {
 	// held is unchanged since the replica last welcomed it; MaxUint64
 	// when nothing was lost since then.
 	intact uint64
+	// welcomed is the epoch the replica last welcomed (0: none known).
+	welcomed uint64
 }
 
-// encodeIdentity lays out the identity file (identityLen bytes):
+// encodeIdentity lays out the identity file (version 2, identityLen bytes):
 //
-//	0      4      6      8           24          32        40         48       52
-//	+------+------+------+-----------+-----------+---------+----------+--------+
-//	|"QCDI"| vers | 0 0  | id (16)   | created   | epoch   | intact   | CRC32C |
-//	+------+------+------+-----------+-----------+---------+----------+--------+
+//	0      4      6      8         24        32       40       48         56       60
+//	+------+------+------+---------+---------+--------+--------+----------+--------+
+//	|"QCDI"| vers | 0 0  | id (16) | created | epoch  | intact | welcomed | CRC32C |
+//	+------+------+------+---------+---------+--------+--------+----------+--------+
 //
-// The CRC32C covers bytes [0, 48).
+// The CRC32C covers every byte before it. Version 1 (still read) is the
+// same without welcomed: 52 bytes, its CRC32C at 48.
 func encodeIdentity(id identity) []byte {
 	b := make([]byte, 0, identityLen)
 	b = append(b, identityMagic...)
@@ -70,13 +77,24 @@ func encodeIdentity(id identity) []byte {
 	b = binary.LittleEndian.AppendUint64(b, uint64(id.Created))
 	b = binary.LittleEndian.AppendUint64(b, id.Epoch)
 	b = binary.LittleEndian.AppendUint64(b, id.intact)
+	b = binary.LittleEndian.AppendUint64(b, id.welcomed)
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 func decodeIdentity(b []byte) (identity, error) {
-	if len(b) != identityLen || string(b[:4]) != identityMagic ||
-		binary.LittleEndian.Uint16(b[4:]) != identityVersion || b[6] != 0 || b[7] != 0 ||
-		crc32.Checksum(b[:48], castagnoli) != binary.LittleEndian.Uint32(b[48:]) {
+	n := len(b) - 4
+	ok := len(b) >= identityLenV1 && string(b[:4]) == identityMagic && b[6] == 0 && b[7] == 0
+	if ok {
+		switch binary.LittleEndian.Uint16(b[4:]) {
+		case 1:
+			ok = len(b) == identityLenV1
+		case 2:
+			ok = len(b) == identityLen
+		default:
+			ok = false
+		}
+	}
+	if !ok || crc32.Checksum(b[:n], castagnoli) != binary.LittleEndian.Uint32(b[n:]) {
 		return identity{}, fmt.Errorf("%w: identity file of %d bytes is invalid", ErrCorrupt, len(b))
 	}
 	id := identity{
@@ -86,6 +104,9 @@ func decodeIdentity(b []byte) (identity, error) {
 			Epoch:   binary.LittleEndian.Uint64(b[32:]),
 		},
 		intact: binary.LittleEndian.Uint64(b[40:]),
+	}
+	if len(b) == identityLen {
+		id.welcomed = binary.LittleEndian.Uint64(b[48:])
 	}
 	if id.ID == (ID{}) || id.Epoch == 0 {
 		return identity{}, fmt.Errorf("%w: identity file names no spool (id %s, epoch %d)", ErrCorrupt, id.ID, id.Epoch)
@@ -136,14 +157,20 @@ func (s *Spool) openIdentity() error {
 				"spool_id", id.ID, "last_seq", s.last)
 		}
 	}
-	step, err := epochStep(ok)
-	if err != nil {
-		return err
+	if id.welcomed != 0 {
+		if id.Epoch, err = descendant(id.welcomed, id.Epoch); err != nil {
+			return err
+		}
+	} else {
+		step, err := epochStep(ok)
+		if err != nil {
+			return err
+		}
+		if id.Epoch > math.MaxUint64-step {
+			return fmt.Errorf("%w: %s: epoch exhausted", ErrCorrupt, s.path(identityName))
+		}
+		id.Epoch += step
 	}
-	if id.Epoch > math.MaxUint64-step {
-		return fmt.Errorf("%w: %s: epoch exhausted", ErrCorrupt, s.path(identityName))
-	}
-	id.Epoch += step
 	// What recovery kept is all this epoch can vouch for: records after
 	// it that an earlier epoch held (and may have sent) are gone, and
 	// their seqs will be taken by new records.
@@ -166,6 +193,22 @@ func epochStep(existed bool) (uint64, error) {
 		return 0, fmt.Errorf("spool: epoch step: %w", err)
 	}
 	return uint64(binary.LittleEndian.Uint32(b[:])) + 1, nil
+}
+
+// descendant returns a new epoch descending from welcomed (its high 32
+// bits are welcomed's low 32), random below, never 0 there, and not cur.
+func descendant(welcomed, cur uint64) (uint64, error) {
+	for {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("spool: epoch: %w", err)
+		}
+		low := binary.LittleEndian.Uint32(b[:])
+		e := uint64(uint32(welcomed))<<32 | uint64(low)
+		if low != 0 && e != cur && e>>32 != 0 {
+			return e, nil
+		}
+	}
 }
 
 // Identity returns the spool's identity.
@@ -203,10 +246,10 @@ func (s *Spool) Welcomed(durable uint64) error {
 		return ErrClosed
 	case durable > intact:
 		return fmt.Errorf("%w: the replica holds up to seq %d, the spool vouches only up to %d", ErrSeq, durable, intact)
-	case id.intact == math.MaxUint64:
+	case id.intact == math.MaxUint64 && id.welcomed == id.Epoch:
 		return nil
 	}
-	id.intact = math.MaxUint64
+	id.intact, id.welcomed = math.MaxUint64, id.Epoch
 	if err := vfs.Publish(s.fs, s.path(identityName), encodeIdentity(id)); err != nil {
 		return fmt.Errorf("spool: identity: %w", err)
 	}

@@ -140,16 +140,42 @@ var goldenIdentity = identity{
 
 const goldenIdentityFile = "testdata/identity-v1"
 
+// goldenIdentityV2 is what testdata/identity-v2 holds: version 2 adds the
+// epoch last welcomed.
+var goldenIdentityV2 = identity{
+	Identity: goldenIdentity.Identity,
+	intact:   41, welcomed: 0x1234abcd00000007,
+}
+
+const goldenIdentityFileV2 = "testdata/identity-v2"
+
 // TestGoldenIdentity: the identity file of version 1 still reads, is
 // written byte for byte the same, and a spool holding it keeps its id,
 // starts the next epoch and vouches for no more than before. Every bit
 // flipped and every cut is refused as corruption.
 func TestGoldenIdentity(t *testing.T) {
 	if os.Getenv("QCDP_WRITE_GOLDEN") == "1" {
-		if _, err := os.Stat(goldenIdentityFile); errors.Is(err, os.ErrNotExist) {
-			if err := os.WriteFile(goldenIdentityFile, encodeIdentity(goldenIdentity), 0o644); err != nil {
+		if _, err := os.Stat(goldenIdentityFileV2); errors.Is(err, os.ErrNotExist) {
+			if err := os.WriteFile(goldenIdentityFileV2, encodeIdentity(goldenIdentityV2), 0o644); err != nil {
 				t.Fatal(err)
 			}
+		}
+	}
+	b2, err := os.ReadFile(goldenIdentityFileV2)
+	if err != nil {
+		t.Fatalf("%v (QCDP_WRITE_GOLDEN=1 writes missing fixtures)", err)
+	}
+	if id, err := decodeIdentity(b2); err != nil || id != goldenIdentityV2 {
+		t.Fatalf("decoded %+v (%v), want %+v", id, err, goldenIdentityV2)
+	}
+	if !bytes.Equal(encodeIdentity(goldenIdentityV2), b2) {
+		t.Fatal("the encoder no longer writes " + goldenIdentityFileV2)
+	}
+	for bit := 0; bit < 8*len(b2); bit++ {
+		c := bytes.Clone(b2)
+		c[bit/8] ^= 1 << (bit % 8)
+		if _, err := decodeIdentity(c); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("v2 bit %d flipped: %v", bit, err)
 		}
 	}
 	b, err := os.ReadFile(goldenIdentityFile)
@@ -159,9 +185,6 @@ func TestGoldenIdentity(t *testing.T) {
 	id, err := decodeIdentity(b)
 	if err != nil || id != goldenIdentity {
 		t.Fatalf("decoded %+v (%v), want %+v", id, err, goldenIdentity)
-	}
-	if !bytes.Equal(encodeIdentity(goldenIdentity), b) {
-		t.Fatal("the encoder no longer writes " + goldenIdentityFile)
 	}
 
 	dir := copyGolden(t, goldenDir)
