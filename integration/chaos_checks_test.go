@@ -253,6 +253,7 @@ func (r *chaosRun) converge(ctx context.Context, keepPaused bool) time.Duration 
 		r.fatalf("the newest point (seq %d): %v", pt.Seq, err)
 	}
 	r.tally.Update(func(t *chaos.Tally) { t.Converged++ })
+	r.lastPoint = pt
 	return time.Since(start)
 }
 

@@ -153,9 +153,11 @@ type chaosRun struct {
 	guestChecked time.Time
 	asides       int
 	// clock is the host daemon's clock-offset file (shipper.ClockOffsetEnv);
-	// clockSeq the replica's newest seq when a clock step began.
-	clock    string
-	clockSeq uint64
+	// clockAt when the round's clock step began (zero: none).
+	clock   string
+	clockAt time.Time
+	// lastPoint is the newest point when the replica last converged.
+	lastPoint pointJSON
 }
 
 // chaosBoot is one boot of the guest and its model.
@@ -439,11 +441,32 @@ func (r *chaosRun) runRound(ctx context.Context) {
 	healed := time.Now()
 	r.ensureUp(ctx)
 	took := r.converge(ctx, false)
+	r.checkClockStep(ctx)
 	n := r.sample(ctx, rd.Sample)
 	r.checkGuest(ctx)
 	r.tally.Update(func(t *chaos.Tally) { t.Rounds++ })
 	r.logf("round %d: healed after %v, converged in %v, %d points checked; %d/%d faults",
 		rd.N, healed.Sub(start).Round(time.Millisecond), took.Round(time.Millisecond), n, r.tally.Injections(), r.cfg.faults)
+}
+
+// checkClockStep checks, after a round with a clock step, that the
+// any-point window still reaches back before the step: the window is 2
+// minutes and the step began seconds ago, so a window that starts after
+// it was folded by a stepped capture time.
+func (r *chaosRun) checkClockStep(ctx context.Context) {
+	at, before := r.clockAt, r.lastPoint // before: from the round before
+	r.clockAt = time.Time{}
+	if at.IsZero() || before.Seq == 0 || time.Since(before.Time) > 90*time.Second {
+		return
+	}
+	var pts pointsJSON
+	if err := r.replicaJSON(ctx, &pts, "points", "g1"); err != nil {
+		r.fatalf("points after a clock step: %v", err)
+	}
+	if pts.Window.FirstSeq > before.Seq {
+		r.fatalf("the any-point window starts at seq %d, past seq %d, the newest point %v before the clock step (%v ago): points were folded away by a stepped capture time",
+			pts.Window.FirstSeq, before.Seq, at.Sub(before.Time).Round(time.Second), time.Since(at).Round(time.Second))
+	}
 }
 
 // finish ends the workload and checks the last state.

@@ -25,9 +25,28 @@ func (id *SpoolID) UnmarshalText(b []byte) error {
 	return err
 }
 
-// EpochTag is the part of a spool epoch that the epochs descending from
-// it carry (its low 32 bits), and EpochParent the tag of the epoch e
-// descends from (its high 32 bits; 0: e descends from none). Package
-// shipper/spool makes them; the replica checks them.
-func EpochTag(e uint64) uint64    { return e & 0xffffffff }
-func EpochParent(e uint64) uint64 { return e >> 32 }
+// Spool epochs come in two kinds. A spool not yet welcomed by its
+// replica since it had an identity counts its epochs up from 1 by random
+// steps (below 2^63: a legacy epoch, compared by size). Once welcomed,
+// each open's epoch descends from the epoch last welcomed: bit 63 set,
+// bits 62..32 the parent's tag, bits 31..0 random.
+const epochLineage = 1 << 63
+
+// EpochTag is the part of an epoch that the epochs descending from it
+// carry: 31 bits, never 0.
+func EpochTag(e uint64) uint64 { return e&0x7fffffff | 1 }
+
+// EpochParent is the tag of the epoch e descends from, 0 for a legacy
+// epoch, which descends from none.
+func EpochParent(e uint64) uint64 {
+	if e&epochLineage == 0 {
+		return 0
+	}
+	return e >> 32 & 0x7fffffff
+}
+
+// EpochDescending returns an epoch descending from parent, with low as
+// its random part.
+func EpochDescending(parent uint64, low uint32) uint64 {
+	return epochLineage | EpochTag(parent)<<32 | uint64(low)
+}

@@ -300,12 +300,13 @@ func TestReviewShutdownTwiceConcurrently(t *testing.T) {
 }
 
 // TestReviewCopiedSpoolSplicedAfterReopen (review): two copies of one
-// stopped spool, both welcomed at the copy point; B takes the stream and
-// ships 6..13, A wrote its own 6..17. With epochs that only grew, A's
-// daemon restarting until its random epoch passed B's was taken and
-// acknowledged 17: the journal held B's 6..13 then A's 14..17. Now
-// epochs descend from the one last welcomed: A's never descend from B's,
-// and A is refused however often it reopens.
+// stopped spool, both welcomed at the copy point; one takes the stream and
+// ships its records, the other writes its own. With epochs that only
+// grew, the loser's daemon restarting until its random epoch passed the
+// winner's was taken and acknowledged its records: the journal held the
+// winner's 6..13 then the loser's 14..17. Now epochs descend from the one
+// last welcomed: the loser's never descend from the winner's, and it is
+// refused however often it reopens.
 func TestReviewCopiedSpoolSplicedAfterReopen(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -320,30 +321,33 @@ func TestReviewCopiedSpoolSplicedAfterReopen(t *testing.T) {
 		t.Fatalf("cp: %v %s", err, out)
 	}
 	gA, expA, stopA := reviewGroup(t, ctx, dirA, rep)
+	defer func() { stopA() }()
 	waitConnected(t, gA) // A welcomed at 5
 	gB, expB, stopB := reviewGroup(t, ctx, dirB, rep)
-	defer stopB()
-	waitConnected(t, gB)               // B too: nothing came from A since it was taken
-	reviewWrite(t, ctx, expB, 8, 0xBB) // B: 6..13
-	waitAcked(t, gB, 13, 10*time.Second)
-	reviewWrite(t, ctx, expA, 12, 0xAA) // A: its own 6..17
-	for i := range 6 {                  // A's daemon restarts again and again
-		stopA()
-		gA, _, stopA = reviewGroup(t, ctx, dirA, rep)
-		deadline := time.Now().Add(time.Second)
-		for gA.Sender().Stats().Diverged == "" && time.Now().Before(deadline) {
+	defer func() { stopB() }()
+	reviewWrite(t, ctx, expA, 8, 0xAA)  // A: 6..13
+	reviewWrite(t, ctx, expB, 12, 0xBB) // B: its own 6..17
+	waitAcked(t, gA, 13, 10*time.Second)
+	for i := range 6 { // B's daemon restarts again and again
+		deadline := time.Now().Add(2 * time.Second)
+		for gB.Sender().Stats().Diverged == "" && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if got := gA.Spool().Acked(); got != 5 {
-			t.Fatalf("restart %d of copy A (epoch %#x, B %#x): A acknowledged %d: the replica spliced A's records onto B's",
-				i, gA.Spool().Identity().Epoch, gB.Spool().Identity().Epoch, got)
+		if got := gB.Spool().Acked(); got != 5 {
+			t.Fatalf("restart %d of copy B (epoch %#x, A %#x): B acknowledged %d: the replica spliced B's records onto A's",
+				i, gB.Spool().Identity().Epoch, gA.Spool().Identity().Epoch, got)
 		}
-		if d := gA.Sender().Stats().Diverged; d == "" {
-			t.Fatalf("restart %d of copy A: not told it diverged: %+v", i, gA.Sender().Stats())
+		if d := gB.Sender().Stats().Diverged; d == "" {
+			t.Fatalf("restart %d of copy B: not told it diverged: %+v", i, gB.Sender().Stats())
 		}
+		stopB()
+		gB, _, stopB = reviewGroup(t, ctx, dirB, rep)
 	}
+	// A restarts too: it is taken again, and B still is not.
 	stopA()
-	if got := gB.Spool().Acked(); got != 13 {
-		t.Fatalf("B acked %d, want 13", got)
+	gA, _, stopA = reviewGroup(t, ctx, dirA, rep)
+	waitConnected(t, gA)
+	if got := gA.Spool().Acked(); got != 13 {
+		t.Fatalf("A acked %d after its restart, want 13", got)
 	}
 }

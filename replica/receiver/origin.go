@@ -52,8 +52,9 @@ func (srv *Server) foreign(key groupKey, hello stream.HelloMsg) error {
 	srv.mu.Lock()
 	gs := srv.groups[key]
 	var bound *journal.Origin
+	live := false
 	if gs != nil {
-		bound = gs.bound
+		bound, live = gs.bound, gs.cur != nil
 	}
 	srv.mu.Unlock()
 	if bound == nil {
@@ -64,6 +65,14 @@ func (srv *Server) foreign(key groupKey, hello stream.HelloMsg) error {
 	}
 	if !related(*bound, hello.Spool.Epoch) { // a copy: it must not knock the bound one off
 		return olderCopy(hello, *bound)
+	}
+	if viaPrev(*bound, hello.Spool.Epoch) && live {
+		// Taken only while nothing came from the bound epoch, which a
+		// live stream may be sending: the other copy, or a spool whose
+		// crashed session the replica has not seen end yet (it retries).
+		return diverged("spool %s of group %q is at epoch %#x, descending from the epoch before %#x, whose stream is live: "+
+			"the spool directory is a copy (restored or cloned) of the one the replica streams from, or its last session has not ended yet",
+			hello.Spool, hello.Group, hello.Spool.Epoch, bound.Epoch)
 	}
 	return nil
 }
@@ -82,20 +91,28 @@ func olderCopy(hello stream.HelloMsg, o journal.Origin) error {
 
 // related reports whether a spool at epoch may follow the bound epoch
 // o.Epoch: the same open, a later open descending from it (or from the
-// epoch bound before it: see admit), or, for spools whose epochs do not
-// descend yet (package shipper/spool: never welcomed since they had an
-// identity), a higher one.
+// epoch bound before it: viaPrev, see admit), or, for legacy epochs
+// (record.EpochParent 0: spools not welcomed since they had an identity),
+// a higher one.
 func related(o journal.Origin, epoch uint64) bool {
 	parent := record.EpochParent(epoch)
 	switch {
 	case epoch == o.Epoch:
 		return true
 	case parent == 0:
-		return epoch > o.Epoch
+		return epoch > o.Epoch && record.EpochParent(o.Epoch) == 0
 	case parent == record.EpochTag(o.Epoch):
 		return true
 	}
-	return o.Prev != 0 && parent == record.EpochTag(o.Prev)
+	return viaPrev(o, epoch)
+}
+
+// viaPrev reports whether epoch descends from the epoch bound before the
+// bound one, and not from the bound one.
+func viaPrev(o journal.Origin, epoch uint64) bool {
+	parent := record.EpochParent(epoch)
+	return epoch != o.Epoch && parent != 0 && parent != record.EpochTag(o.Epoch) &&
+		o.Prev != 0 && parent == record.EpochTag(o.Prev)
 }
 
 // admit checks the Hello's spool against the one the journal is bound to,
@@ -114,7 +131,7 @@ func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error
 		return o, otherSpool(hello, o)
 	case bound && !related(o, hs.Epoch):
 		return o, olderCopy(hello, o)
-	case bound && hs.Epoch != o.Epoch && record.EpochParent(hs.Epoch) != 0 && record.EpochParent(hs.Epoch) != record.EpochTag(o.Epoch) && durable != o.EpochAt:
+	case bound && viaPrev(o, hs.Epoch) && durable != o.EpochAt:
 		// It descends from the epoch bound before: allowed only while
 		// nothing came since (the spool crashed before it noted that the
 		// replica took its newer epoch); else it is the other copy.
@@ -137,7 +154,7 @@ func admit(j Journal, hello stream.HelloMsg, host string) (journal.Origin, error
 	case hs.Epoch == o.Epoch:
 		return o, nil
 	default:
-		if p := record.EpochParent(hs.Epoch); p == 0 || p == record.EpochTag(o.Epoch) {
+		if !viaPrev(o, hs.Epoch) {
 			o.Prev = o.Epoch // else it descends from Prev, which stays
 		}
 		o.Epoch, o.EpochAt = hs.Epoch, durable

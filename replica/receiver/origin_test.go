@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/replica/journal"
@@ -145,9 +146,9 @@ func TestSpoolLineage(t *testing.T) {
 		_, err := c.hello("web", last)
 		return err
 	}
-	const e0 = 3                // a spool whose epochs do not descend yet
-	ea := uint64(e0)<<32 | 0xaa // copy A's next open
-	eb := uint64(e0)<<32 | 0xbb // copy B's
+	const e0 = 3                           // a spool whose epochs do not descend yet
+	ea := record.EpochDescending(e0, 0xaa) // copy A's next open
+	eb := record.EpochDescending(e0, 0xbb) // copy B's
 	if err := hello(e0, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -155,9 +156,16 @@ func TestSpoolLineage(t *testing.T) {
 		t.Fatalf("a descendant of the bound epoch: %v", err)
 	}
 	// B descends from the epoch bound before, and nothing came since A
-	// was bound: as a crash before A noted its welcome would look.
-	if err := hello(eb, 0); err != nil {
-		t.Fatalf("a descendant of the epoch before, nothing since: %v", err)
+	// was bound: as a crash before A noted its welcome would look. (It is
+	// refused while A's session has not ended at the replica: it retries.)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		err := hello(eb, 0)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a descendant of the epoch before, nothing since: %v", err)
+		}
 	}
 	// B streams.
 	c, _ := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
@@ -172,14 +180,14 @@ func TestSpoolLineage(t *testing.T) {
 	c.c.Close()
 	// A again, as it was and reopened (descending from its welcomed ea,
 	// or from e0 if it never noted ea's welcome): refused for good.
-	for _, e := range []uint64{ea, 0xaa<<32 | 0x77, uint64(e0)<<32 | 0xcc} {
+	for _, e := range []uint64{ea, record.EpochDescending(ea, 0x77), record.EpochDescending(e0, 0xcc)} {
 		err := hello(e, 5)
 		if re := refusal(t, err, stream.CodeDiverged); !strings.Contains(re.Message, "is a copy") {
 			t.Errorf("copy A at epoch %#x: %q", e, re.Message)
 		}
 	}
 	// B's own next open descends from eb: taken.
-	if err := hello(0xbb<<32|0x01, 5); err != nil {
+	if err := hello(record.EpochDescending(eb, 1), 5); err != nil {
 		t.Fatalf("B reopened: %v", err)
 	}
 }

@@ -36,9 +36,9 @@ type Identity struct {
 	ID      ID    `json:"id"`
 	Created int64 `json:"created_unix_ns"` // tells an operator which of two spools is older
 	// Epoch names one Open of the spool. Once the replica has welcomed
-	// the spool, each Open's epoch descends from the epoch last welcomed:
-	// its high 32 bits are that epoch's low 32 bits, its low 32 bits are
-	// random (never 0). The replica takes a new epoch only if it descends
+	// the spool, each Open's epoch descends from the epoch last welcomed
+	// (record.EpochParent: bit 63 set, the parent's 31-bit tag, 32 random
+	// bits). The replica takes a new epoch only if it descends
 	// from the one it took (or, when nothing came since, from the one
 	// before), so of two copies of one stopped spool directory (a cloned
 	// host image, a restored backup) only one can ever stream: the other
@@ -195,17 +195,15 @@ func epochStep(existed bool) (uint64, error) {
 	return uint64(binary.LittleEndian.Uint32(b[:])) + 1, nil
 }
 
-// descendant returns a new epoch descending from welcomed (its high 32
-// bits are welcomed's low 32), random below, never 0 there, and not cur.
+// descendant returns a new epoch descending from welcomed, random below
+// (record.EpochDescending), other than cur.
 func descendant(welcomed, cur uint64) (uint64, error) {
 	for {
 		var b [4]byte
 		if _, err := rand.Read(b[:]); err != nil {
 			return 0, fmt.Errorf("spool: epoch: %w", err)
 		}
-		low := binary.LittleEndian.Uint32(b[:])
-		e := uint64(uint32(welcomed))<<32 | uint64(low)
-		if low != 0 && e != cur && e>>32 != 0 {
+		if e := record.EpochDescending(welcomed, binary.LittleEndian.Uint32(b[:])); e != cur {
 			return e, nil
 		}
 	}
