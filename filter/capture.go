@@ -74,13 +74,20 @@ type Config struct {
 	// bitmap resync, resync.go); it also enables the bitmap generations
 	// that make that possible at the next attach.
 	Resync ResyncTarget
+	// Fresh says the replica holds nothing of the disk (a disk new to
+	// its group, a new spool): a new job copies the whole disk whatever
+	// the bitmaps say.
+	Fresh bool
 	// Hold keeps the disk's resync bracket open until release
 	// (shipper.Sequencer.HoldResync): taken for a bitmap resync.
 	Hold func() (release func())
 	// NBDSocket is where QEMU's NBD server listens for resync exports
 	// (one server per QEMU: the same path for every disk of the VM).
 	NBDSocket string
-	Logger    *slog.Logger
+	// Group names the disk's protection group in its bitmap generations
+	// (resync.go); "" keeps the names of disks without one.
+	Group  string
+	Logger *slog.Logger
 }
 
 // Names of the QEMU objects of a disk. Never change: a restarted daemon
@@ -222,17 +229,19 @@ func (c *Capture) run(ctx context.Context) error {
 		c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
 		// An earlier daemon's resync left its frozen bitmap: copy it,
 		// with the bracket held, before the adopted job's bracket closes.
+		// It may have died before it froze the generations into it:
+		// freeze them now (the job forwards every write already).
 		var release func()
 		if c.cfg.Resync != nil {
 			if bms, err := c.bitmaps(ctx); err == nil {
-				if _, ok := bms[resyncBitmap(c.cfg.Disk)]; ok {
+				if _, ok := bms[c.frozen()]; ok {
 					release = c.hold()
 				}
 			}
 		}
 		c.feed(input{kind: adoptInput(job)})
 		if release != nil {
-			c.startResync(ctx, release)
+			c.startResync(ctx, release, true)
 		}
 	} else if err := c.attach(ctx); err != nil {
 		c.feed(input{kind: inAttachFailed, err: err}) // follow returns err
@@ -303,16 +312,16 @@ func (c *Capture) attach(ctx context.Context) error {
 	if c.cfg.Resync != nil {
 		// A full copy makes every older generation moot.
 		for name := range bms {
-			if name != copyingBitmap(d) {
+			if name != c.copying() {
 				if err := c.removeBitmap(ctx, name); err != nil {
 					c.log.Warn("remove a bitmap a full copy makes moot", "err", err)
 				}
 			}
 		}
 	}
-	tracking := BitmapName(d)
+	tracking := c.live()
 	if c.cfg.Resync != nil {
-		tracking = copyingBitmap(d)
+		tracking = c.copying()
 	}
 	if _, ok := bms[tracking]; !ok {
 		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(tracking, false), nil); err != nil {
@@ -405,11 +414,11 @@ func (c *Capture) rotateBefore(ctx context.Context) bool {
 		c.log.Warn("bitmap generation before detach", "err", err)
 		return false
 	}
-	if _, ok := bms[BitmapName(c.cfg.Disk)]; !ok {
+	if _, ok := bms[c.live()]; !ok {
 		return false
 	}
-	if _, ok := bms[nextBitmap(c.cfg.Disk)]; !ok {
-		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(nextBitmap(c.cfg.Disk), false), nil); err != nil {
+	if _, ok := bms[c.next()]; !ok {
+		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(c.next(), false), nil); err != nil {
 			c.log.Warn("bitmap generation before detach", "err", err)
 			return false
 		}
@@ -429,7 +438,7 @@ func (c *Capture) rotateAfter(ctx context.Context) {
 		c.log.Info("writes were refused before the detach: the next attach copies what both bitmap generations tracked", "refused", n-since)
 		return
 	}
-	if err := c.removeBitmap(ctx, BitmapName(c.cfg.Disk)); err != nil {
+	if err := c.removeBitmap(ctx, c.live()); err != nil {
 		c.log.Warn("drop the older bitmap generation after detach", "err", err)
 	}
 }

@@ -38,9 +38,32 @@ type ResyncTarget interface {
 //	                     clean (every write before it was taken)
 //	qcdp-<disk>.resync   frozen (disabled): the union of the generations a
 //	                     resync copies; removed once the copy is done
-func copyingBitmap(disk string) string { return BitmapName(disk) + ".copying" }
-func nextBitmap(disk string) string    { return BitmapName(disk) + ".next" }
-func resyncBitmap(disk string) string  { return BitmapName(disk) + ".resync" }
+//
+// With Config.Group set, the names carry the group, "qcdp-<group>/<disk>"
+// and so on: a generation proves that this group's replica held the disk
+// when it began, so a VM moved to another group is copied in full there.
+func (c *Capture) live() string    { return bitmapBase(c.cfg.Group, c.cfg.Disk) }
+func (c *Capture) copying() string { return c.live() + ".copying" }
+func (c *Capture) next() string    { return c.live() + ".next" }
+func (c *Capture) frozen() string  { return c.live() + ".resync" }
+
+func bitmapBase(group, disk string) string {
+	if group == "" {
+		return BitmapName(disk)
+	}
+	return "qcdp-" + group + "/" + disk
+}
+
+// othersOf reports whether name is a qcdp bitmap of disk under another
+// group (or none), which a full copy removes.
+func (c *Capture) othersOf(name string) bool {
+	d := c.cfg.Disk
+	if strings.HasPrefix(name, c.live()) {
+		return false
+	}
+	trim := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, ".copying"), ".next"), ".resync")
+	return trim == BitmapName(d) || strings.HasPrefix(trim, "qcdp-") && strings.HasSuffix(trim, "/"+d)
+}
 
 // ResyncExport is the name (and block export id) under which a resync
 // reads a disk's filter node from QEMU's NBD server.
@@ -107,7 +130,9 @@ type bitmapInfo struct {
 	Inconsistent bool   `json:"inconsistent"`
 }
 
-// bitmaps returns the disk node's qcdp bitmaps of this disk, by name.
+// bitmaps returns the disk node's qcdp bitmaps of this disk, by name: this
+// group's generations and those of the disk under another group (or
+// none), which a full copy removes.
 func (c *Capture) bitmaps(ctx context.Context) (map[string]bitmapInfo, error) {
 	var nodes []struct {
 		NodeName     string       `json:"node-name"`
@@ -116,15 +141,14 @@ func (c *Capture) bitmaps(ctx context.Context) (map[string]bitmapInfo, error) {
 	if err := c.q.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
 		return nil, fmt.Errorf("filter: disk %s: query nodes: %w", c.cfg.Disk, err)
 	}
-	ours := map[string]bool{BitmapName(c.cfg.Disk): true, copyingBitmap(c.cfg.Disk): true,
-		nextBitmap(c.cfg.Disk): true, resyncBitmap(c.cfg.Disk): true}
+	ours := map[string]bool{c.live(): true, c.copying(): true, c.next(): true, c.frozen(): true}
 	for _, n := range nodes {
 		if n.NodeName != c.cfg.Node {
 			continue
 		}
 		out := map[string]bitmapInfo{}
 		for _, b := range n.DirtyBitmaps {
-			if ours[b.Name] {
+			if ours[b.Name] || c.othersOf(b.Name) {
 				out[b.Name] = b
 			}
 		}
@@ -162,7 +186,7 @@ func (c *Capture) transaction(ctx context.Context, actions ...map[string]any) er
 // bitmaps (QEMU was killed: a persistent bitmap is stored only at a clean
 // close) are removed: they cannot be trusted.
 func (c *Capture) resumable(ctx context.Context, bms map[string]bitmapInfo) bool {
-	if c.cfg.Resync == nil {
+	if c.cfg.Resync == nil || c.cfg.Fresh || c.cfg.Recopy != nil {
 		return false
 	}
 	for name, b := range bms {
@@ -172,10 +196,9 @@ func (c *Capture) resumable(ctx context.Context, bms map[string]bitmapInfo) bool
 			return false
 		}
 	}
-	d := c.cfg.Disk
-	_, live := bms[BitmapName(d)]
-	_, next := bms[nextBitmap(d)]
-	_, frozen := bms[resyncBitmap(d)]
+	_, live := bms[c.live()]
+	_, next := bms[c.next()]
+	_, frozen := bms[c.frozen()]
 	return live || next || frozen
 }
 
@@ -200,7 +223,7 @@ func (c *Capture) attachResync(ctx context.Context, bms map[string]bitmapInfo) (
 			release()
 		}
 	}()
-	frozen := resyncBitmap(d)
+	frozen := c.frozen()
 	if _, ok := bms[frozen]; !ok {
 		// Before the job: it must exist for the merge below.
 		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(frozen, true), nil); err != nil {
@@ -210,42 +233,52 @@ func (c *Capture) attachResync(ctx context.Context, bms map[string]bitmapInfo) (
 	if err := c.startJob(ctx, qmp.SyncNone); err != nil {
 		return err
 	}
-	// From here every write reaches the target. What the generations
-	// tracked until now is frozen, and the live one tracks on, in one
-	// transaction: no write falls between them.
-	var srcs []string
-	var acts []map[string]any
-	for _, name := range []string{BitmapName(d), nextBitmap(d)} {
-		if _, ok := bms[name]; ok {
-			srcs = append(srcs, name)
-		}
-	}
-	if len(srcs) > 0 {
-		acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": frozen, "bitmaps": srcs}))
-	}
-	if _, ok := bms[BitmapName(d)]; ok {
-		acts = append(acts, txAction("block-dirty-bitmap-clear", map[string]any{"node": c.cfg.Node, "name": BitmapName(d)}))
-	} else {
-		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(BitmapName(d), false)))
-	}
-	if _, ok := bms[nextBitmap(d)]; ok {
-		acts = append(acts, txAction("block-dirty-bitmap-disable", map[string]any{"node": c.cfg.Node, "name": nextBitmap(d)}))
-	}
-	if err := c.transaction(ctx, acts...); err != nil {
+	// From here every write reaches the target.
+	if err := c.freeze(ctx, bms); err != nil {
 		// Nothing was frozen: the job must not run on as if it had.
 		if cerr := c.q.BlockJobCancel(ctx, JobID(d), true); cerr != nil {
 			c.log.Warn("cancel the job after a failed freeze", "err", cerr)
 		}
 		return err
 	}
-	for _, name := range []string{nextBitmap(d), copyingBitmap(d)} {
+	c.startResync(ctx, release, false)
+	return nil
+}
+
+// freeze merges what the generations tracked until now into the frozen
+// bitmap while the live one tracks on, in one transaction: no write falls
+// between them. The job must already forward every write to the target
+// (writes tracked by both are copied twice, which is harmless). The merged
+// generations are then removed.
+func (c *Capture) freeze(ctx context.Context, bms map[string]bitmapInfo) error {
+	var srcs []string
+	var acts []map[string]any
+	for _, name := range []string{c.live(), c.next()} {
+		if _, ok := bms[name]; ok {
+			srcs = append(srcs, name)
+		}
+	}
+	if len(srcs) > 0 {
+		acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": c.frozen(), "bitmaps": srcs}))
+	}
+	if _, ok := bms[c.live()]; ok {
+		acts = append(acts, txAction("block-dirty-bitmap-clear", map[string]any{"node": c.cfg.Node, "name": c.live()}))
+	} else {
+		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(c.live(), false)))
+	}
+	if _, ok := bms[c.next()]; ok {
+		acts = append(acts, txAction("block-dirty-bitmap-disable", map[string]any{"node": c.cfg.Node, "name": c.next()}))
+	}
+	if err := c.transaction(ctx, acts...); err != nil {
+		return err
+	}
+	for _, name := range []string{c.next(), c.copying()} {
 		if _, ok := bms[name]; ok {
 			if err := c.removeBitmap(ctx, name); err != nil {
 				c.log.Warn("remove merged bitmap", "err", err)
 			}
 		}
 	}
-	c.startResync(ctx, release)
 	return nil
 }
 
@@ -259,8 +292,10 @@ func (c *Capture) hold() (release func()) {
 
 // startResync copies the resync bitmap's dirty ranges on a goroutine Run
 // owns (it ends with Run's ctx and Run waits for it), retrying with a
-// backoff until the copy is done; release ends the disk's hold then.
-func (c *Capture) startResync(ctx context.Context, release func()) {
+// backoff until the copy is done; release ends the disk's hold then. With
+// freezeFirst (an adopted resync, whose daemon may have died before it
+// froze the generations) the generations are frozen into it first.
+func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst bool) {
 	c.rs.mu.Lock()
 	c.rs.on = true
 	c.rs.p = Progress{Mode: "bitmap", Started: time.Now()}
@@ -273,7 +308,18 @@ func (c *Capture) startResync(ctx context.Context, release func()) {
 		defer release()
 		backoff := time.Second
 		for {
-			err := c.resync(ctx)
+			var err error
+			if freezeFirst {
+				var bms map[string]bitmapInfo
+				if bms, err = c.bitmaps(ctx); err == nil {
+					if err = c.freeze(ctx, bms); err == nil {
+						freezeFirst = false
+					}
+				}
+			}
+			if err == nil {
+				err = c.resync(ctx)
+			}
 			if err == nil {
 				c.progress(func(p *Progress) { p.Done, p.Error = true, "" })
 				p, _ := c.Progress()
@@ -313,7 +359,7 @@ func (c *Capture) resync(ctx context.Context) error {
 	if err != nil && !strings.Contains(err.Error(), "already running") {
 		return fmt.Errorf("filter: disk %s: start QEMU's NBD server on %s: %w", d, c.cfg.NBDSocket, err)
 	}
-	name, frozen := ResyncExport(d), resyncBitmap(d)
+	name, frozen := ResyncExport(d), c.frozen()
 	// A daemon that died mid-resync may have left its export.
 	_ = c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
 	c.waitExportGone(ctx, name)
@@ -322,14 +368,24 @@ func (c *Capture) resync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("filter: disk %s: export %s for the resync: %w", d, FilterNode(d), err)
 	}
-	defer func() {
+	drop := func(ctx context.Context) error {
+		err := c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
+		if err != nil && !qmp.IsClass(err, qmp.ClassGenericError) {
+			return fmt.Errorf("filter: disk %s: remove the resync export: %w", d, err)
+		}
+		c.waitExportGone(ctx, name)
+		return nil
+	}
+	if err := c.copyDirty(ctx, name, frozen); err != nil {
 		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := c.q.Execute(dctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil); err != nil && !qmp.IsClass(err, qmp.ClassGenericError) {
-			c.log.Warn("remove the resync export", "err", err)
+		if derr := drop(dctx); derr != nil {
+			c.log.Warn("remove the resync export", "err", derr)
 		}
-	}()
-	if err := c.copyDirty(ctx, name, frozen); err != nil {
+		return err
+	}
+	// The export holds the bitmap: it goes first.
+	if err := drop(ctx); err != nil {
 		return err
 	}
 	return c.removeBitmap(ctx, frozen)
@@ -454,20 +510,19 @@ func isZero(p []byte) bool {
 // once the copy converged (the disk is syncing): from then on the replica
 // holds the disk whole, and the live bitmap says what it lacks.
 func (c *Capture) promote(ctx context.Context) error {
-	d := c.cfg.Disk
 	bms, err := c.bitmaps(ctx)
 	if err != nil {
 		return err
 	}
-	copying := copyingBitmap(d)
+	copying := c.copying()
 	if _, ok := bms[copying]; !ok {
 		return nil
 	}
 	var acts []map[string]any
-	if _, ok := bms[BitmapName(d)]; !ok {
-		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(BitmapName(d), false)))
+	if _, ok := bms[c.live()]; !ok {
+		acts = append(acts, txAction("block-dirty-bitmap-add", c.addBitmap(c.live(), false)))
 	}
-	acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": BitmapName(d), "bitmaps": []string{copying}}))
+	acts = append(acts, txAction("block-dirty-bitmap-merge", map[string]any{"node": c.cfg.Node, "target": c.live(), "bitmaps": []string{copying}}))
 	if err := c.transaction(ctx, acts...); err != nil {
 		return err
 	}

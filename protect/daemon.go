@@ -413,7 +413,14 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("VM %s not protected: its capture exports would be open to every QEMU on the host: %w", vm.Name, err)
 	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
-	owed := g.Sequencer().RecopyOwed()
+	seq := g.Sequencer()
+	owed := seq.RecopyOwed()
+	// A new spool (its first open: a new install, or a spool moved aside
+	// in a repair) copies every disk in full; otherwise the disk's bitmap
+	// generations, named with the group, say whether the group's replica
+	// holds it (filter/resync.go).
+	newSpool := g.Spool().Identity().Epoch == 1
+	nbdSocket := filepath.Join(filepath.Dir(g.Socket()), "qemu-"+shortID(vm.ID)+".sock")
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
@@ -447,8 +454,13 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
 			Granularity: uint32(gc.Granularity),
 			Recopy:      recopy,
+			Resync:      exp,
+			Fresh:       newSpool,
+			Group:       gc.Name,
+			Hold:        func() func() { return seq.HoldResync(name) },
+			NBDSocket:   nbdSocket,
 			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
-		}, g.Sequencer())
+		}, seq)
 		if err != nil {
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue
@@ -476,6 +488,12 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	d.mu.Unlock()
 	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks), "qemu_pid", qemu.PID)
 	return nil
+}
+
+// shortID is a short, path-safe name for a VM id.
+func shortID(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(h[:6])
 }
 
 // start runs one disk's lifecycle on a goroutine the daemon owns. Callers

@@ -63,6 +63,19 @@ func WriteMetrics(w io.Writer, st Status) error {
 			}
 		}
 	}
+	help("qcdp_resync_compared_bytes", "gauge", "Bytes a disk's current (or last) resync has compared.")
+	help("qcdp_resync_sent_bytes", "gauge", "Bytes a disk's current (or last) resync has sent.")
+	help("qcdp_resync_total_bytes", "gauge", "The size of a resyncing disk.")
+	help("qcdp_resync_done", "gauge", "1 once a disk's resync has finished.")
+	for _, g := range st.Groups {
+		for _, d := range g.Disks {
+			if r := d.Resync; r != nil {
+				l := fmt.Sprintf("{group=%q,vm=%q,disk=%q,mode=%q}", g.Name, d.VM, d.Target, r.Mode)
+				fmt.Fprintf(&b, "qcdp_resync_compared_bytes%s %d\nqcdp_resync_sent_bytes%s %d\nqcdp_resync_total_bytes%s %d\nqcdp_resync_done%s %d\n",
+					l, r.Compared, l, r.Sent, l, r.Total, l, boolInt(r.Done))
+			}
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

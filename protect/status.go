@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/filter"
 	"github.com/qcdp/qcdp/hypervisor"
 	"github.com/qcdp/qcdp/shipper/sender"
 )
@@ -55,6 +56,46 @@ type DiskStatus struct {
 	State  string    `json:"state"`
 	Error  string    `json:"error,omitempty"`
 	Since  time.Time `json:"since"`
+	// Resync is the disk's resync since its capture started, if any:
+	// bytes compared and sent, the total, the rate and the time left.
+	Resync *ResyncStatus `json:"resync,omitempty"`
+}
+
+// ResyncStatus is a disk's resync as status shows it.
+type ResyncStatus struct {
+	filter.Progress
+	RateBytes float64 `json:"rate_bytes_per_second"`
+	ETA       string  `json:"eta,omitempty"`
+}
+
+// String is the resync for a person: "bitmap 12.0 MiB sent of 40.0 MiB
+// dirty, 1.0 GiB compared of 4.0 GiB, 80.0 MiB/s, 38s left".
+func (r ResyncStatus) String() string {
+	s := fmt.Sprintf("%s resync: %s sent of %s dirty, %s compared of %s", r.Mode, HumanBytes(r.Sent), HumanBytes(r.Dirty), HumanBytes(r.Compared), HumanBytes(r.Total))
+	switch {
+	case r.Done:
+		s += ", done"
+	case r.ETA != "":
+		s += fmt.Sprintf(", %s/s, %s left", HumanBytes(int64(r.RateBytes)), r.ETA)
+	}
+	if r.Error != "" && !r.Done {
+		s += "; last try failed: " + r.Error
+	}
+	return s
+}
+
+// HumanBytes is n bytes for a person: "512 B", "1.5 MiB".
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // Status reports every group and protected disk.
@@ -91,6 +132,13 @@ func (d *Engine) Status() Status {
 					Node: dc.disk.Node, Format: dc.disk.Format, Size: dc.disk.Size, State: string(state), Since: dc.since}
 				if err != nil {
 					ds.Error = err.Error()
+				}
+				if p, ok := dc.cap.Progress(); ok {
+					rs := &ResyncStatus{Progress: p, RateBytes: p.Rate()}
+					if eta := p.ETA(); eta > 0 {
+						rs.ETA = eta.String()
+					}
+					ds.Resync = rs
 				}
 				gs.Disks = append(gs.Disks, ds)
 			}

@@ -96,19 +96,13 @@ func runStatus(ctx context.Context, opts statusOptions, out io.Writer) error {
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.VM, d.Target, d.State, d.Format, humanBytes(d.Size), d.Stream, d.Error)
 		}
 		tw.Flush()
+		for _, d := range g.Disks {
+			if d.Resync != nil {
+				fmt.Fprintf(out, "  %s %s: %s\n", d.VM, d.Target, d.Resync)
+			}
+		}
 	}
 	return nil
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return protect.HumanBytes(n) }
