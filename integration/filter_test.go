@@ -126,6 +126,22 @@ func newFilterFixture(ctx context.Context, t *testing.T) *filterFixture {
 	return f
 }
 
+// newResyncFixture is a filterFixture whose capture keeps bitmap
+// generations (named with group, if any) and resyncs from them.
+func newResyncFixture(ctx context.Context, t *testing.T, group string) *filterFixture {
+	t.Helper()
+	f := newFilterFixture(ctx, t)
+	f.cfg.Resync = f.exp
+	f.cfg.Hold = func() func() { return f.seq.HoldResync("disk0") }
+	f.cfg.NBDSocket = filepath.Join(f.dir, "qemu-nbd.sock")
+	f.cfg.Group = group
+	var err error
+	if f.c, err = filter.New(f.q.QMP, f.cfg, f.seq); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // run starts the lifecycle; it is stopped when the test ends.
 func (f *filterFixture) run(ctx context.Context, t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
@@ -281,14 +297,8 @@ func TestFilterSyncCompleteAfterResync(t *testing.T) {
 func TestFilterBitmapResync(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f := newFilterFixture(ctx, t)
-	f.cfg.Resync = f.exp
-	f.cfg.Hold = func() func() { return f.seq.HoldResync("disk0") }
-	f.cfg.NBDSocket = filepath.Join(f.dir, "qemu-nbd.sock")
+	f := newResyncFixture(ctx, t, "")
 	var err error
-	if f.c, err = filter.New(f.q.QMP, f.cfg, f.seq); err != nil {
-		t.Fatal(err)
-	}
 	f.run(ctx, t)
 	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
 		t.Fatalf("first attach: %s %v", st, err)
@@ -424,15 +434,8 @@ func waitBitmaps(ctx context.Context, t *testing.T, q *harness.QEMU, want ...str
 func TestFilterBitmapResyncAfterCleanRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	f := newFilterFixture(ctx, t)
-	f.cfg.Resync = f.exp
-	f.cfg.Hold = func() func() { return f.seq.HoldResync("disk0") }
-	f.cfg.NBDSocket = filepath.Join(f.dir, "qemu-nbd.sock")
-	f.cfg.Group = "g1"
+	f := newResyncFixture(ctx, t, "g1")
 	var err error
-	if f.c, err = filter.New(f.q.QMP, f.cfg, f.seq); err != nil {
-		t.Fatal(err)
-	}
 	f.run(ctx, t)
 	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
 		t.Fatalf("first attach: %s %v", st, err)

@@ -388,25 +388,11 @@ func TestEngineAttachOwnsExports(t *testing.T) {
 // whole disk; the re-copy is no longer owed once the old job is gone, and
 // the scan after does not cancel the new job again.
 func TestEngineRecopyOwed(t *testing.T) {
-	q := newFakeQEMU(t, "node-vm1")
-	src := &fakeSource{
-		vms:  []hypervisor.VM{{ID: "vm1", Name: "vm1", Running: true, Source: hypervisor.SourceQMP}},
-		qemu: map[string]*fakeQEMU{"vm1": q},
-	}
-	e, _ := newEngine(t, src)
+	e, q, count := recopyEngine(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	e.scan(ctx)
 	waitDisk(t, e, "g1", "vm1", "initial-sync")
-	count := func(name string) int {
-		n := 0
-		for _, c := range q.srv.Commands() {
-			if c.Name == name {
-				n++
-			}
-		}
-		return n
-	}
 	e.scan(ctx)
 	if n := count("block-job-cancel"); n != 0 {
 		t.Fatalf("%d cancels with nothing owed", n)

@@ -181,41 +181,8 @@ func TestReviewJournalMovedAsideNamesTheWayOut(t *testing.T) {
 // lacks writes the guest saw complete (invariants 3 and 4).
 func TestReviewHealLosesAckedWrites(t *testing.T) {
 	ctx := context.Background()
-	fs := vfs.NewMemFS()
-	opts := spool.Options{Dir: "/spool", Group: "g1", FS: fs, Logger: quiet}
-	sp, err := spool.Open(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seq := NewSequencer(sp)
-	seq.SetLogger(quiet)
-	exp, err := seq.Export("vda", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := exp.WriteAt(ctx, []byte{1}, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := seq.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ { // answered to QEMU: the guest saw these complete
-		if err := exp.WriteAt(ctx, []byte{byte(i)}, int64(i)*4096); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fs.SetInjector(vfs.FailNth(vfs.OpSync, 1, syscall.EIO))
-	if err := exp.Flush(ctx); err == nil {
-		t.Fatal("flush with a failing fsync succeeded")
-	}
-	fs.SetInjector(nil)
-	sp.Close()
-	fs.Crash() // the pages of the failed writeback are gone
-	sp2, err := spool.Open(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp2.Close()
+	l := lossyHeal(t)
+	opts, seq, exp, sp2 := l.opts, l.seq, l.exp, l.sp2
 	seq.reopened(sp2)
 	if err := exp.WriteAt(ctx, []byte{9}, 9*4096); err != nil {
 		t.Fatal(err)
@@ -350,4 +317,57 @@ func TestReviewCopiedSpoolSplicedAfterReopen(t *testing.T) {
 	if got := gA.Spool().Acked(); got != 13 {
 		t.Fatalf("A acked %d after its restart, want 13", got)
 	}
+}
+
+// lossy is a group's capture state right after a heal that lost answered
+// writes (lossyHeal).
+type lossy struct {
+	fs   *vfs.MemFS
+	opts spool.Options
+	seq  *Sequencer
+	exp  *CaptureExport
+	sp2  *spool.Spool // the reopened spool, not yet given to seq
+}
+
+// lossyHeal plays the writes a heal loses: vda's write at 0 is synced,
+// three more are answered to QEMU (the guest saw them complete), then an
+// fsync fails and the kernel drops the pages of the failed writeback
+// (MemFS.Crash); the spool directory is opened again.
+func lossyHeal(t *testing.T) lossy {
+	t.Helper()
+	ctx := context.Background()
+	l := lossy{fs: vfs.NewMemFS()}
+	l.opts = spool.Options{Dir: "/spool", Group: "g1", FS: l.fs, Logger: quiet}
+	sp, err := spool.Open(ctx, l.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.seq = NewSequencer(sp)
+	l.seq.SetLogger(quiet)
+	if l.exp, err = l.seq.Export("vda", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.exp.WriteAt(ctx, []byte{1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.seq.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		if err := l.exp.WriteAt(ctx, []byte{byte(i)}, int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.fs.SetInjector(vfs.FailNth(vfs.OpSync, 1, syscall.EIO))
+	if err := l.exp.Flush(ctx); err == nil {
+		t.Fatal("flush with a failing fsync succeeded")
+	}
+	l.fs.SetInjector(nil)
+	sp.Close()
+	l.fs.Crash()
+	if l.sp2, err = spool.Open(ctx, l.opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.sp2.Close() })
+	return l
 }

@@ -17,36 +17,8 @@ import (
 // owed in memory and keeping it is retried.
 func TestReviewRecopyOwedWhenUnkept(t *testing.T) {
 	ctx := context.Background()
-	fs := vfs.NewMemFS()
-	opts := spool.Options{Dir: "/spool", Group: "g1", FS: fs, Logger: quiet}
-	sp, err := spool.Open(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seq := NewSequencer(sp)
-	seq.SetLogger(quiet)
-	exp, _ := seq.Export("vda", 1<<20)
-	exp.WriteAt(ctx, []byte{1}, 0)
-	if err := seq.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i <= 3; i++ {
-		if err := exp.WriteAt(ctx, []byte{byte(i)}, int64(i)*4096); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fs.SetInjector(vfs.FailNth(vfs.OpSync, 1, syscall.EIO))
-	if err := exp.Flush(ctx); err == nil {
-		t.Fatal("flush succeeded")
-	}
-	fs.SetInjector(nil)
-	sp.Close()
-	fs.Crash()
-	sp2, err := spool.Open(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sp2.Close()
+	l := lossyHeal(t)
+	fs, seq, exp, sp2 := l.fs, l.seq, l.exp, l.sp2
 	fs.SetInjector(func(op vfs.Op, p string) error {
 		if op == vfs.OpOpen && strings.Contains(p, "recopy") {
 			return syscall.ENOSPC
@@ -72,23 +44,8 @@ func TestReviewRecopyOwedWhenUnkept(t *testing.T) {
 // offered after other disks' records lacks vda's lost writes.
 func TestReviewOwedBracketAtRestart(t *testing.T) {
 	ctx := context.Background()
-	fs := vfs.NewMemFS()
-	opts := spool.Options{Dir: "/spool", Group: "g1", FS: fs, Logger: quiet}
-	sp, _ := spool.Open(ctx, opts)
-	seq := NewSequencer(sp)
-	seq.SetLogger(quiet)
-	exp, _ := seq.Export("vda", 1<<20)
-	exp.WriteAt(ctx, []byte{1}, 0)
-	seq.Sync(ctx)
-	for i := 1; i <= 3; i++ {
-		exp.WriteAt(ctx, []byte{byte(i)}, int64(i)*4096)
-	}
-	fs.SetInjector(vfs.FailNth(vfs.OpSync, 1, syscall.EIO))
-	exp.Flush(ctx)
-	fs.SetInjector(nil)
-	sp.Close()
-	fs.Crash()
-	sp2, _ := spool.Open(ctx, opts)
+	l := lossyHeal(t)
+	opts, seq, sp2 := l.opts, l.seq, l.sp2
 	seq.reopened(sp2)
 	last := sp2.LastSeq()
 	sp2.Close() // the daemon stops before any new record
