@@ -75,16 +75,7 @@ func TestReviewCopiedSpoolSpliced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	rep := startReplica(t)
-	root := t.TempDir()
-	dirA, dirB := filepath.Join(root, "a"), filepath.Join(root, "b")
-
-	g, exp, stop := reviewGroup(t, ctx, dirA, rep)
-	reviewWrite(t, ctx, exp, 5, 0x11)
-	waitAcked(t, g, 5, 10*time.Second)
-	stop()
-	if out, err := exec.Command("cp", "-a", dirA, dirB).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
+	dirA, dirB := copiedSpool(t, ctx, rep)
 
 	gA, expA, stopA := reviewGroup(t, ctx, dirA, rep)
 	defer stopA()
@@ -123,6 +114,23 @@ func TestReviewCopiedSpoolSpliced(t *testing.T) {
 		t.Fatalf("copied spool spliced: the refused copy acknowledged seq %d though the replica holds the other copy's records past 5", got)
 	}
 	t.Logf("diverged copy says: %s", lose.Sender().Stats().Diverged)
+}
+
+// copiedSpool makes a spool directory whose 5 records rep acknowledged,
+// stops it, and copies it (cp -a) as a cloned host image would: two
+// copies of one stopped spool.
+func copiedSpool(t *testing.T, ctx context.Context, rep *testReplica) (dirA, dirB string) {
+	t.Helper()
+	root := t.TempDir()
+	dirA, dirB = filepath.Join(root, "a"), filepath.Join(root, "b")
+	g, exp, stop := reviewGroup(t, ctx, dirA, rep)
+	reviewWrite(t, ctx, exp, 5, 0x11)
+	waitAcked(t, g, 5, 10*time.Second)
+	stop()
+	if out, err := exec.Command("cp", "-a", dirA, dirB).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	return dirA, dirB
 }
 
 func waitConnected(t *testing.T, g *Group) {
@@ -278,15 +286,7 @@ func TestReviewCopiedSpoolSplicedAfterReopen(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	rep := startReplica(t)
-	root := t.TempDir()
-	dirA, dirB := filepath.Join(root, "a"), filepath.Join(root, "b")
-	g, exp, stop := reviewGroup(t, ctx, dirA, rep)
-	reviewWrite(t, ctx, exp, 5, 0x11)
-	waitAcked(t, g, 5, 10*time.Second)
-	stop()
-	if out, err := exec.Command("cp", "-a", dirA, dirB).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
+	dirA, dirB := copiedSpool(t, ctx, rep)
 	gA, expA, stopA := reviewGroup(t, ctx, dirA, rep)
 	defer func() { stopA() }()
 	waitConnected(t, gA) // A welcomed at 5
