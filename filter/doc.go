@@ -69,9 +69,12 @@
 //
 // Detach is block-job-cancel, never block-job-complete (that would switch the
 // guest onto the NBD target); then the target node is deleted and the bitmap
-// is left to go on tracking. A later attach still copies the whole disk
-// (sync=full): resync from the bitmap, or by hash comparison when it was
-// lost (invariant 4), is not built yet.
+// is left to go on tracking. A later attach copies the whole disk
+// (sync=full) unless Config.Resync is set: then, where the bitmap
+// generations can say what changed, the new job starts with sync=none and
+// only their dirty ranges are copied (resync.go). The host engine does not
+// set it yet (see protect/daemon.go); resync by hash comparison when the
+// bitmap was lost (invariant 4) is not built yet.
 //
 // A disk owed a full re-copy (Config.Recopy: its group's spool lost writes
 // it had answered) is never adopted: its job is cancelled, its target node

@@ -223,6 +223,7 @@ func (c *Capture) attachResync(ctx context.Context, bms map[string]bitmapInfo) (
 			release()
 		}
 	}()
+	c.dropExport(ctx) // a daemon killed mid-copy may have left it, holding the bitmap
 	frozen := c.frozen()
 	if _, ok := bms[frozen]; !ok {
 		// Before the job: it must exist for the merge below.
@@ -310,6 +311,9 @@ func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst b
 		for {
 			var err error
 			if freezeFirst {
+				// A daemon killed mid-copy left its export, which holds the
+				// frozen bitmap busy: it goes first.
+				c.dropExport(ctx)
 				var bms map[string]bitmapInfo
 				if bms, err = c.bitmaps(ctx); err == nil {
 					if err = c.freeze(ctx, bms); err == nil {
@@ -360,9 +364,7 @@ func (c *Capture) resync(ctx context.Context) error {
 		return fmt.Errorf("filter: disk %s: start QEMU's NBD server on %s: %w", d, c.cfg.NBDSocket, err)
 	}
 	name, frozen := ResyncExport(d), c.frozen()
-	// A daemon that died mid-resync may have left its export.
-	_ = c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
-	c.waitExportGone(ctx, name)
+	c.dropExport(ctx) // a daemon that died mid-resync may have left it
 	err = c.q.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": name, "node-name": FilterNode(d),
 		"name": name, "writable": false, "bitmaps": []string{frozen}}, nil)
 	if err != nil {
@@ -389,6 +391,13 @@ func (c *Capture) resync(ctx context.Context) error {
 		return err
 	}
 	return c.removeBitmap(ctx, frozen)
+}
+
+// dropExport removes the disk's resync export if QEMU has one.
+func (c *Capture) dropExport(ctx context.Context) {
+	name := ResyncExport(c.cfg.Disk)
+	_ = c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
+	c.waitExportGone(ctx, name)
 }
 
 // waitExportGone waits (briefly) until QEMU no longer lists the export.

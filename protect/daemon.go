@@ -415,12 +415,6 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
 	seq := g.Sequencer()
 	owed := seq.RecopyOwed()
-	// A new spool (its first open: a new install, or a spool moved aside
-	// in a repair) copies every disk in full; otherwise the disk's bitmap
-	// generations, named with the group, say whether the group's replica
-	// holds it (filter/resync.go).
-	newSpool := g.Spool().Identity().Epoch == 1
-	nbdSocket := filepath.Join(filepath.Dir(g.Socket()), "qemu-"+shortID(vm.ID)+".sock")
 	for _, dk := range disks {
 		if !filt.DiskIncluded(dk.Target) || dk.Node == "" || dk.Size <= 0 {
 			continue
@@ -454,11 +448,12 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
 			Granularity: uint32(gc.Granularity),
 			Recopy:      recopy,
-			Resync:      exp,
-			Fresh:       newSpool,
-			Group:       gc.Name,
-			Hold:        func() func() { return seq.HoldResync(name) },
-			NBDSocket:   nbdSocket,
+			// Bitmap resync (filter.Config.Resync) is not wired yet: its
+			// review found ways to leave a disk stuck in its bracket
+			// (QEMU unable to create its NBD socket under libvirt, a
+			// daemon killed mid-copy, a resync larger than the spool)
+			// and a new spool lineage trusting old bitmaps. Every
+			// re-attach copies the whole disk until they are fixed.
 			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
 		}, seq)
 		if err != nil {
@@ -488,12 +483,6 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	d.mu.Unlock()
 	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks), "qemu_pid", qemu.PID)
 	return nil
-}
-
-// shortID is a short, path-safe name for a VM id.
-func shortID(id string) string {
-	h := sha256.Sum256([]byte(id))
-	return hex.EncodeToString(h[:6])
 }
 
 // start runs one disk's lifecycle on a goroutine the daemon owns. Callers
