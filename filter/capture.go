@@ -231,12 +231,12 @@ func (c *Capture) run(ctx context.Context) error {
 		// with the bracket held, before the adopted job's bracket closes.
 		// It may have died before it froze the generations into it:
 		// freeze them now (the job forwards every write already).
+		// If QEMU cannot say now, the bracket is held until it can.
 		var release func()
 		if c.cfg.Resync != nil {
-			if bms, err := c.bitmaps(ctx); err == nil {
-				if _, ok := bms[c.frozen()]; ok {
-					release = c.hold()
-				}
+			bms, err := c.bitmaps(ctx)
+			if _, ok := bms[c.frozen()]; ok || err != nil {
+				release = c.hold()
 			}
 		}
 		c.feed(input{kind: adoptInput(job)})
@@ -416,6 +416,15 @@ func (c *Capture) rotateBefore(ctx context.Context) bool {
 	}
 	if _, ok := bms[c.live()]; !ok {
 		return false
+	}
+	if b, ok := bms[c.next()]; ok && !b.Recording {
+		// Left disabled by a freeze whose clean-up failed: it tracks
+		// nothing, so it must not stand in for the live generation.
+		if err := c.removeBitmap(ctx, c.next()); err != nil {
+			c.log.Warn("bitmap generation before detach", "err", err)
+			return false
+		}
+		delete(bms, c.next())
 	}
 	if _, ok := bms[c.next()]; !ok {
 		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(c.next(), false), nil); err != nil {

@@ -108,6 +108,11 @@ type resyncState struct {
 	on   bool
 	wg   sync.WaitGroup
 	live atomic.Bool // a resync goroutine runs
+	// copied is the offset below which every dirty range of the frozen
+	// bitmap is in the stream, and counted the offset below which its
+	// dirty bytes are counted: a retry goes on from there (the frozen
+	// bitmap does not change between tries). Owned by the resync goroutine.
+	copied, counted int64
 }
 
 // Progress returns the disk's resync, ok false when none ran since Run.
@@ -300,6 +305,7 @@ func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst b
 	c.rs.mu.Lock()
 	c.rs.on = true
 	c.rs.p = Progress{Mode: "bitmap", Started: time.Now()}
+	c.rs.copied, c.rs.counted = 0, 0
 	c.rs.mu.Unlock()
 	c.rs.wg.Add(1)
 	c.rs.live.Store(true)
@@ -316,6 +322,12 @@ func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst b
 				c.dropExport(ctx)
 				var bms map[string]bitmapInfo
 				if bms, err = c.bitmaps(ctx); err == nil {
+					if _, ok := bms[c.frozen()]; !ok {
+						c.rs.mu.Lock()
+						c.rs.on = false // nothing frozen: nothing to copy
+						c.rs.mu.Unlock()
+						return
+					}
 					if err = c.freeze(ctx, bms); err == nil {
 						freezeFirst = false
 					}
@@ -445,9 +457,11 @@ func (c *Capture) copyDirty(ctx context.Context, name, bitmap string) error {
 	if err != nil {
 		return err
 	}
-	c.progress(func(p *Progress) { p.Total, p.Compared, p.Dirty, p.Sent = size, 0, 0, 0 })
+	c.progress(func(p *Progress) { p.Total = size })
 	buf := make([]byte, resyncChunk)
-	for off := int64(0); off < size; {
+	// A retry goes on where the last try stopped: a resync larger than the
+	// spool's room makes progress as the replica drains it.
+	for off := min(c.rs.copied, size); off < size; {
 		var dirty [][2]int64
 		next := off
 		err := h.BlockStatus(ctx, uint64(min(size-off, 1<<30)), uint64(off), 0, func(ctxName string, o uint64, ents []libnbd.Extent) error {
@@ -472,17 +486,23 @@ func (c *Capture) copyDirty(ctx context.Context, name, bitmap string) error {
 			return fmt.Errorf("filter: disk %s: QEMU described no extent at %d", c.cfg.Disk, off)
 		}
 		for _, e := range dirty {
-			c.progress(func(p *Progress) { p.Dirty += e[1] })
+			if end := e[0] + e[1]; end > c.rs.counted {
+				add := end - max(e[0], c.rs.counted)
+				c.rs.counted = end
+				c.progress(func(p *Progress) { p.Dirty += add })
+			}
 			for at, end := e[0], e[0]+e[1]; at < end; {
 				n := min(end-at, resyncChunk)
 				if err := c.copyRange(ctx, h, buf[:n], at); err != nil {
 					return err
 				}
 				at += n
+				c.rs.copied = at
 				c.progress(func(p *Progress) { p.Sent += n })
 			}
 		}
 		off = next
+		c.rs.copied = max(c.rs.copied, off)
 		c.progress(func(p *Progress) { p.Compared = off })
 	}
 	return nil
