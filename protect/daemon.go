@@ -454,7 +454,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			// daemon killed mid-copy, a resync larger than the spool)
 			// and a new spool lineage trusting old bitmaps. Every
 			// re-attach copies the whole disk until they are fixed.
-			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
+			Logger: d.log.With("vm", vm.Name, "target", dk.Target),
 		}, seq)
 		if err != nil {
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
