@@ -449,11 +449,13 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			Granularity: uint32(gc.Granularity),
 			Recopy:      recopy,
 			// Bitmap resync (filter.Config.Resync) is not wired yet: its
-			// review found ways to leave a disk stuck in its bracket
-			// (QEMU unable to create its NBD socket under libvirt, a
-			// daemon killed mid-copy, a resync larger than the spool)
-			// and a new spool lineage trusting old bitmaps. Every
-			// re-attach copies the whole disk until they are fixed.
+			// review found that QEMU cannot create its NBD socket under
+			// libvirt's confinement (the disk would stay in its bracket;
+			// the socket must be passed to QEMU as an fd), that a new
+			// spool lineage could trust old bitmaps (name generations with
+			// the spool id), and a narrow deadlock window between a held
+			// range and a drained QEMU. Every re-attach copies the whole
+			// disk until they are fixed.
 			Logger: d.log.With("vm", vm.Name, "target", dk.Target),
 		}, seq)
 		if err != nil {
