@@ -14,11 +14,15 @@ import (
 )
 
 // ResyncTarget is where a resync copies the source's bytes: the disk's
-// capture export (shipper.CaptureExport). The resync holds each range it
-// copies (LockRange) so that a live write the mirror forwards for it
-// lands in the stream after the resync's older bytes, never before.
+// capture export (shipper.CaptureExport). The resync watches each range
+// before it reads it and commits what it read only if no live write the
+// mirror forwarded entered the range meanwhile (else it reads again), so
+// a live write never lands in the stream before the resync's older bytes.
 type ResyncTarget interface {
-	LockRange(off, n int64) (unlock func())
+	WatchRange(off, n int64) interface {
+		Commit(write func() error) (raced bool, err error)
+		Cancel()
+	}
 	ResyncWrite(p []byte, off int64) error
 	ResyncZero(off, n int64) error
 	// Refusals counts the writes the export ever refused.
@@ -508,14 +512,33 @@ func (c *Capture) copyDirty(ctx context.Context, name, bitmap string) error {
 	return nil
 }
 
-// copyRange reads [at, at+len(p)) from the source and appends it, holding
-// the range against live writes meanwhile.
+// copyRange reads [at, at+len(p)) from the source and appends it, reading
+// again while a live write raced the read (see ResyncTarget).
 func (c *Capture) copyRange(ctx context.Context, h *libnbd.Handle, p []byte, at int64) error {
-	unlock := c.cfg.Resync.LockRange(at, int64(len(p)))
-	defer unlock()
-	if err := h.Pread(ctx, p, uint64(at)); err != nil {
-		return fmt.Errorf("filter: disk %s: read [%d,+%d) for the resync: %w", c.cfg.Disk, at, len(p), err)
+	for try := 0; ; try++ {
+		w := c.cfg.Resync.WatchRange(at, int64(len(p)))
+		if err := h.Pread(ctx, p, uint64(at)); err != nil {
+			w.Cancel()
+			return fmt.Errorf("filter: disk %s: read [%d,+%d) for the resync: %w", c.cfg.Disk, at, len(p), err)
+		}
+		raced, err := w.Commit(func() error { return c.appendRange(p, at) })
+		if !raced {
+			return err
+		}
+		if try > 0 {
+			// The guest keeps writing here: back off a little, so that
+			// the read falls between two of its writes.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(min(try, 20)) * time.Millisecond):
+			}
+		}
 	}
+}
+
+// appendRange appends the resync bytes p read at at.
+func (c *Capture) appendRange(p []byte, at int64) error {
 	if isZero(p) {
 		return c.cfg.Resync.ResyncZero(at, int64(len(p)))
 	}

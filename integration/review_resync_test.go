@@ -20,7 +20,7 @@ type stallTarget struct {
 	release chan struct{}
 }
 
-func (s *stallTarget) ResyncWrite(p []byte, off int64) error {
+func (s *stallTarget) ResyncWrite(p []byte, off int64) error { // inside a commit
 	s.once.Do(func() { close(s.started) })
 	<-s.release
 	return s.CaptureExport.ResyncWrite(p, off)

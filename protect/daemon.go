@@ -453,9 +453,8 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			// libvirt's confinement (the disk would stay in its bracket;
 			// the socket must be passed to QEMU as an fd), that a new
 			// spool lineage could trust old bitmaps (name generations with
-			// the spool id), and a narrow deadlock window between a held
-			// range and a drained QEMU. Every re-attach copies the whole
-			// disk until they are fixed.
+			// the spool id). Every re-attach copies the whole disk until
+			// they are fixed.
 			Logger: d.log.With("vm", vm.Name, "target", dk.Target),
 		}, seq)
 		if err != nil {

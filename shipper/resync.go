@@ -37,19 +37,25 @@ func (s *Sequencer) HoldResync(disk string) (release func()) {
 	}
 }
 
-// rangeLock keeps the writes QEMU's mirror forwards out of the ranges a
-// resync is copying: a resync reads a range from the source and appends
-// it; a live write to that range appended in between would be overwritten
-// in the stream by the older bytes the resync read. Live writes wait while
-// a resync holds a range they overlap. A live write already past the wait
-// when a resync locks its range does no harm: QEMU's write-blocking mirror
-// writes the source before it forwards a write, so the resync reads those
-// bytes or newer ones.
+// rangeLock orders a resync's copy of a range against the live writes QEMU's
+// mirror forwards for it. A resync reads a range from the source and
+// appends it; a live write to that range appended in between would be
+// overwritten in the stream by the older bytes the resync read. So a
+// resync watches the range before it reads (WatchRange): a live write
+// that enters the export afterwards marks the watch raced, and the resync
+// reads again. It then holds the range only while it appends (Commit), and
+// a live write waits just for that append, never for QEMU: a resync that
+// held the range across its read of QEMU's export could wait on a QEMU
+// that was draining, which waits on the live write (a deadlock). A live
+// write that entered before the watch does no harm: QEMU's write-blocking
+// mirror writes the source before it forwards a write, so the resync reads
+// those bytes or newer ones, and newer ones race it.
 type rangeLock struct {
-	held  atomic.Int32 // ranges held: the write path looks at nothing else while it is 0
-	mu    sync.Mutex
-	cond  *sync.Cond
-	spans [][2]int64 // held [off, end)
+	busy    atomic.Int32 // ranges held or watched: the write path looks at nothing else while it is 0
+	mu      sync.Mutex
+	cond    *sync.Cond
+	spans   [][2]int64 // held [off, end)
+	watches map[*Watch]struct{}
 }
 
 func (l *rangeLock) overlaps(off, end int64) bool {
@@ -61,55 +67,106 @@ func (l *rangeLock) overlaps(off, end int64) bool {
 	return false
 }
 
-// lock holds [off, off+n) against live writes and other resync ranges.
-func (l *rangeLock) lock(off, n int64) (unlock func()) {
+// enter is a live write's way in: it waits while a resync holds a range
+// it overlaps, and marks the watches it overlaps raced.
+func (l *rangeLock) enter(off, n int64) {
+	if l.busy.Load() == 0 {
+		return
+	}
 	end := off + n
 	l.mu.Lock()
-	if l.cond == nil {
-		l.cond = sync.NewCond(&l.mu)
-	}
+	defer l.mu.Unlock()
 	for l.overlaps(off, end) {
 		l.cond.Wait()
 	}
-	l.spans = append(l.spans, [2]int64{off, end})
-	l.held.Add(1)
-	l.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			for i, s := range l.spans {
-				if s == [2]int64{off, end} {
-					l.spans = append(l.spans[:i], l.spans[i+1:]...)
-					break
-				}
-			}
-			l.held.Add(-1)
-			l.cond.Broadcast()
-			l.mu.Unlock()
-		})
+	for w := range l.watches {
+		if off < w.end && w.off < end {
+			w.raced = true
+		}
 	}
 }
 
-// wait returns once no resync holds a range overlapping [off, off+n).
-func (l *rangeLock) wait(off, n int64) {
-	if l.held.Load() == 0 {
-		return
-	}
+// Watch is a range a resync is about to read from the source (WatchRange).
+type Watch struct {
+	l        *rangeLock
+	off, end int64
+	raced    bool // a live write entered the range since the watch began (l.mu)
+	done     bool
+}
+
+// WatchRange starts watching [off, off+n) for a resync: read the range
+// from the source after it, then Commit what was read. It returns a
+// *Watch as an unnamed interface, which a consumer (package filter) can
+// name without importing this package.
+func (e *CaptureExport) WatchRange(off, n int64) interface {
+	Commit(write func() error) (raced bool, err error)
+	Cancel()
+} {
+	l := &e.locks
+	w := &Watch{l: l, off: off, end: off + n}
 	l.mu.Lock()
-	for l.overlaps(off, off+n) {
+	if l.cond == nil {
+		l.cond = sync.NewCond(&l.mu)
+		l.watches = map[*Watch]struct{}{}
+	}
+	l.watches[w] = struct{}{}
+	l.busy.Add(1)
+	l.mu.Unlock()
+	return w
+}
+
+// Commit appends the bytes the resync read (write: ResyncWrite or
+// ResyncZero) unless a live write entered the range since the watch
+// began: then it appends nothing and reports raced, and the resync reads
+// the range again under a new watch. Live writes to the range wait while
+// write runs. The watch ends either way.
+func (w *Watch) Commit(write func() error) (raced bool, err error) {
+	l := w.l
+	l.mu.Lock()
+	for l.overlaps(w.off, w.end) { // another resync's append
 		l.cond.Wait()
 	}
+	raced = w.raced
+	w.endLocked()
+	if raced {
+		l.mu.Unlock()
+		return true, nil
+	}
+	l.spans = append(l.spans, [2]int64{w.off, w.end})
+	l.busy.Add(1)
 	l.mu.Unlock()
+	err = write()
+	l.mu.Lock()
+	for i, s := range l.spans {
+		if s == [2]int64{w.off, w.end} {
+			l.spans = append(l.spans[:i], l.spans[i+1:]...)
+			break
+		}
+	}
+	l.busy.Add(-1)
+	l.cond.Broadcast()
+	l.mu.Unlock()
+	return false, err
 }
 
-// LockRange holds [off, off+n) of the disk for a resync: live writes to
-// it wait until unlock. Write the range's resync bytes with ResyncWrite or
-// ResyncZero while holding it.
-func (e *CaptureExport) LockRange(off, n int64) (unlock func()) { return e.locks.lock(off, n) }
+// Cancel ends the watch without appending anything.
+func (w *Watch) Cancel() {
+	w.l.mu.Lock()
+	defer w.l.mu.Unlock()
+	w.endLocked()
+}
 
-// ResyncWrite appends p at off as a resync copy of the source: the caller
-// holds the range (LockRange) and the disk's resync bracket is open.
+func (w *Watch) endLocked() {
+	if w.done {
+		return
+	}
+	w.done = true
+	delete(w.l.watches, w)
+	w.l.busy.Add(-1)
+}
+
+// ResyncWrite appends p at off as a resync copy of the source, inside a
+// Watch's Commit, while the disk's resync bracket is open.
 func (e *CaptureExport) ResyncWrite(p []byte, off int64) error {
 	if err := e.check("resync write", off, int64(len(p)), nbd.ENOSPC); err != nil {
 		return err

@@ -465,7 +465,7 @@ func (e *CaptureExport) check(op string, off, length int64, errno nbd.Errno) err
 
 // put appends r, answering EIO at once when the spool cannot take it.
 func (e *CaptureExport) put(r *record.Record) error {
-	e.locks.wait(int64(r.Offset), int64(r.Length))
+	e.locks.enter(int64(r.Offset), int64(r.Length))
 	if e.paused.Load() {
 		e.refusals.Add(1)
 		e.seq.refuse(r)
