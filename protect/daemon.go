@@ -584,7 +584,12 @@ func (d *Engine) Detach(ctx context.Context, vm, disk string) error {
 			errs = append(errs, err)
 			continue
 		}
-		<-dc.done
+		select { // the caller's deadline bounds the wait: scans wait on attachMu
+		case <-dc.done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("detach %s: wait for its capture to end: %w", dc.name, ctx.Err()))
+			continue
+		}
 		gone = append(gone, dc.name)
 	}
 	if len(gone) > 0 {
