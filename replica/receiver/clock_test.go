@@ -83,3 +83,55 @@ func TestCaptureTimesKeptInOrder(t *testing.T) {
 		t.Fatalf("clock report %+v: want 11 times back (10 in the first session, 1 after the reconnect), max ≥ 47h, 1 ahead by ≥ 59m", rep)
 	}
 }
+
+// TestCaptureTimesAheadNeverLate: a host daemon restarted while its wall
+// clock was 31 h ahead keeps stamping 31 h ahead (its capture times never
+// go back). The replica must lower them, but never to a time later than
+// the write: its receipt time is later by however long the records waited
+// (here 20 s of a stalled link). The first record found ahead takes the
+// last good time; the next ones move on at the host clock's pace.
+func TestCaptureTimesAheadNeverLate(t *testing.T) {
+	r := start(t)
+	now := time.Now()
+	clock := now
+	r.srv.Now = func() time.Time { return clock }
+	c, err := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.hello("web", 100); err != nil {
+		t.Fatal(err)
+	}
+	good := now.Add(-time.Second).UnixNano()
+	c.timedBatch(t, 1, []int64{good})
+	if a, err := c.answer(); err != nil || a != 1 {
+		t.Fatalf("ack %d %v", a, err)
+	}
+	// Written at now+1s..now+5s (true time), stamped 31 h ahead, received
+	// 20 s late.
+	ahead := now.Add(31 * time.Hour)
+	var times []int64
+	for i := 1; i <= 5; i++ {
+		times = append(times, ahead.Add(time.Duration(i)*time.Second).UnixNano())
+	}
+	clock = now.Add(25 * time.Second)
+	c.timedBatch(t, 2, times)
+	if a, err := c.answer(); err != nil || a != 6 {
+		t.Fatalf("ack %d %v", a, err)
+	}
+	r.mu.Lock()
+	got := append([]int64(nil), r.times...)
+	r.mu.Unlock()
+	for i := 1; i < len(got); i++ {
+		trueTime := now.Add(time.Duration(i) * time.Second).UnixNano()
+		if got[i] > trueTime {
+			t.Fatalf("seq %d: stamped %v, %v after it was written (the receipt time leaks in)", i+1, time.Unix(0, got[i]), time.Duration(got[i]-trueTime))
+		}
+		if got[i] < got[i-1] {
+			t.Fatalf("seq %d: went back", i+1)
+		}
+	}
+	if d := time.Duration(got[5] - got[1]); d != 4*time.Second {
+		t.Fatalf("seqs 2..6 span %v, want the host clock's 4 s", d)
+	}
+}

@@ -120,6 +120,11 @@ type groupState struct {
 	// lastTime is the capture time of the newest record appended or
 	// pending; clock what was corrected. Owned by the holder of sem.
 	lastTime  int64
+	// lastHost is the host's own time of the newest record (before any
+	// correction), lastAhead whether it was ahead and lowered: then the
+	// next one ahead moves on from it at the host clock's pace.
+	lastHost  int64
+	lastAhead bool
 	clock     ClockReport
 	published ClockReport // a copy of clock for Clock (srv.mu)
 	// bound is the spool the journal is known to be bound to (nil: not

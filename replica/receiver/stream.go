@@ -43,7 +43,7 @@ func (srv *Server) stream(ctx context.Context, s *session, c net.Conn, br *bufio
 			return
 		}
 		gs.j = j
-		gs.lastTime = 0
+		gs.lastTime, gs.lastHost, gs.lastAhead = 0, 0, false
 		if lt, ok := j.(interface{ LastTime() int64 }); ok {
 			gs.lastTime = lt.LastTime()
 		}
@@ -303,10 +303,16 @@ func (r *receiving) flush() error {
 // them as sorted and retention folds by them, so a host whose clock stepped
 // back (an old host, or a restart with its spool emptied) or runs ahead
 // must not reorder or fold the any-point window. A time earlier than the
-// last one is raised to it; one ahead of the replica's clock by more than
-// MaxClockAhead is lowered to the replica's clock (never below the last
-// one). Each is counted in the group's ClockReport and logged once per
-// session.
+// last one is raised to it. A time ahead of the replica's clock by more
+// than MaxClockAhead is lowered, and never to a time later than the write
+// it stamps: a restore point's time must not claim writes it lacks
+// (invariant 3), and the replica's receipt time is later than the write by
+// however long the record waited (a stalled link, a stopped daemon). So
+// the first record found ahead takes the last time, and each next one
+// moves on from it by as much as the host's own clock moved (the host's
+// capture clock keeps the pace of real time even when its wall clock is
+// off), at most to the receipt time. Each is counted in the group's
+// ClockReport and logged once per session.
 func (r *receiving) checkTimes(recs []record.Record) {
 	now := r.srv.now().UnixNano()
 	gs := r.gs
@@ -320,6 +326,7 @@ func (r *receiving) checkTimes(recs []record.Record) {
 	}()
 	for i := range recs {
 		t := recs[i].Time
+		host := t
 		switch {
 		case t < gs.lastTime:
 			gs.clock.Back++
@@ -338,9 +345,17 @@ func (r *receiving) checkTimes(recs []record.Record) {
 				r.log.Warn("receiver: the host's clock is ahead of the replica's; capture times lowered to the replica's clock",
 					"seq", recs[i].Seq, "ahead", time.Duration(t-now))
 			}
-			t = max(now, gs.lastTime)
+			switch {
+			case gs.lastTime == 0: // nothing to count from
+				t = now
+			case gs.lastAhead && host > gs.lastHost:
+				t = min(gs.lastTime+(host-gs.lastHost), now)
+			default:
+				t = gs.lastTime
+			}
+			t = max(t, gs.lastTime)
 		}
 		recs[i].Time = t
-		gs.lastTime = t
+		gs.lastTime, gs.lastHost, gs.lastAhead = t, host, host != t && host > now+int64(MaxClockAhead)
 	}
 }
