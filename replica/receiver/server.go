@@ -119,7 +119,7 @@ type groupState struct {
 	j     Journal       // open journal, or nil; owned by the holder of sem
 	// lastTime is the capture time of the newest record appended or
 	// pending; clock what was corrected. Owned by the holder of sem.
-	lastTime  int64
+	lastTime int64
 	// lastHost is the host's own time of the newest record (before any
 	// correction), lastAhead whether it was ahead and lowered: then the
 	// next one ahead moves on from it at the host clock's pace.
