@@ -142,6 +142,17 @@ func newResyncFixture(ctx context.Context, t *testing.T, group string) *filterFi
 	return f
 }
 
+// runSynced starts the lifecycle and waits until the disk's full copy
+// converged and its live bitmap generation (live) exists.
+func (f *filterFixture) runSynced(ctx context.Context, t *testing.T, live string) {
+	t.Helper()
+	f.run(ctx, t)
+	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
+		t.Fatalf("first attach: %s %v", st, err)
+	}
+	waitBitmaps(ctx, t, f.q, live)
+}
+
 // run starts the lifecycle; it is stopped when the test ends.
 func (f *filterFixture) run(ctx context.Context, t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
@@ -299,15 +310,10 @@ func TestFilterBitmapResync(t *testing.T) {
 	defer cancel()
 	f := newResyncFixture(ctx, t, "")
 	var err error
-	f.run(ctx, t)
-	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
-		t.Fatalf("first attach: %s %v", st, err)
-	}
+	f.runSynced(ctx, t, "qcdp-disk0") // the live generation exists once the full copy converged
 	if err := f.q.QemuIO(ctx, filter.FilterNode("disk0"), "write -P 0x31 0 65536"); err != nil {
 		t.Fatal(err)
 	}
-	// The live generation exists once the full copy converged.
-	waitBitmaps(ctx, t, f.q, "qcdp-disk0")
 	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer dcancel()
 	if err := f.c.Detach(dctx); err != nil {
@@ -436,11 +442,7 @@ func TestFilterBitmapResyncAfterCleanRestart(t *testing.T) {
 	defer cancel()
 	f := newResyncFixture(ctx, t, "g1")
 	var err error
-	f.run(ctx, t)
-	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
-		t.Fatalf("first attach: %s %v", st, err)
-	}
-	waitBitmaps(ctx, t, f.q, "qcdp-g1/disk0")
+	f.runSynced(ctx, t, "qcdp-g1/disk0")
 	f.q.Close() // a clean quit: QEMU ends the job and stores the bitmaps
 	if st, _ := f.c.WaitState(ctx, filter.Detached, filter.Error); st != filter.Detached {
 		t.Fatalf("after QEMU quit: %s", st)

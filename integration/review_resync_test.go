@@ -35,11 +35,7 @@ func TestReviewResyncAdoptedAfterKillMidCopy(t *testing.T) {
 	defer cancel()
 	f := newResyncFixture(ctx, t, "")
 	var err error
-	f.run(ctx, t)
-	if st, err := f.c.WaitState(ctx, filter.Syncing, filter.Error); st != filter.Syncing {
-		t.Fatalf("first attach: %s %v", st, err)
-	}
-	waitBitmaps(ctx, t, f.q, "qcdp-disk0")
+	f.runSynced(ctx, t, "qcdp-disk0")
 	dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer dcancel()
 	if err := f.c.Detach(dctx); err != nil {
