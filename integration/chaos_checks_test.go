@@ -507,7 +507,16 @@ func (r *chaosRun) judge(pt pointJSON, views [][]byte) error {
 		return fmt.Errorf("point %d at %s is older than the guest's first boot", pt.Seq, pt.Time.Format(time.RFC3339Nano))
 	}
 	var first error
+	candidates := []int{}
 	for i := cur; i >= 0 && i >= cur-2; i-- {
+		candidates = append(candidates, i)
+	}
+	if r.lagging { // a point's time may lag its writes: a later boot's state
+		for i := cur + 1; i < len(r.boots); i++ {
+			candidates = append(candidates, i)
+		}
+	}
+	for _, i := range candidates {
 		b := r.boots[i]
 		before, known := syncedBefore(b, pt.Time)
 		rg, err := b.epoch.Locate(views, known)

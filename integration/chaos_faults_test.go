@@ -66,6 +66,10 @@ func (r *chaosRun) tryStartReplica(ctx context.Context) bool {
 // startHost starts `qcdp host` under the fake systemd, as its
 // Restart=on-failure would.
 func (r *chaosRun) startHost(ctx context.Context) {
+	if r.clockOffset > time.Minute && !r.lagging {
+		r.lagging = true
+		r.logf("host daemon started with its clock %v ahead: from now on a point's time may lag its writes", r.clockOffset)
+	}
 	r.hosts++
 	r.host = r.sd.startHost(ctx, r.t, r.h, fmt.Sprintf("host-%d", r.hosts))
 	r.hostDown = false
@@ -689,4 +693,5 @@ func (r *chaosRun) stepClock(d time.Duration) {
 	if err := os.WriteFile(r.clock, []byte(d.String()+"\n"), 0o644); err != nil {
 		r.fatalf("step the host's clock: %v", err)
 	}
+	r.clockOffset = d
 }

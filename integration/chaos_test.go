@@ -158,6 +158,14 @@ type chaosRun struct {
 	clockAt time.Time
 	// lastPoint is the newest point when the replica last converged.
 	lastPoint pointJSON
+	// clockOffset is the host's clock offset now; lagging is set once a
+	// host daemon started while it was more than a minute ahead: its
+	// capture times stay ahead (they never go back), the replica lowers
+	// them so that a point's time never leads its writes, and from then on
+	// a point's time may lag them (README: capture times), so a point may
+	// hold a later boot's state than its time says.
+	clockOffset time.Duration
+	lagging     bool
 }
 
 // chaosBoot is one boot of the guest and its model.
