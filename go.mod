@@ -1,6 +1,6 @@
 module github.com/qcdp/qcdp
 
-go 1.25
+go 1.26.0
 
 require (
 	github.com/BurntSushi/toml v1.6.0
@@ -19,4 +19,5 @@ require (
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.4 // indirect
 	golang.org/x/crypto v0.48.0 // indirect
+	golang.org/x/time v0.16.0 // indirect
 )

@@ -33,6 +33,8 @@ type (
 		SyncInterval string `toml:"sync_interval"`
 		SyncBytes    string `toml:"sync_bytes"`
 		Granularity  int64  `toml:"granularity"`
+		// ResyncReadRate is resync_read_rate.
+		ResyncReadRate string `toml:"resync_read_rate"`
 	}
 	fileGroup struct {
 		Name      string `toml:"name"`
@@ -100,10 +102,11 @@ func (p *Policy) MarshalTOML() ([]byte, error) {
 
 func fileTuningOf(t Tuning) fileTuning {
 	return fileTuning{
-		SpoolMax:     formatSize(t.SpoolMax),
-		SpoolSegment: formatSize(t.SpoolSegment),
-		SyncInterval: t.SyncInterval.String(),
-		SyncBytes:    formatSize(t.SyncBytes),
-		Granularity:  t.Granularity,
+		SpoolMax:       formatSize(t.SpoolMax),
+		SpoolSegment:   formatSize(t.SpoolSegment),
+		SyncInterval:   t.SyncInterval.String(),
+		SyncBytes:      formatSize(t.SyncBytes),
+		Granularity:    t.Granularity,
+		ResyncReadRate: formatSize(t.ResyncReadRate),
 	}
 }

@@ -258,7 +258,7 @@ func TestParseValid(t *testing.T) {
 	if !reflect.DeepEqual(p.Host, wantHost) {
 		t.Errorf("host %+v\nwant %+v", p.Host, wantHost)
 	}
-	wantDefaults := configs.Tuning{SpoolMax: 1 << 40, SpoolSegment: 64 << 20, SyncBytes: 1 << 20, Granularity: 4096}
+	wantDefaults := configs.Tuning{SpoolMax: 1 << 40, SpoolSegment: 64 << 20, SyncBytes: 1 << 20, Granularity: 4096, ResyncReadRate: 256 << 20}
 	if p.Defaults != wantDefaults {
 		t.Errorf("defaults %+v, want %+v", p.Defaults, wantDefaults)
 	}
@@ -268,7 +268,7 @@ func TestParseValid(t *testing.T) {
 	}
 	db, web := gs[0], gs[1]
 	if want := (configs.Tuning{SpoolMax: 1 << 40, SpoolSegment: 64 << 20, SyncInterval: 250 * time.Millisecond,
-		SyncBytes: 1 << 20, Granularity: 64 << 10}); db.Name != "db-1.prod_eu" || db.Tuning != want {
+		SyncBytes: 1 << 20, Granularity: 64 << 10, ResyncReadRate: 256 << 20}); db.Name != "db-1.prod_eu" || db.Tuning != want {
 		t.Errorf("group 0 %s %+v, want %+v", db.Name, db.Tuning, want)
 	}
 	if db.VMs[0].UUID != "6f1f2a4e-3b7c-4d7e-9a53-0c5f7f1a2b3c" || db.VMs[0].Origin != "host.toml:12 group[0].vm[0]" {
@@ -429,13 +429,13 @@ func TestExample(t *testing.T) {
 		Defaults: configs.DefaultTuning,
 		Groups: []groupView{
 			{Name: "web", Replica: "dr1.example.com:7443",
-				Tuning: configs.Tuning{SpoolMax: 16 << 30, SpoolSegment: 64 << 20, Granularity: 4096},
+				Tuning: configs.Tuning{SpoolMax: 16 << 30, SpoolSegment: 64 << 20, Granularity: 4096, ResyncReadRate: 256 << 20},
 				VMs: []vmView{
 					{Name: "web1", Disks: configs.DiskFilter{Include: []string{"vda", "vdb"}}},
 					{UUID: "6f1f2a4e-3b7c-4d7e-9a53-0c5f7f1a2b3c", Disks: configs.DiskFilter{Exclude: []string{"vdc"}}},
 				}},
 			{Name: "db", Replica: "dr1.example.com:7443",
-				Tuning: configs.Tuning{SpoolMax: 8 << 30, SpoolSegment: 64 << 20, SyncInterval: time.Second, Granularity: 4096},
+				Tuning: configs.Tuning{SpoolMax: 8 << 30, SpoolSegment: 64 << 20, SyncInterval: time.Second, Granularity: 4096, ResyncReadRate: 256 << 20},
 				VMs:    []vmView{{Label: "tier=gold"}}},
 		},
 	}

@@ -47,6 +47,10 @@ type Tuning struct {
 	SyncInterval time.Duration // sync_interval: background fsync period; 0 = off
 	SyncBytes    int64         // sync_bytes: fsync after this many bytes; 0 = off
 	Granularity  int64         // granularity: mirror job granularity in bytes
+	// ResyncReadRate (resync_read_rate) bounds the bytes per second a hash
+	// resync reads from a source disk, so the guest is not starved; 0 is
+	// no bound.
+	ResyncReadRate int64
 }
 
 // Group is one protection group: one ordered stream to one replica.

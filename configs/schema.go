@@ -29,6 +29,9 @@ var DefaultTuning = Tuning{
 	SyncInterval: 0,
 	SyncBytes:    0,
 	Granularity:  4096,
+	// ResyncReadRate: most disks read several times this; a guest keeps
+	// the rest.
+	ResyncReadRate: 256 << 20,
 }
 
 // Limits checked by Parse.
@@ -242,6 +245,13 @@ func (d *decoder) tuning(t *table, base Tuning) Tuning {
 			d.errorf(t.key("granularity"), ErrInvalid, "%d is not a power of two from %d to %d", n, MinGranularity, MaxGranularity)
 		} else {
 			tu.Granularity = n
+		}
+	}
+	if n, ok := t.size("resync_read_rate"); ok {
+		if n != 0 && n < 1<<20 {
+			d.errorf(t.key("resync_read_rate"), ErrInvalid, "%s per second is less than the minimum 1M (0 is no bound)", formatSize(n))
+		} else {
+			tu.ResyncReadRate = n
 		}
 	}
 	return tu

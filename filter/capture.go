@@ -84,6 +84,16 @@ type Config struct {
 	// NBDSocket is where QEMU's NBD server listens for resync exports
 	// (one server per QEMU: the same path for every disk of the VM).
 	NBDSocket string
+	// Hashes, with Resync, lets a disk whose bitmaps cannot say what
+	// changed (none, inconsistent, or not this spool's) start without a
+	// full copy too: the source is compared block by block with what the
+	// replica holds, and only the blocks that differ are copied (a hash
+	// resync, hash.go). A full copy is made only when the replica says it
+	// holds nothing of the disk.
+	Hashes ReplicaHasher
+	// ReadRate bounds the bytes per second a hash resync reads from the
+	// source, so the guest is not starved; 0 is no bound.
+	ReadRate int64
 	// Group names the disk's protection group in its bitmap generations
 	// (resync.go); "" keeps the names of disks without one.
 	Group  string
@@ -241,7 +251,7 @@ func (c *Capture) run(ctx context.Context) error {
 		}
 		c.feed(input{kind: adoptInput(job)})
 		if release != nil {
-			c.startResync(ctx, release, true)
+			c.startResync(ctx, release, modeAdopt)
 		}
 	} else if err := c.attach(ctx); err != nil {
 		c.feed(input{kind: inAttachFailed, err: err}) // follow returns err
@@ -305,9 +315,17 @@ func (c *Capture) attach(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if c.resumable(ctx, bms) {
+	holds := c.replicaHolds(ctx)
+	if holds != holdsNothing && c.resumable(ctx, bms) {
 		c.log.Info("resuming capture from the dirty bitmaps: only what changed is copied")
 		return c.attachResync(ctx, bms)
+	}
+	if holds != holdsNothing && c.cfg.Resync != nil && c.cfg.Hashes != nil && !c.cfg.Fresh {
+		c.log.Info("no bitmap says what changed: comparing the disk with the replica's copy; only the blocks that differ are copied")
+		return c.attachHash(ctx)
+	}
+	if holds == holdsNothing {
+		c.log.Info("the replica holds nothing of the disk: copying it whole")
 	}
 	if c.cfg.Resync != nil {
 		// A full copy makes every older generation moot.

@@ -78,11 +78,12 @@ const resyncChunk = 1 << 20
 
 // Progress is a disk's resync as `qcdp status` shows it.
 type Progress struct {
-	Mode     string    `json:"mode"`                 // "bitmap"
-	Total    int64     `json:"total_bytes"`          // the disk's size
-	Compared int64     `json:"compared_bytes"`       // looked at so far
-	Dirty    int64     `json:"dirty_bytes"`          // to copy, known so far
-	Sent     int64     `json:"sent_bytes"`           // copied into the stream
+	Mode      string    `json:"mode"`                 // "bitmap" or "hash"
+	Total     int64     `json:"total_bytes"`          // the disk's size
+	Compared  int64     `json:"compared_bytes"`       // looked at so far
+	Dirty     int64     `json:"dirty_bytes"`          // to copy, known so far
+	Sent      int64     `json:"sent_bytes"`           // copied into the stream
+	HashBytes int64     `json:"hash_bytes,omitempty"` // replica hashes received (hash mode)
 	Started  time.Time `json:"started"`              // when it began
 	Done     bool      `json:"done,omitempty"`       // finished
 	Error    string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
@@ -251,7 +252,7 @@ func (c *Capture) attachResync(ctx context.Context, bms map[string]bitmapInfo) (
 		}
 		return err
 	}
-	c.startResync(ctx, release, false)
+	c.startResync(ctx, release, modeBitmap)
 	return nil
 }
 
@@ -300,15 +301,31 @@ func (c *Capture) hold() (release func()) {
 	return c.cfg.Hold()
 }
 
-// startResync copies the resync bitmap's dirty ranges on a goroutine Run
-// owns (it ends with Run's ctx and Run waits for it), retrying with a
-// backoff until the copy is done; release ends the disk's hold then. With
-// freezeFirst (an adopted resync, whose daemon may have died before it
-// froze the generations) the generations are frozen into it first.
-func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst bool) {
+// Resync modes (Progress.Mode).
+const (
+	modeBitmap = "bitmap" // the frozen bitmap's dirty ranges (resync)
+	modeAdopt  = "adopt"  // the same, after freezing the generations (an adopted resync)
+	modeHash   = "hash"   // the blocks that differ from the replica's (hashResync)
+)
+
+// startResync copies what the replica lacks on a goroutine Run owns (it
+// ends with Run's ctx and Run waits for it), retrying with a backoff
+// until the copy is done; release ends the disk's hold then. modeAdopt is
+// an adopted resync, whose daemon may have died before it froze the
+// generations: they are frozen into the resync bitmap first.
+func (c *Capture) startResync(ctx context.Context, release func(), mode string) {
+	freezeFirst := mode == modeAdopt
+	shown := mode
+	if mode == modeAdopt {
+		shown = modeBitmap
+	}
+	var after uint64
+	if mode == modeHash {
+		after = c.cfg.Hashes.LastSeq() // the job forwards every write already
+	}
 	c.rs.mu.Lock()
 	c.rs.on = true
-	c.rs.p = Progress{Mode: "bitmap", Started: time.Now()}
+	c.rs.p = Progress{Mode: shown, Started: time.Now()}
 	c.rs.copied, c.rs.counted = 0, 0
 	c.rs.mu.Unlock()
 	c.rs.wg.Add(1)
@@ -337,20 +354,23 @@ func (c *Capture) startResync(ctx context.Context, release func(), freezeFirst b
 					}
 				}
 			}
-			if err == nil {
+			if err == nil && mode == modeHash {
+				err = c.hashResync(ctx, after)
+			} else if err == nil {
 				err = c.resync(ctx)
 			}
 			if err == nil {
 				c.progress(func(p *Progress) { p.Done, p.Error = true, "" })
 				p, _ := c.Progress()
-				c.log.Info("bitmap resync done", "dirty_bytes", p.Dirty, "sent_bytes", p.Sent, "took", time.Since(p.Started).Round(time.Millisecond))
+				c.log.Info(shown+" resync done", "compared_bytes", p.Compared, "dirty_bytes", p.Dirty, "sent_bytes", p.Sent,
+					"hash_bytes", p.HashBytes, "took", time.Since(p.Started).Round(time.Millisecond))
 				c.poke()
 				return
 			}
 			if ctx.Err() != nil {
 				return
 			}
-			c.log.Warn("bitmap resync failed; retrying (the disk stays in its resync bracket)", "err", err, "retry_in", backoff)
+			c.log.Warn(shown+" resync failed; retrying (the disk stays in its resync bracket)", "err", err, "retry_in", backoff)
 			c.progress(func(p *Progress) { p.Error = err.Error() })
 			select {
 			case <-ctx.Done():
@@ -370,42 +390,14 @@ func (c *Capture) poke() { c.feed(input{kind: inPollDue}) }
 // server, reads its dirty extents through libnbd and copies them into the
 // stream range by range, then removes the bitmap.
 func (c *Capture) resync(ctx context.Context) error {
-	d := c.cfg.Disk
-	if c.cfg.NBDSocket == "" {
-		return fmt.Errorf("filter: disk %s: no NBD socket for resync exports", d)
-	}
-	err := c.q.Execute(ctx, "nbd-server-start", map[string]any{
-		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": c.cfg.NBDSocket}}}, nil)
-	if err != nil && !strings.Contains(err.Error(), "already running") {
-		return fmt.Errorf("filter: disk %s: start QEMU's NBD server on %s: %w", d, c.cfg.NBDSocket, err)
-	}
-	name, frozen := ResyncExport(d), c.frozen()
-	c.dropExport(ctx) // a daemon that died mid-resync may have left it
-	err = c.q.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": name, "node-name": FilterNode(d),
-		"name": name, "writable": false, "bitmaps": []string{frozen}}, nil)
+	frozen := c.frozen()
+	err := c.withExport(ctx, frozen, func(h *libnbd.Handle) error {
+		return c.copyDirty(ctx, h, frozen)
+	})
 	if err != nil {
-		return fmt.Errorf("filter: disk %s: export %s for the resync: %w", d, FilterNode(d), err)
-	}
-	drop := func(ctx context.Context) error {
-		err := c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
-		if err != nil && !qmp.IsClass(err, qmp.ClassGenericError) {
-			return fmt.Errorf("filter: disk %s: remove the resync export: %w", d, err)
-		}
-		c.waitExportGone(ctx, name)
-		return nil
-	}
-	if err := c.copyDirty(ctx, name, frozen); err != nil {
-		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if derr := drop(dctx); derr != nil {
-			c.log.Warn("remove the resync export", "err", derr)
-		}
 		return err
 	}
-	// The export holds the bitmap: it goes first.
-	if err := drop(ctx); err != nil {
-		return err
-	}
+	// withExport removed the export, which held the bitmap.
 	return c.removeBitmap(ctx, frozen)
 }
 
@@ -436,27 +428,11 @@ func (c *Capture) waitExportGone(ctx context.Context, id string) {
 	}
 }
 
-// copyDirty reads the dirty extents of bitmap through the export name and
-// copies them, a chunk at a time, each under its range lock.
-func (c *Capture) copyDirty(ctx context.Context, name, bitmap string) error {
-	h, err := libnbd.New()
-	if err != nil {
-		return err
-	}
-	defer h.Close()
+// copyDirty reads the dirty extents of bitmap through h (the disk's
+// resync export) and copies them, a chunk at a time, each under its range
+// lock.
+func (c *Capture) copyDirty(ctx context.Context, h *libnbd.Handle, bitmap string) error {
 	meta := "qemu:dirty-bitmap:" + bitmap
-	if err := h.SetExportName(name); err != nil {
-		return err
-	}
-	if err := h.AddMetaContext(meta); err != nil {
-		return err
-	}
-	if err := h.ConnectUnix(ctx, c.cfg.NBDSocket); err != nil {
-		return fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", c.cfg.Disk, err)
-	}
-	if ok, err := h.CanMetaContext(meta); err != nil || !ok {
-		return fmt.Errorf("filter: disk %s: QEMU's export offers no %s (%v)", c.cfg.Disk, meta, err)
-	}
 	size, err := h.Size()
 	if err != nil {
 		return err

@@ -200,15 +200,26 @@ func TestHostDaemon(t *testing.T) {
 		t.Fatalf("detach of an unknown VM succeeded: %s", out)
 	}
 
-	// Written while detached: 64 KiB on each disk. The attach copies the
-	// disks again (bitmap resync is not wired into the engine yet), and
-	// the spool still rebuilds both sources below.
+	// Written while detached: 64 KiB on each disk. The attach copies only
+	// what QEMU's dirty bitmaps say changed (a bitmap resync, not the 24
+	// MiB of both disks), and the spool still rebuilds both sources below.
 	for i := range 4 {
 		write("disk0", fmt.Sprintf("write -P 0x%02x %d 16384", 0xd0+i, int64(i)*1<<20+65536))
 		write("disk1", fmt.Sprintf("write -P 0x%02x %d 16384", 0xe0+i, int64(i)*1<<20+131072))
 	}
 	qcdp("attach", "vm1")
 	waitDisks(ctx, t, bin, control, 2, filter.Syncing, host)
+	st, err := qcdpStatus(ctx, bin, control)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ds := range st.Groups[0].Disks {
+		// A 16 KiB write dirties 16 KiB at 4 KiB granularity; the resync
+		// reads whole 1 MiB chunks at most where it is dirty.
+		if r := ds.Resync; r == nil || r.Mode != "bitmap" || !r.Done || r.Sent == 0 || r.Sent > 4*16384 {
+			t.Errorf("disk %s after detach and attach: resync %+v, want a bitmap resync of at most 64 KiB\n%s", ds.Stream, r, host.Report())
+		}
+	}
 	qcdp("detach", "vm1")
 	waitDisks(ctx, t, bin, control, 2, filter.Detached, host)
 	if err := host.Stop(10 * time.Second); err != nil {

@@ -413,6 +413,11 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return fmt.Errorf("VM %s not protected: its capture exports would be open to every QEMU on the host: %w", vm.Name, err)
 	}
 	v := &vmCapture{vm: vm, src: src, group: g, q: q}
+	nbdSock, err := d.resyncSocket(vm, qemu)
+	if err != nil {
+		// Protection goes on; every re-attach copies the disk whole.
+		d.log.Warn("no socket for QEMU's NBD server: resyncs copy whole disks", "vm", vm.Name, "err", err)
+	}
 	seq := g.Sequencer()
 	owed := seq.RecopyOwed()
 	for _, dk := range disks {
@@ -443,20 +448,28 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 				return nil
 			}
 		}
-		c, err := filter.New(q, filter.Config{
+		cfg := filter.Config{
 			Disk: name, Node: dk.Node, Socket: g.Socket(),
 			Persistent:  dk.Format == "qcow2" && dk.Qcow2Version >= 3,
 			Granularity: uint32(gc.Granularity),
 			Recopy:      recopy,
-			// Bitmap resync (filter.Config.Resync) is not wired yet: its
-			// review found that QEMU cannot create its NBD socket under
-			// libvirt's confinement (the disk would stay in its bracket;
-			// the socket must be passed to QEMU as an fd), that a new
-			// spool lineage could trust old bitmaps (name generations with
-			// the spool id). Every re-attach copies the whole disk until
-			// they are fixed.
-			Logger: d.log.With("vm", vm.Name, "target", dk.Target),
-		}, seq)
+			Logger:      d.log.With("vm", vm.Name, "target", dk.Target),
+		}
+		if nbdSock != "" {
+			// Resync instead of a full copy: the bitmap generations
+			// carry the group and its spool (a new spool, whose replica
+			// journal may hold nothing, trusts no older generation), and
+			// with a replica a disk without a trusted bitmap is compared
+			// with the replica's copy.
+			id := g.Spool().Identity().ID
+			cfg.Resync, cfg.NBDSocket, cfg.ReadRate = exp, nbdSock, gc.ResyncReadRate
+			cfg.Group = gc.Name + "." + hex.EncodeToString(id[:6])
+			cfg.Hold = func() func() { return seq.HoldResync(name) }
+			if g.Sender() != nil {
+				cfg.Hashes = g.Group
+			}
+		}
+		c, err := filter.New(q, cfg, seq)
 		if err != nil {
 			d.log.Warn("capture", "vm", vm.Name, "disk", dk.Target, "err", err)
 			continue

@@ -92,6 +92,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, er
 	d.recv = &receiver.Server{
 		TLS: tlsCfg, Config: cfg, Logger: log, MaxInflight: cfg.MaxInflight,
 		MaxStreams: func(tenant string) int { return cfg.LimitsFor(tenant).MaxStreams },
+		Hasher:     d.hashes,
 		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
 			j, err := d.journalOrNew(ctx, tenant, group)
 			if err != nil {

@@ -1,12 +1,15 @@
 package shipper
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 
 	"github.com/qcdp/qcdp/nbd"
 	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/stream"
 )
 
 // ErrResyncHeld is MarkDisk's answer to a ResyncEnd while a resync copy
@@ -201,3 +204,21 @@ func (e *CaptureExport) resyncPut(r *record.Record) error {
 // reset): a caller that saw it unchanged across a span of time knows that
 // every write QEMU forwarded in it was taken.
 func (e *CaptureExport) Refusals() int64 { return e.refusals.Load() }
+
+// LastSeq is the seq of the newest record the group's stream holds: a
+// hash resync asks the replica to hold it before it compares
+// (filter.ReplicaHasher).
+func (g *Group) LastSeq() uint64 { return g.Spool().LastSeq() }
+
+// ErrNoReplica is a hash query of a group that streams to no replica.
+var ErrNoReplica = errors.New("shipper: the group has no replica")
+
+// ReplicaHashes asks the group's replica for block hashes of one of its
+// disks (sender.Sender.Hashes; filter.ReplicaHasher).
+func (g *Group) ReplicaHashes(ctx context.Context, disk string, off uint64, bs, count uint32, after uint64) (stream.HashReply, error) {
+	s := g.Sender()
+	if s == nil {
+		return stream.HashReply{}, fmt.Errorf("%w: group %s", ErrNoReplica, g.name)
+	}
+	return s.Hashes(ctx, disk, off, bs, count, after)
+}

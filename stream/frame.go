@@ -20,6 +20,8 @@ const (
 	Batch   Type = 4 // host → replica: records
 	Ack     Type = 5 // replica → host: records up to a seq are durable
 	Ping    Type = 6 // host → replica: keepalive; answered by an Ack
+	HashQ   Type = 7 // host → replica: the first frame of a hash query connection
+	Hashes  Type = 8 // replica → host: block hashes, the answer to a HashQ
 )
 
 func (t Type) String() string {
@@ -36,6 +38,10 @@ func (t Type) String() string {
 		return "ack"
 	case Ping:
 		return "ping"
+	case HashQ:
+		return "hash-query"
+	case Hashes:
+		return "hashes"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -91,13 +97,17 @@ func MaxPayload(t Type) (int, bool) {
 		return BatchHeaderLen + MaxBatchRaw, true
 	case Ping:
 		return 0, true
+	case HashQ:
+		return hashQueryLen + 2*MaxName, true
+	case Hashes:
+		return hashReplyLen + MaxHashBlocks*HashLen, true
 	}
 	return 0, false
 }
 
 // handshake reports whether t is a frame a peer of another version must
 // still be able to read.
-func handshake(t Type) bool { return t == Hello || t == Welcome || t == Refuse }
+func handshake(t Type) bool { return t == Hello || t == Welcome || t == Refuse || t == HashQ }
 
 // Frame is one decoded frame. Payload aliases the Reader's buffer and is
 // valid until the next call to Next.

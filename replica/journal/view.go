@@ -52,6 +52,28 @@ func (j *Journal) View(ctx context.Context, at Target) (*View, error) {
 	return &View{j: j, point: p, mem: j.memAtLocked(s)}, nil
 }
 
+// Newest opens a view of the newest state the journal holds, the state
+// after its last durable record, whether or not that is a restore point
+// (it may fall inside a resync bracket). A hash resync compares a source
+// against it: the records that follow are applied on top of exactly this
+// state. It fails with ErrNoPoint when the journal holds nothing.
+func (j *Journal) Newest(ctx context.Context) (*View, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.closed {
+		return nil, ErrClosed
+	}
+	s := j.last
+	if s+1 < j.first || s == 0 && len(j.layers) == 0 {
+		return nil, fmt.Errorf("%w: the journal holds no record", ErrNoPoint)
+	}
+	j.pins[s]++
+	return &View{j: j, point: Point{Seq: s, Time: time.Unix(0, j.timeOfLocked(s))}, mem: j.memAtLocked(s)}, nil
+}
+
 // Point returns the restore point the view shows.
 func (v *View) Point() Point { return v.point }
 

@@ -95,6 +95,9 @@ type Server struct {
 	// have open at once; 0, or a nil MaxStreams, is no limit. See the
 	// package doc.
 	MaxStreams func(tenant string) int
+	// Hasher answers hash queries; nil refuses them (CodeUnavailable),
+	// and a host then copies disks whole.
+	Hasher Hasher
 
 	mu       sync.Mutex
 	closed   bool
@@ -354,6 +357,10 @@ func (srv *Server) handle(ctx context.Context, s *session) {
 		} else {
 			refuse(tc, stream.CodeProtocol, err.Error())
 		}
+		return
+	}
+	if f.Type == stream.HashQ {
+		srv.hashes(ctx, tc, fr, id, f, limit, log)
 		return
 	}
 	hello, err := stream.DecodeHello(f)
