@@ -84,9 +84,9 @@ type Progress struct {
 	Dirty     int64     `json:"dirty_bytes"`          // to copy, known so far
 	Sent      int64     `json:"sent_bytes"`           // copied into the stream
 	HashBytes int64     `json:"hash_bytes,omitempty"` // replica hashes received (hash mode)
-	Started  time.Time `json:"started"`              // when it began
-	Done     bool      `json:"done,omitempty"`       // finished
-	Error    string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
+	Started   time.Time `json:"started"`              // when it began
+	Done      bool      `json:"done,omitempty"`       // finished
+	Error     string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
 }
 
 // Rate is the bytes compared per second so far.
