@@ -33,12 +33,14 @@ type hostStatus struct {
 		Disks   []struct {
 			VM, Target, Stream, State, Error string
 			Resync                           *struct {
-				Mode     string `json:"mode"`
-				Total    int64  `json:"total_bytes"`
-				Compared int64  `json:"compared_bytes"`
-				Dirty    int64  `json:"dirty_bytes"`
-				Sent     int64  `json:"sent_bytes"`
-				Done     bool   `json:"done"`
+				Mode      string    `json:"mode"`
+				Total     int64     `json:"total_bytes"`
+				Compared  int64     `json:"compared_bytes"`
+				Dirty     int64     `json:"dirty_bytes"`
+				Sent      int64     `json:"sent_bytes"`
+				HashBytes int64     `json:"hash_bytes"`
+				Started   time.Time `json:"started"`
+				Done      bool      `json:"done"`
 			} `json:"resync"`
 		} `json:"disks"`
 	} `json:"groups"`
