@@ -242,16 +242,30 @@ func (c *Capture) run(ctx context.Context) error {
 		// It may have died before it froze the generations into it:
 		// freeze them now (the job forwards every write already).
 		// If QEMU cannot say now, the bracket is held until it can.
+		// An earlier daemon's hash resync left its mark: compare again.
 		var release func()
+		mode := modeAdopt
 		if c.cfg.Resync != nil {
 			bms, err := c.bitmaps(ctx)
-			if _, ok := bms[c.frozen()]; ok || err != nil {
+			_, frozen := bms[c.frozen()]
+			_, hashing := bms[c.hashing()]
+			switch {
+			case hashing && c.cfg.Hashes != nil:
+				release, mode = c.hold(), modeHash
+			case hashing:
+				// No replica to compare with now: the bracket stays open
+				// (no restore point) until a daemon that has one adopts.
+				c.log.Warn("a hash resync of the disk was under way and the group has no replica now: the disk stays in its resync bracket")
+				release = c.hold()
+				defer release() // never released before Run ends
+				release = nil
+			case frozen || err != nil:
 				release = c.hold()
 			}
 		}
 		c.feed(input{kind: adoptInput(job)})
 		if release != nil {
-			c.startResync(ctx, release, modeAdopt)
+			c.startResync(ctx, release, mode)
 		}
 	} else if err := c.attach(ctx); err != nil {
 		c.feed(input{kind: inAttachFailed, err: err}) // follow returns err

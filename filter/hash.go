@@ -78,10 +78,15 @@ func (c *Capture) attachHash(ctx context.Context) (err error) {
 		return err
 	}
 	for name := range bms {
-		if name != c.copying() {
+		if name != c.copying() && name != c.hashing() {
 			if err := c.removeBitmap(ctx, name); err != nil {
 				c.log.Warn("remove a bitmap a hash resync makes moot", "err", err)
 			}
+		}
+	}
+	if _, ok := bms[c.hashing()]; !ok {
+		if err := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(c.hashing(), true), nil); err != nil {
+			return fmt.Errorf("filter: disk %s: add bitmap %s: %w", d, c.hashing(), err)
 		}
 	}
 	if _, ok := bms[c.copying()]; !ok {
@@ -104,97 +109,103 @@ func (c *Capture) attachHash(ctx context.Context) (err error) {
 // the blocks this copies, and live writes after it are ordered by the
 // range lock. A replica that holds nothing of the disk gets every block.
 func (c *Capture) hashResync(ctx context.Context, after uint64) error {
-	return c.withExport(ctx, "", func(h *libnbd.Handle) error {
-		size, err := h.Size()
-		if err != nil {
-			return err
+	if err := c.withExport(ctx, "", func(h *libnbd.Handle) error { return c.compareCopy(ctx, h, after) }); err != nil {
+		return err
+	}
+	return c.removeBitmap(ctx, c.hashing())
+}
+
+// compareCopy is hashResync's work on the disk's export h.
+func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint64) error {
+	size, err := h.Size()
+	if err != nil {
+		return err
+	}
+	c.progress(func(p *Progress) { p.Total = size })
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type fetched struct {
+		r   stream.HashReply
+		err error
+	}
+	fetch := func(off int64) <-chan fetched {
+		ch := make(chan fetched, 1)
+		go func() { // ends with ctx; its one result is buffered
+			r, err := c.replicaSpan(ctx, off, size, after)
+			ch <- fetched{r, err}
+		}()
+		return ch
+	}
+	var lim *rate.Limiter
+	if c.cfg.ReadRate > 0 {
+		lim = rate.NewLimiter(rate.Limit(c.cfg.ReadRate), hashRead)
+	}
+	buf := make([]byte, hashRead)
+	cp := make([]byte, resyncChunk)
+	start := c.rs.copied / hashSpan * hashSpan
+	next := fetch(start)
+	warned := false
+	for off := start; off < size; off += hashSpan {
+		var f fetched
+		select {
+		case f = <-next:
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		c.progress(func(p *Progress) { p.Total = size })
-		ctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		type fetched struct {
-			r   stream.HashReply
-			err error
+		if f.err != nil {
+			return f.err
 		}
-		fetch := func(off int64) <-chan fetched {
-			ch := make(chan fetched, 1)
-			go func() { // ends with ctx; its one result is buffered
-				r, err := c.replicaSpan(ctx, off, size, after)
-				ch <- fetched{r, err}
-			}()
-			return ch
+		if off+hashSpan < size {
+			next = fetch(off + hashSpan)
 		}
-		var lim *rate.Limiter
-		if c.cfg.ReadRate > 0 {
-			lim = rate.NewLimiter(rate.Limit(c.cfg.ReadRate), hashRead)
+		r := f.r
+		if r.Status == stream.HashOK && int64(r.Size) != size && !warned {
+			warned = true
+			c.log.Warn("the replica holds the disk at another size: the blocks past the smaller size are copied", "replica_size", r.Size, "size", size)
 		}
-		buf := make([]byte, hashRead)
-		cp := make([]byte, resyncChunk)
-		start := c.rs.copied / hashSpan * hashSpan
-		next := fetch(start)
-		warned := false
-		for off := start; off < size; off += hashSpan {
-			var f fetched
-			select {
-			case f = <-next:
-			case <-ctx.Done():
-				return ctx.Err()
+		end := min(off+hashSpan, size)
+		for at := max(off, c.rs.copied/HashBlock*HashBlock); at < end; {
+			n := min(int64(len(buf)), end-at)
+			if lim != nil {
+				if err := lim.WaitN(ctx, int(n)); err != nil {
+					return err
+				}
 			}
-			if f.err != nil {
-				return f.err
+			if err := h.Pread(ctx, buf[:n], uint64(at)); err != nil {
+				return fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, at, n, err)
 			}
-			if off+hashSpan < size {
-				next = fetch(off + hashSpan)
+			// Runs of blocks that differ, copied under their range locks.
+			var runs [][2]int64
+			for b := int64(0); b < n; b += HashBlock {
+				blk := buf[b:min(b+HashBlock, n)]
+				i := (at + b - off) / HashBlock
+				if r.Status == stream.HashOK && i < int64(len(r.Hashes)) && int64(r.Size) >= at+b+int64(len(blk)) &&
+					stream.BlockHash(blk) == r.Hashes[i] {
+					continue
+				}
+				if k := len(runs) - 1; k >= 0 && runs[k][1] == at+b {
+					runs[k][1] = at + b + int64(len(blk))
+				} else {
+					runs = append(runs, [2]int64{at + b, at + b + int64(len(blk))})
+				}
 			}
-			r := f.r
-			if r.Status == stream.HashOK && int64(r.Size) != size && !warned {
-				warned = true
-				c.log.Warn("the replica holds the disk at another size: the blocks past the smaller size are copied", "replica_size", r.Size, "size", size)
-			}
-			end := min(off+hashSpan, size)
-			for at := max(off, c.rs.copied/HashBlock*HashBlock); at < end; {
-				n := min(int64(len(buf)), end-at)
-				if lim != nil {
-					if err := lim.WaitN(ctx, int(n)); err != nil {
+			for _, run := range runs {
+				c.progress(func(p *Progress) { p.Dirty += run[1] - run[0] })
+				for x := run[0]; x < run[1]; {
+					m := min(run[1]-x, resyncChunk)
+					if err := c.copyRange(ctx, h, cp[:m], x); err != nil {
 						return err
 					}
+					x += m
+					c.progress(func(p *Progress) { p.Sent += m })
 				}
-				if err := h.Pread(ctx, buf[:n], uint64(at)); err != nil {
-					return fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, at, n, err)
-				}
-				// Runs of blocks that differ, copied under their range locks.
-				var runs [][2]int64
-				for b := int64(0); b < n; b += HashBlock {
-					blk := buf[b:min(b+HashBlock, n)]
-					i := (at + b - off) / HashBlock
-					if r.Status == stream.HashOK && i < int64(len(r.Hashes)) && int64(r.Size) >= at+b+int64(len(blk)) &&
-						stream.BlockHash(blk) == r.Hashes[i] {
-						continue
-					}
-					if k := len(runs) - 1; k >= 0 && runs[k][1] == at+b {
-						runs[k][1] = at + b + int64(len(blk))
-					} else {
-						runs = append(runs, [2]int64{at + b, at + b + int64(len(blk))})
-					}
-				}
-				for _, run := range runs {
-					c.progress(func(p *Progress) { p.Dirty += run[1] - run[0] })
-					for x := run[0]; x < run[1]; {
-						m := min(run[1]-x, resyncChunk)
-						if err := c.copyRange(ctx, h, cp[:m], x); err != nil {
-							return err
-						}
-						x += m
-						c.progress(func(p *Progress) { p.Sent += m })
-					}
-				}
-				at += n
-				c.rs.copied = at
-				c.progress(func(p *Progress) { p.Compared = at })
 			}
+			at += n
+			c.rs.copied = at
+			c.progress(func(p *Progress) { p.Compared = at })
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // replicaSpan asks the replica for the hashes of the span at off, asking

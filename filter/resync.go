@@ -42,6 +42,11 @@ type ResyncTarget interface {
 //	                     clean (every write before it was taken)
 //	qcdp-<disk>.resync   frozen (disabled): the union of the generations a
 //	                     resync copies; removed once the copy is done
+//	qcdp-<disk>.hashing  empty and disabled: a hash resync is under way (the
+//	                     replica is not whole; no generation may stand for
+//	                     what it lacks); removed once it is done, so a
+//	                     daemon that adopts the job, or the next attach,
+//	                     compares again
 //
 // With Config.Group set, the names carry the group, "qcdp-<group>/<disk>"
 // and so on: a generation proves that this group's replica held the disk
@@ -50,6 +55,7 @@ func (c *Capture) live() string    { return bitmapBase(c.cfg.Group, c.cfg.Disk) 
 func (c *Capture) copying() string { return c.live() + ".copying" }
 func (c *Capture) next() string    { return c.live() + ".next" }
 func (c *Capture) frozen() string  { return c.live() + ".resync" }
+func (c *Capture) hashing() string { return c.live() + ".hashing" }
 
 func bitmapBase(group, disk string) string {
 	if group == "" {
@@ -65,7 +71,10 @@ func (c *Capture) othersOf(name string) bool {
 	if strings.HasPrefix(name, c.live()) {
 		return false
 	}
-	trim := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, ".copying"), ".next"), ".resync")
+	trim := name
+	for _, s := range []string{".copying", ".next", ".resync", ".hashing"} {
+		trim = strings.TrimSuffix(trim, s)
+	}
 	return trim == BitmapName(d) || strings.HasPrefix(trim, "qcdp-") && strings.HasSuffix(trim, "/"+d)
 }
 
@@ -151,7 +160,7 @@ func (c *Capture) bitmaps(ctx context.Context) (map[string]bitmapInfo, error) {
 	if err := c.q.Execute(ctx, "query-named-block-nodes", map[string]bool{"flat": true}, &nodes); err != nil {
 		return nil, fmt.Errorf("filter: disk %s: query nodes: %w", c.cfg.Disk, err)
 	}
-	ours := map[string]bool{c.live(): true, c.copying(): true, c.next(): true, c.frozen(): true}
+	ours := map[string]bool{c.live(): true, c.copying(): true, c.next(): true, c.frozen(): true, c.hashing(): true}
 	for _, n := range nodes {
 		if n.NodeName != c.cfg.Node {
 			continue
@@ -205,6 +214,10 @@ func (c *Capture) resumable(ctx context.Context, bms map[string]bitmapInfo) bool
 			c.dropBitmaps(ctx, bms)
 			return false
 		}
+	}
+	if _, ok := bms[c.hashing()]; ok {
+		c.log.Info("a hash resync of the disk was under way: comparing it with the replica again")
+		return false
 	}
 	_, live := bms[c.live()]
 	_, next := bms[c.next()]
