@@ -76,6 +76,16 @@ func TestResyncPaths(t *testing.T) {
 	}()
 	fa := filter.FilterNode("vm1.vda")
 	waitDisks(ctx, t, bin, h.Control, 2, filter.Syncing, host)
+	// The replica held nothing of the disks: a full copy, no resync.
+	if st, err := qcdpStatus(ctx, bin, h.Control); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, ds := range st.Groups[0].Disks {
+			if ds.Resync != nil {
+				t.Errorf("disk %s: the first attach made a %s resync, want a full copy (the replica held nothing)", ds.Stream, ds.Resync.Mode)
+			}
+		}
+	}
 	for i := range 8 {
 		if err := q.QemuIO(ctx, fa, fmt.Sprintf("write -P 0x%02x %d 8192", 0x10+i, int64(i)<<22)); err != nil {
 			t.Fatal(err)

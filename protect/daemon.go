@@ -255,7 +255,9 @@ func (d *Engine) Run(ctx context.Context) error {
 			case hypervisor.EventStarted, hypervisor.EventResumed:
 				d.scan(ctx)
 			case hypervisor.EventStopped, hypervisor.EventCrashed:
-				d.forgetStopped(func(id string) bool { return id == ev.VM.ID })
+				d.attachMu.Lock()
+				d.forgetStopped(func(id string) bool { return id == ev.VM.ID }, true)
+				d.attachMu.Unlock()
 			}
 		}
 	}
@@ -298,7 +300,7 @@ func (d *Engine) scan(ctx context.Context) {
 		d.mu.Lock()
 		d.seen, d.scanned = seen, true
 		d.mu.Unlock()
-		d.forgetStopped(func(id string) bool { return !running[id] })
+		d.forgetStopped(func(id string) bool { return !running[id] }, false)
 		d.reconcileMembers(seen)
 	}
 	d.recopies(ctx)
@@ -307,15 +309,48 @@ func (d *Engine) scan(ctx context.Context) {
 // forgetStopped drops VMs that stopped and whose captures all ended, for
 // whatever reason: an operator's detach, or a failed attach, lasts until
 // the VM's next start, when the policy protects it again.
-func (d *Engine) forgetStopped(stopped func(id string) bool) {
+//
+// With stopRunning (libvirt said the VM stopped), a VM whose captures still
+// run is stopped too: under libvirt QEMU's end does not close the monitor
+// connection (libvirt keeps the domain's event registration), so the
+// captures would wait on a QEMU that is gone and the VM's next start would
+// go unseen. Their Run ends (the jobs died with QEMU), and the next start
+// attaches the VM anew: a resync. Callers hold attachMu.
+func (d *Engine) forgetStopped(stopped func(id string) bool, stopRunning bool) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	var gone []*vmCapture
 	for id, v := range d.vms {
-		if stopped(id) && (v.detached || v.ended(func(error) bool { return true })) {
-			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
-			v.close()
-			delete(d.vms, id)
+		if !stopped(id) {
+			continue
 		}
+		if v.detached || v.ended(func(error) bool { return true }) {
+			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
+		} else if !stopRunning {
+			continue
+		} else {
+			d.log.Info("VM stopped: its captures end; it is protected again at its next start", "vm", v.vm.Name, "id", id)
+			for _, dc := range v.disks {
+				if dc.cancel != nil {
+					dc.cancel()
+				}
+			}
+		}
+		gone = append(gone, v)
+		delete(d.vms, id)
+	}
+	d.mu.Unlock()
+	for _, v := range gone {
+		for _, dc := range v.disks {
+			if dc.done == nil {
+				continue
+			}
+			select {
+			case <-dc.done:
+			case <-time.After(30 * time.Second):
+				d.log.Warn("a capture of a stopped VM did not end", "vm", v.vm.Name, "disk", dc.name)
+			}
+		}
+		v.close()
 	}
 }
 

@@ -52,7 +52,7 @@ func (d *Site) hashes(ctx context.Context, tenant string, q stream.HashQuery) (s
 	}
 	defer v.Close()
 	dv, err := v.Disk(q.Disk)
-	if errors.Is(err, journal.ErrNoDisk) {
+	if errors.Is(err, journal.ErrNoDisk) || err == nil && !v.Written(q.Disk) {
 		return stream.HashReply{Status: stream.HashNoDisk, Offset: q.Offset, Seq: v.Point().Seq}, nil
 	}
 	if err != nil {

@@ -107,6 +107,36 @@
 // acknowledges to its spool (deletes) the records up to the durable seq
 // only when they name its own spool.
 //
+// # Hash queries
+//
+// A host resyncing a disk whose dirty bitmap QEMU lost (package filter)
+// asks the replica for block hashes of the disk's newest state on a
+// connection of its own, beside the stream. Its first frame is a HashQ
+// instead of a Hello; the replica authorizes it as it would a Hello for the
+// group, answers with Hashes, and reads the next HashQ, until the host
+// closes the connection (or a Refuse ends it):
+//
+//	host                                      replica
+//	HashQ{group, disk, block size,      ──►    (wait until the journal holds every record up
+//	      offset, count, after seq}                to after seq, at most 20 s; hash its newest state)
+//	                                    ◄──    Hashes{status, offset, size, seq, hashes} | Refuse
+//	HashQ ...                           ──►
+//
+//	HashQ   (7)  | gl (1) | dl (1) | 0 (2) | block size (4) | offset (8) | count (4) | 0 (4) |
+//	             | after seq (8) | group (gl) | disk (dl) |
+//	Hashes  (8)  | status (1) | 0 (3) | n (4) | offset (8) | disk size (8) | seq (8) | n × hash (16) |
+//
+// The block size is a power of two from MinHashBlock to MaxHashBlock, the
+// offset a multiple of it, count at most MaxHashBlocks (0 asks only whether
+// the replica holds the disk). A hash is SHA-256 of the block's bytes cut
+// to 16 bytes (BlockHash); a block cut by the disk's end is hashed over
+// the bytes before it, and blocks past the end are not sent. Status 0 (ok)
+// carries the hashes of the state after record seq; 1 (no-disk) says the
+// replica holds nothing of the disk (the host copies it whole); 2 (behind)
+// says the journal does not hold after seq yet (the host asks again). A
+// replica that predates hash queries answers a HashQ with a Refuse
+// (CodeProtocol): the host then copies disks whole.
+//
 // # Identity
 //
 // A host certificate names the host in its Subject CommonName and its

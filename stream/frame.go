@@ -148,8 +148,8 @@ func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
 // cleanly between frames, ErrTruncated inside one, ErrCorrupt for a
 // checksum or header mismatch, ErrTooLarge for a length over its type's
 // bound, ErrVersion for a data frame of another version and ErrProtocol for
-// an unknown type. Handshake frames (Hello, Welcome, Refuse) of another
-// version are returned: their decoders report the version.
+// an unknown type. Handshake frames (Hello, Welcome, Refuse, HashQ) of
+// another version are returned: their decoders report the version.
 func (r *Reader) Next() (Frame, error) {
 	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {

@@ -161,6 +161,13 @@ func (v *View) sizeLocked(disk string) int64 {
 		size, _ := v.mem.size(disk)
 		return int64(size) // at most record.MaxDiskSize
 	}
+	end := (v.writtenLocked(disk) + 511) &^ 511
+	return int64(min(end, 1<<62))
+}
+
+// writtenLocked is the end of the highest byte of disk written at or
+// before the view's point; 0 when nothing was.
+func (v *View) writtenLocked(disk string) uint64 {
 	j, s := v.j, v.point.Seq
 	var end uint64
 	n := sort.Search(len(j.layers), func(i int) bool { return j.layers[i].ref.to > s })
@@ -170,8 +177,16 @@ func (v *View) sizeLocked(disk string) int64 {
 	if id, ok := j.diskID[disk]; ok && s >= j.first {
 		end = max(end, j.index[id].endAt(s))
 	}
-	end = (end + 511) &^ 511
-	return int64(min(end, 1<<62))
+	return end
+}
+
+// Written reports whether any byte of disk was written at or before the
+// view's point: a disk the group declared but whose data never arrived
+// has none (a hash resync then copies it whole).
+func (v *View) Written(disk string) bool {
+	v.j.mu.RLock()
+	defer v.j.mu.RUnlock()
+	return v.writtenLocked(disk) > 0
 }
 
 // Disk returns the read-only export of one disk of the view.

@@ -70,8 +70,14 @@ func (srv *Server) hashes(ctx context.Context, c net.Conn, fr *stream.Reader, id
 		}
 		c.SetReadDeadline(time.Now().Add(srv.IdleTimeout))
 		if f, err = fr.Next(); err != nil {
-			if !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			var ne net.Error
+			if !errors.Is(err, io.EOF) && ctx.Err() == nil && !(errors.As(err, &ne) && ne.Timeout()) {
 				qlog.Warn("receiver: hash query connection", "err", err)
+				code := stream.CodeProtocol
+				if errors.Is(err, stream.ErrVersion) {
+					code = stream.CodeVersion
+				}
+				refuse(c, code, err.Error())
 			}
 			return
 		}

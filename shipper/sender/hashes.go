@@ -36,11 +36,10 @@ func (s *Sender) Hashes(ctx context.Context, disk string, off uint64, bs, count 
 		return stream.HashReply{}, fmt.Errorf("sender: group %s: hash query: dial %s: %w", s.group, s.opts.Addr, err)
 	}
 	defer c.Close()
+	// The context bounds the query: its end closes the connection, and
+	// the error then says why.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
 	if _, err := c.Write(req); err != nil {
 		return stream.HashReply{}, fmt.Errorf("sender: group %s: hash query to %s: %w", s.group, s.opts.Addr, err)
 	}
