@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -498,16 +497,8 @@ func TestHashQueryMaxStreams(t *testing.T) {
 // A frame after a query that the reader itself refuses (a data frame of
 // another version, a corrupt one) is refused too, as on a stream and as
 // the first frame of a connection is: the host hears why.
-//
-// Known to fail: hashes.go closes the connection without a Refuse when
-// fr.Next fails after a query (the branch at "if f, err = fr.Next(); err
-// != nil"), where handle (server.go, "receiver: no hello") and a stream
-// (stream.go) refuse such frames with CodeProtocol or CodeVersion.
-// QCDP_KNOWN_BUGS=1 runs it.
+// (It failed before hashes.go refused them.)
 func TestHashQueryThenBadFrame(t *testing.T) {
-	if os.Getenv("QCDP_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: a bad frame after a hash query is dropped without a Refuse (QCDP_KNOWN_BUGS=1 runs it)")
-	}
 	ping := stream.AppendPing(nil)
 	ping[9] = 1 // a v1 Ping: a data frame of another version
 	streamtest.Reseal(ping)
