@@ -128,7 +128,7 @@
 //
 // The block size is a power of two from MinHashBlock to MaxHashBlock, the
 // offset a multiple of it, count at most MaxHashBlocks (0 asks only whether
-// the replica holds the disk). A hash is SHA-256 of the block's bytes cut
+// the replica holds the disk). A hash is BLAKE3 of the block's bytes cut
 // to 16 bytes (BlockHash); a block cut by the disk's end is hashed over
 // the bytes before it, and blocks past the end are not sent. Status 0 (ok)
 // carries the hashes of the state after record seq; 1 (no-disk) says the
