@@ -99,29 +99,44 @@ func (c *Capture) withExport(ctx context.Context, bitmap string, fn func(h *libn
 	if err := c.q.Execute(ctx, "block-export-add", args, nil); err != nil {
 		return fmt.Errorf("filter: disk %s: export %s for the resync: %w", d, FilterNode(d), err)
 	}
-	h, err := libnbd.New()
+	h, err := c.openExport(ctx, bitmap)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	if err := h.SetExportName(name); err != nil {
-		return err
+	return fn(h)
+}
+
+// openExport connects to the disk's resync export, with bitmap's meta
+// context unless bitmap is "".
+func (c *Capture) openExport(ctx context.Context, bitmap string) (*libnbd.Handle, error) {
+	d := c.cfg.Disk
+	h, err := libnbd.New()
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*libnbd.Handle, error) {
+		h.Close()
+		return nil, err
+	}
+	if err := h.SetExportName(ResyncExport(d)); err != nil {
+		return fail(err)
 	}
 	meta := "qemu:dirty-bitmap:" + bitmap
 	if bitmap != "" {
 		if err := h.AddMetaContext(meta); err != nil {
-			return err
+			return fail(err)
 		}
 	}
 	if err := h.ConnectUnix(ctx, c.cfg.NBDSocket); err != nil {
-		return fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", d, err)
+		return fail(fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", d, err))
 	}
 	if bitmap != "" {
 		if ok, err := h.CanMetaContext(meta); err != nil || !ok {
-			return fmt.Errorf("filter: disk %s: QEMU's export offers no %s (%v)", d, meta, err)
+			return fail(fmt.Errorf("filter: disk %s: QEMU's export offers no %s (%v)", d, meta, err))
 		}
 	}
-	return fn(h)
+	return h, nil
 }
 
 // delExport removes the disk's resync export and waits until it is gone.

@@ -3,6 +3,7 @@ package filter
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -26,7 +27,12 @@ type ReplicaHasher interface {
 const (
 	HashBlock = 64 << 10
 	hashSpan  = 4096 * HashBlock // 256 MiB
-	hashRead  = 4 << 20
+	// hashRead is one read of the source: QEMU 7.2's NBD server serves
+	// 1 MiB reads three times as fast as 4 MiB ones (measured with
+	// nbdcopy: 256 MiB in 0.38 s against 1.1 s, one connection).
+	hashRead = 1 << 20
+	// hashReaders is how many connections read the source at once.
+	hashReaders = 4
 )
 
 // replica says what the replica holds of a disk, as far as the host can
@@ -140,18 +146,38 @@ func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint6
 	if c.cfg.ReadRate > 0 {
 		lim = rate.NewLimiter(rate.Limit(c.cfg.ReadRate), hashRead)
 	}
-	buf := make([]byte, hashRead)
+	// The readers' connections: h copies, hs[i] read for bufs[i].
+	hs := []*libnbd.Handle{h}
+	defer func() {
+		for _, x := range hs[1:] {
+			x.Close()
+		}
+	}()
+	for range hashReaders - 1 {
+		x, err := c.openExport(ctx, "")
+		if err != nil {
+			return err
+		}
+		hs = append(hs, x)
+	}
+	bufs := make([][]byte, hashReaders)
+	for i := range bufs {
+		bufs[i] = make([]byte, hashRead)
+	}
 	cp := make([]byte, resyncChunk)
 	start := c.rs.copied / hashSpan * hashSpan
 	next := fetch(start)
 	warned := false
 	for off := start; off < size; off += hashSpan {
 		var f fetched
+		waited := time.Now()
 		select {
 		case f = <-next:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		spanStart := time.Now()
+		var readTime, copyTime time.Duration
 		if f.err != nil {
 			return f.err
 		}
@@ -165,30 +191,23 @@ func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint6
 		}
 		end := min(off+hashSpan, size)
 		for at := max(off, c.rs.copied/HashBlock*HashBlock); at < end; {
-			n := min(int64(len(buf)), end-at)
+			// A wave: up to hashReaders chunks read and hashed at once,
+			// one connection each (QEMU answers one request at a time
+			// per connection, slowly); then their differing blocks are
+			// copied in order.
+			wave := min(int64(len(bufs))*hashRead, end-at)
 			if lim != nil {
-				if err := lim.WaitN(ctx, int(n)); err != nil {
+				if err := lim.WaitN(ctx, int(min(wave, hashRead*hashReaders))); err != nil {
 					return err
 				}
 			}
-			if err := h.Pread(ctx, buf[:n], uint64(at)); err != nil {
-				return fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, at, n, err)
+			t0 := time.Now()
+			runs, err := c.compareWave(ctx, hs, bufs, r, off, at, at+wave)
+			if err != nil {
+				return err
 			}
-			// Runs of blocks that differ, copied under their range locks.
-			var runs [][2]int64
-			for b := int64(0); b < n; b += HashBlock {
-				blk := buf[b:min(b+HashBlock, n)]
-				i := (at + b - off) / HashBlock
-				if r.Status == stream.HashOK && i < int64(len(r.Hashes)) && int64(r.Size) >= at+b+int64(len(blk)) &&
-					stream.BlockHash(blk) == r.Hashes[i] {
-					continue
-				}
-				if k := len(runs) - 1; k >= 0 && runs[k][1] == at+b {
-					runs[k][1] = at + b + int64(len(blk))
-				} else {
-					runs = append(runs, [2]int64{at + b, at + b + int64(len(blk))})
-				}
-			}
+			readTime += time.Since(t0)
+			t0 = time.Now()
 			for _, run := range runs {
 				c.progress(func(p *Progress) { p.Dirty += run[1] - run[0] })
 				for x := run[0]; x < run[1]; {
@@ -200,12 +219,71 @@ func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint6
 					c.progress(func(p *Progress) { p.Sent += m })
 				}
 			}
-			at += n
+			copyTime += time.Since(t0)
+			at += wave
 			c.rs.copied = at
 			c.progress(func(p *Progress) { p.Compared = at })
 		}
+		c.log.Debug("hash resync span", "offset", off, "replica_wait", spanStart.Sub(waited).Round(time.Millisecond),
+			"read_hash", readTime.Round(time.Millisecond), "copy", copyTime.Round(time.Millisecond), "took", time.Since(spanStart).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// compareWave reads [at, end) through the connections hs, a chunk of
+// hashRead each, hashes its blocks and returns the runs of blocks that
+// differ from the replica's r (the span's reply, the span starting at off).
+func (c *Capture) compareWave(ctx context.Context, hs []*libnbd.Handle, bufs [][]byte, r stream.HashReply, off, at, end int64) ([][2]int64, error) {
+	type part struct {
+		differ []bool
+		err    error
+	}
+	parts := make([]part, len(hs))
+	var wg sync.WaitGroup
+	for i := range hs {
+		from := at + int64(i)*hashRead
+		if from >= end {
+			break
+		}
+		n := min(hashRead, end-from)
+		wg.Add(1)
+		go func() { // ends before compareWave returns
+			defer wg.Done()
+			buf := bufs[i][:n]
+			if err := hs[i].Pread(ctx, buf, uint64(from)); err != nil {
+				parts[i].err = fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, from, n, err)
+				return
+			}
+			for b := int64(0); b < n; b += HashBlock {
+				blk := buf[b:min(b+HashBlock, n)]
+				k := (from + b - off) / HashBlock
+				same := r.Status == stream.HashOK && k < int64(len(r.Hashes)) && int64(r.Size) >= from+b+int64(len(blk)) &&
+					stream.BlockHash(blk) == r.Hashes[k]
+				parts[i].differ = append(parts[i].differ, !same)
+			}
+		}()
+	}
+	wg.Wait()
+	var runs [][2]int64
+	for i, p := range parts {
+		if p.err != nil {
+			return nil, p.err
+		}
+		from := at + int64(i)*hashRead
+		for j, d := range p.differ {
+			if !d {
+				continue
+			}
+			s := from + int64(j)*HashBlock
+			e := min(s+HashBlock, end)
+			if k := len(runs) - 1; k >= 0 && runs[k][1] == s {
+				runs[k][1] = e
+			} else {
+				runs = append(runs, [2]int64{s, e})
+			}
+		}
+	}
+	return runs, nil
 }
 
 // replicaSpan asks the replica for the hashes of the span at off, asking

@@ -95,12 +95,17 @@ type Progress struct {
 	HashBytes int64     `json:"hash_bytes,omitempty"` // replica hashes received (hash mode)
 	Started   time.Time `json:"started"`              // when it began
 	Done      bool      `json:"done,omitempty"`       // finished
+	Finished  time.Time `json:"finished,omitzero"`    // when it finished
 	Error     string    `json:"last_error,omitempty"` // why the last try failed (it is retried)
 }
 
 // Rate is the bytes compared per second so far.
 func (p Progress) Rate() float64 {
-	if d := time.Since(p.Started).Seconds(); d > 0 {
+	end := time.Now()
+	if p.Done {
+		end = p.Finished
+	}
+	if d := end.Sub(p.Started).Seconds(); d > 0 {
 		return float64(p.Compared) / d
 	}
 	return 0
@@ -210,7 +215,7 @@ func (c *Capture) resumable(ctx context.Context, bms map[string]bitmapInfo) bool
 	}
 	for name, b := range bms {
 		if b.Inconsistent {
-			c.log.Warn("dirty bitmap inconsistent (QEMU ended without a clean close): it cannot say what changed; copying the whole disk", "bitmap", name)
+			c.log.Warn("dirty bitmap inconsistent (QEMU ended without a clean close): it cannot say what changed; the disk is compared with the replica's copy (copied whole if the replica has none)", "bitmap", name)
 			c.dropBitmaps(ctx, bms)
 			return false
 		}
@@ -373,7 +378,7 @@ func (c *Capture) startResync(ctx context.Context, release func(), mode string) 
 				err = c.resync(ctx)
 			}
 			if err == nil {
-				c.progress(func(p *Progress) { p.Done, p.Error = true, "" })
+				c.progress(func(p *Progress) { p.Done, p.Error, p.Finished = true, "", time.Now() })
 				p, _ := c.Progress()
 				c.log.Info(shown+" resync done", "compared_bytes", p.Compared, "dirty_bytes", p.Dirty, "sent_bytes", p.Sent,
 					"hash_bytes", p.HashBytes, "took", time.Since(p.Started).Round(time.Millisecond))
