@@ -84,6 +84,9 @@ type Config struct {
 	// NBDSocket is where QEMU's NBD server listens for resync exports
 	// (one server per QEMU: the same path for every disk of the VM).
 	NBDSocket string
+	// QEMU is the VM's QEMU's pid: a resync reads only from a socket the
+	// kernel says that process listens on (0: not checked).
+	QEMU int
 	// Hashes, with Resync, lets a disk whose bitmaps cannot say what
 	// changed (none, inconsistent, or not this spool's) start without a
 	// full copy too: the source is compared block by block with what the

@@ -12,14 +12,21 @@
 // finds its own nodes by them)
 //
 //	bitmap  qcdp-<disk>          dirty bitmap on the disk's node, granularity
-//	                             4096, persistent on qcow2 v3, else in memory
+//	                             4096, persistent on qcow2 v3, else in memory;
+//	                             with Config.Group, qcdp-<group>/<disk> and
+//	                             its generations (resync.go)
 //	target  qcdp-t-<disk>        nbd node, unix socket, export <disk>,
 //	                             reconnect-delay 0 (a dead daemon costs the
 //	                             guest nothing)
-//	job     qcdp-<disk>          blockdev-mirror sync=full copy-mode=
-//	                             write-blocking granularity=4096
-//	                             on-target-error=stop on-source-error=report
+//	job     qcdp-<disk>          blockdev-mirror sync=full (sync=none for a
+//	                             resync) copy-mode=write-blocking
+//	                             granularity=4096 on-target-error=stop
+//	                             on-source-error=report
 //	filter  qcdp-f-<disk>        the mirror's filter node above the disk
+//	export  qcdp-r-<disk>        while a resync runs: the filter node,
+//	                             read-only, on QEMU's NBD server (one per
+//	                             QEMU, on Config.NBDSocket, stopped after
+//	                             the last resync of the VM)
 //
 // # States (what `qcdp status` shows)
 //
@@ -69,16 +76,40 @@
 //
 // Detach is block-job-cancel, never block-job-complete (that would switch the
 // guest onto the NBD target); then the target node is deleted and the bitmap
-// is left to go on tracking. A later attach copies the whole disk
-// (sync=full) unless Config.Resync is set: then, where the bitmap
-// generations can say what changed, the new job starts with sync=none and
-// only their dirty ranges are copied (resync.go). The host engine does not
-// set it yet (see protect/daemon.go); resync by hash comparison when the
-// bitmap was lost (invariant 4) is not built yet.
+// is left to go on tracking.
 //
-// A disk owed a full re-copy (Config.Recopy: its group's spool lost writes
-// it had answered) is never adopted: its job is cancelled, its target node
-// removed, and a new job copies the whole disk.
+// # Resync: what a new job copies (invariant 4)
+//
+// Without Config.Resync a new job copies the whole disk (sync=full). With
+// it (the host engine sets it), the new job starts with sync=none, the
+// disk's resync bracket is held open (Config.Hold) and a goroutine of Run
+// copies only what the replica lacks, through the export above:
+//
+//   - bitmap resync (resync.go), where the bitmap generations can say what
+//     changed since the replica held the disk whole: after a detach, a
+//     daemon restart, a VM that quit cleanly with a qcow2 v3 disk (the
+//     persistent bitmap is stored at close). Their union is frozen in one
+//     transaction with the start of a new live generation, and its dirty
+//     extents (qemu:dirty-bitmap meta context) are copied.
+//   - hash resync (hash.go), where no generation can be trusted: a raw or
+//     qcow2 v2 disk after its VM restarted, QEMU killed (the persistent
+//     bitmap comes back inconsistent and is removed), generations of
+//     another spool, a spool that lost writes it had answered
+//     (Config.Recopy). The replica hashes its newest state (stream.HashQuery,
+//     once it holds every record up to the resync's start) and the source
+//     is read and hashed, 64 KiB blocks, on four connections, at most
+//     Config.ReadRate; only blocks that differ are copied. A .hashing mark
+//     (an empty bitmap) stays until it is done, so that a daemon that
+//     adopts the job compares again.
+//   - a full copy (sync=full) only when the replica says it holds nothing
+//     of the disk (a new disk, a journal the operator deleted).
+//
+// Every range a resync copies is read under a watch of the capture
+// export's range lock (shipper.CaptureExport.WatchRange) and read again if
+// a live write entered it meanwhile, so the stream never holds older bytes
+// after newer ones; no restore point falls inside the bracket, and the
+// first one after it is the source at that instant. A failed try is
+// retried with a backoff from where it stopped, the bracket held.
 //
 // The sync-complete marker is written once per job: at BLOCK_JOB_READY, or,
 // when the job got there through a resync (a refused write, a restarted

@@ -2,11 +2,14 @@ package filter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/qcdp/qcdp/libnbd"
 	"github.com/qcdp/qcdp/qmp"
@@ -42,11 +45,13 @@ func (c *Capture) acquireServer(ctx context.Context) error {
 	err := c.q.Execute(ctx, "nbd-server-start", map[string]any{
 		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": path}}}, nil)
 	if err != nil && strings.Contains(err.Error(), "already running") {
-		conn, derr := net.DialTimeout("unix", path, time.Second)
+		dctx, cancel := context.WithTimeout(ctx, time.Second)
+		sock, derr := c.dialQEMU(dctx)
+		cancel()
 		if derr != nil {
-			return fmt.Errorf("filter: disk %s: QEMU's NBD server is in use by another program (a libvirt backup?): the resync waits for it: %w", d, err)
+			return fmt.Errorf("filter: disk %s: QEMU's NBD server is in use by another program (a libvirt backup?): the resync waits for it: %w (%w)", d, err, derr)
 		}
-		conn.Close()
+		unix.Close(sock)
 		err = nil // an earlier daemon's: ours now
 	}
 	if err != nil {
@@ -128,7 +133,11 @@ func (c *Capture) openExport(ctx context.Context, bitmap string) (*libnbd.Handle
 			return fail(err)
 		}
 	}
-	if err := h.ConnectUnix(ctx, c.cfg.NBDSocket); err != nil {
+	sock, err := c.dialQEMU(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if err := h.ConnectSocket(ctx, sock); err != nil {
 		return fail(fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", d, err))
 	}
 	if bitmap != "" {
@@ -138,6 +147,45 @@ func (c *Capture) openExport(ctx context.Context, bitmap string) (*libnbd.Handle
 	}
 	return h, nil
 }
+
+// dialQEMU connects to NBDSocket and returns the socket (the caller owns
+// it) once the kernel says the listener is the VM's QEMU (Config.QEMU):
+// the socket's directory is writable by QEMU's user, which every QEMU
+// under libvirt shares, so another VM's QEMU could have put its own server
+// there, and the resync would copy what it says into this disk's replica.
+func (c *Capture) dialQEMU(ctx context.Context) (int, error) {
+	d := c.cfg.Disk
+	conn, err := (&net.Dialer{}).DialContext(ctx, "unix", c.cfg.NBDSocket)
+	if err != nil {
+		return -1, fmt.Errorf("filter: disk %s: connect to QEMU's NBD server: %w", d, err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return -1, fmt.Errorf("filter: disk %s: %w", d, err)
+	}
+	var cred *unix.Ucred
+	var cerr error
+	sock := -1
+	err = raw.Control(func(fd uintptr) {
+		if cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); cerr == nil {
+			sock, cerr = unix.Dup(int(fd))
+		}
+	})
+	if err = errors.Join(err, cerr); err != nil {
+		return -1, fmt.Errorf("filter: disk %s: QEMU's NBD socket %s: %w", d, c.cfg.NBDSocket, err)
+	}
+	if want := c.cfg.QEMU; want > 0 && int(cred.Pid) != want {
+		unix.Close(sock)
+		return -1, fmt.Errorf("filter: disk %s: %w: %s is served by pid %d, not by the VM's QEMU (pid %d)",
+			d, ErrForeignServer, c.cfg.NBDSocket, cred.Pid, want)
+	}
+	return sock, nil
+}
+
+// ErrForeignServer is a resync socket served by another process than the
+// VM's QEMU: nothing is read from it.
+var ErrForeignServer = errors.New("filter: the NBD socket is not the VM's QEMU's")
 
 // delExport removes the disk's resync export and waits until it is gone.
 func (c *Capture) delExport(ctx context.Context) error {

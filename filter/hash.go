@@ -2,6 +2,7 @@ package filter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -45,15 +46,23 @@ const (
 	holdsNothing
 )
 
-// replicaHolds asks the replica, briefly, whether it holds the disk.
+// replicaHolds asks the replica, briefly, whether it holds the disk,
+// once it holds the stream as it is now (the disk's declaration by this
+// attach included): an answer from an older state could take a disk that
+// left the group and came back for one the replica never had.
 func (c *Capture) replicaHolds(ctx context.Context) replicaHolds {
 	if c.cfg.Hashes == nil || c.cfg.Resync == nil {
 		return holdsUnknown
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	r, err := c.cfg.Hashes.ReplicaHashes(ctx, c.cfg.Disk, 0, HashBlock, 0, 0)
+	r, err := c.cfg.Hashes.ReplicaHashes(ctx, c.cfg.Disk, 0, HashBlock, 0, c.cfg.Hashes.LastSeq())
 	switch {
+	case noHashQueries(err):
+		return holdsNothing // an older replica: it cannot compare
+	case err == nil && r.Status == stream.HashBehind:
+		c.log.Info("the replica does not hold the stream's newest records yet: it cannot say now whether it holds the disk")
+		return holdsUnknown
 	case err != nil:
 		c.log.Info("the replica cannot say now whether it holds the disk", "err", err)
 		return holdsUnknown
@@ -121,7 +130,14 @@ func (c *Capture) hashResync(ctx context.Context, after uint64) error {
 	return c.removeBitmap(ctx, c.hashing())
 }
 
-// compareCopy is hashResync's work on the disk's export h.
+// compareCopy is hashResync's work on the disk's export h. Three kinds
+// of goroutine, all ended before it returns: a producer that asks the
+// replica for each span's hashes (one span ahead) and hands out chunks of
+// hashRead; hashReaders readers, each on a connection of its own (QEMU
+// answers one request at a time per connection), that read a chunk, hash
+// its blocks and say which differ; and this one, which takes the chunks
+// back in order and copies their differing blocks through h, each under
+// its range lock.
 func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint64) error {
 	size, err := h.Size()
 	if err != nil {
@@ -129,161 +145,185 @@ func (c *Capture) compareCopy(ctx context.Context, h *libnbd.Handle, after uint6
 	}
 	c.progress(func(p *Progress) { p.Total = size })
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type fetched struct {
-		r   stream.HashReply
-		err error
-	}
-	fetch := func(off int64) <-chan fetched {
-		ch := make(chan fetched, 1)
-		go func() { // ends with ctx; its one result is buffered
-			r, err := c.replicaSpan(ctx, off, size, after)
-			ch <- fetched{r, err}
-		}()
-		return ch
-	}
 	var lim *rate.Limiter
 	if c.cfg.ReadRate > 0 {
 		lim = rate.NewLimiter(rate.Limit(c.cfg.ReadRate), hashRead)
 	}
-	// The readers' connections: h copies, hs[i] read for bufs[i].
-	hs := []*libnbd.Handle{h}
+	readers := make([]*libnbd.Handle, 0, hashReaders)
 	defer func() {
-		for _, x := range hs[1:] {
+		for _, x := range readers {
 			x.Close()
 		}
 	}()
-	for range hashReaders - 1 {
+	for range hashReaders {
 		x, err := c.openExport(ctx, "")
 		if err != nil {
+			cancel()
 			return err
 		}
-		hs = append(hs, x)
+		readers = append(readers, x)
 	}
-	bufs := make([][]byte, hashReaders)
-	for i := range bufs {
-		bufs[i] = make([]byte, hashRead)
+	type job struct {
+		at, n, off int64 // the chunk, and the start of its span
+		r          *stream.HashReply
 	}
+	type result struct {
+		at, n int64
+		runs  [][2]int64
+		err   error
+	}
+	jobs := make(chan job, 2*hashReaders)
+	results := make(chan result, 3*hashReaders)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // every goroutine below watches ctx
+		wg.Wait()
+	}()
+	start := c.rs.copied / HashBlock * HashBlock
+	wg.Add(1)
+	go func() { // the producer
+		defer wg.Done()
+		defer close(jobs)
+		type fetched struct {
+			r   stream.HashReply
+			err error
+		}
+		fetch := func(off int64) <-chan fetched {
+			ch := make(chan fetched, 1)
+			wg.Add(1)
+			go func() { // its one result is buffered
+				defer wg.Done()
+				r, err := c.replicaSpan(ctx, off, size, after)
+				ch <- fetched{r, err}
+			}()
+			return ch
+		}
+		first := start / hashSpan * hashSpan
+		next := fetch(first)
+		warned := false
+		for off := first; off < size; off += hashSpan {
+			var f fetched
+			select {
+			case f = <-next:
+			case <-ctx.Done():
+				return
+			}
+			if f.err != nil {
+				select {
+				case results <- result{at: -1, err: f.err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+			if off+hashSpan < size {
+				next = fetch(off + hashSpan)
+			}
+			r := f.r
+			if r.Status == stream.HashOK && int64(r.Size) != size && !warned {
+				warned = true
+				c.log.Warn("the replica holds the disk at another size: the blocks past the smaller size are copied", "replica_size", r.Size, "size", size)
+			}
+			end := min(off+hashSpan, size)
+			for at := max(off, start); at < end; at += hashRead {
+				select {
+				case jobs <- job{at: at, n: min(hashRead, end-at), off: off, r: &r}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	for _, rd := range readers {
+		wg.Add(1)
+		go func() { // a reader
+			defer wg.Done()
+			buf := make([]byte, hashRead)
+			for j := range jobs {
+				res := result{at: j.at, n: j.n}
+				if lim != nil {
+					res.err = lim.WaitN(ctx, int(j.n))
+				}
+				if res.err == nil {
+					res.runs, res.err = c.compareChunk(ctx, rd, buf[:j.n], j.at, j.off, j.r)
+				}
+				select {
+				case results <- res:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	// Take the chunks back in order and copy what differs.
 	cp := make([]byte, resyncChunk)
-	start := c.rs.copied / hashSpan * hashSpan
-	next := fetch(start)
-	warned := false
-	for off := start; off < size; off += hashSpan {
-		var f fetched
-		waited := time.Now()
-		select {
-		case f = <-next:
-		case <-ctx.Done():
-			return ctx.Err()
+	early := map[int64]result{}
+	for at := start; at < size; {
+		res, ok := early[at]
+		if ok {
+			delete(early, at)
+		} else {
+			select {
+			case res = <-results:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if res.err != nil {
+				return res.err
+			}
+			if res.at != at {
+				early[res.at] = res
+				continue
+			}
 		}
-		spanStart := time.Now()
-		var readTime, copyTime time.Duration
-		if f.err != nil {
-			return f.err
-		}
-		if off+hashSpan < size {
-			next = fetch(off + hashSpan)
-		}
-		r := f.r
-		if r.Status == stream.HashOK && int64(r.Size) != size && !warned {
-			warned = true
-			c.log.Warn("the replica holds the disk at another size: the blocks past the smaller size are copied", "replica_size", r.Size, "size", size)
-		}
-		end := min(off+hashSpan, size)
-		for at := max(off, c.rs.copied/HashBlock*HashBlock); at < end; {
-			// A wave: up to hashReaders chunks read and hashed at once,
-			// one connection each (QEMU answers one request at a time
-			// per connection, slowly); then their differing blocks are
-			// copied in order.
-			wave := min(int64(len(bufs))*hashRead, end-at)
-			if lim != nil {
-				if err := lim.WaitN(ctx, int(min(wave, hashRead*hashReaders))); err != nil {
+		for _, run := range res.runs {
+			c.progress(func(p *Progress) { p.Dirty += run[1] - run[0] })
+			for x := run[0]; x < run[1]; {
+				m := min(run[1]-x, resyncChunk)
+				if err := c.copyRange(ctx, h, cp[:m], x); err != nil {
 					return err
 				}
+				x += m
+				c.progress(func(p *Progress) { p.Sent += m })
 			}
-			t0 := time.Now()
-			runs, err := c.compareWave(ctx, hs, bufs, r, off, at, at+wave)
-			if err != nil {
-				return err
-			}
-			readTime += time.Since(t0)
-			t0 = time.Now()
-			for _, run := range runs {
-				c.progress(func(p *Progress) { p.Dirty += run[1] - run[0] })
-				for x := run[0]; x < run[1]; {
-					m := min(run[1]-x, resyncChunk)
-					if err := c.copyRange(ctx, h, cp[:m], x); err != nil {
-						return err
-					}
-					x += m
-					c.progress(func(p *Progress) { p.Sent += m })
-				}
-			}
-			copyTime += time.Since(t0)
-			at += wave
-			c.rs.copied = at
-			c.progress(func(p *Progress) { p.Compared = at })
 		}
-		c.log.Debug("hash resync span", "offset", off, "replica_wait", spanStart.Sub(waited).Round(time.Millisecond),
-			"read_hash", readTime.Round(time.Millisecond), "copy", copyTime.Round(time.Millisecond), "took", time.Since(spanStart).Round(time.Millisecond))
+		at += res.n
+		c.rs.copied = at
+		c.progress(func(p *Progress) { p.Compared = at })
 	}
 	return nil
 }
 
-// compareWave reads [at, end) through the connections hs, a chunk of
-// hashRead each, hashes its blocks and returns the runs of blocks that
-// differ from the replica's r (the span's reply, the span starting at off).
-func (c *Capture) compareWave(ctx context.Context, hs []*libnbd.Handle, bufs [][]byte, r stream.HashReply, off, at, end int64) ([][2]int64, error) {
-	type part struct {
-		differ []bool
-		err    error
+// compareChunk reads the chunk at at into buf through h, hashes its
+// blocks and returns the runs of those that differ from the replica's r
+// (the reply for the span starting at off).
+func (c *Capture) compareChunk(ctx context.Context, h *libnbd.Handle, buf []byte, at, off int64, r *stream.HashReply) ([][2]int64, error) {
+	n := int64(len(buf))
+	if err := h.Pread(ctx, buf, uint64(at)); err != nil {
+		return nil, fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, at, n, err)
 	}
-	parts := make([]part, len(hs))
-	var wg sync.WaitGroup
-	for i := range hs {
-		from := at + int64(i)*hashRead
-		if from >= end {
-			break
-		}
-		n := min(hashRead, end-from)
-		wg.Add(1)
-		go func() { // ends before compareWave returns
-			defer wg.Done()
-			buf := bufs[i][:n]
-			if err := hs[i].Pread(ctx, buf, uint64(from)); err != nil {
-				parts[i].err = fmt.Errorf("filter: disk %s: read [%d,+%d) for the hash resync: %w", c.cfg.Disk, from, n, err)
-				return
-			}
-			for b := int64(0); b < n; b += HashBlock {
-				blk := buf[b:min(b+HashBlock, n)]
-				k := (from + b - off) / HashBlock
-				same := r.Status == stream.HashOK && k < int64(len(r.Hashes)) && int64(r.Size) >= from+b+int64(len(blk)) &&
-					stream.BlockHash(blk) == r.Hashes[k]
-				parts[i].differ = append(parts[i].differ, !same)
-			}
-		}()
-	}
-	wg.Wait()
 	var runs [][2]int64
-	for i, p := range parts {
-		if p.err != nil {
-			return nil, p.err
+	for b := int64(0); b < n; b += HashBlock {
+		blk := buf[b:min(b+HashBlock, n)]
+		k := (at + b - off) / HashBlock
+		if r.Status == stream.HashOK && k < int64(len(r.Hashes)) && int64(r.Size) >= at+b+int64(len(blk)) &&
+			stream.BlockHash(blk) == r.Hashes[k] {
+			continue
 		}
-		from := at + int64(i)*hashRead
-		for j, d := range p.differ {
-			if !d {
-				continue
-			}
-			s := from + int64(j)*HashBlock
-			e := min(s+HashBlock, end)
-			if k := len(runs) - 1; k >= 0 && runs[k][1] == s {
-				runs[k][1] = e
-			} else {
-				runs = append(runs, [2]int64{s, e})
-			}
+		s, e := at+b, at+b+int64(len(blk))
+		if i := len(runs) - 1; i >= 0 && runs[i][1] == s {
+			runs[i][1] = e
+		} else {
+			runs = append(runs, [2]int64{s, e})
 		}
 	}
 	return runs, nil
+}
+
+// noHashQueries says whether err is a replica's refusal of hash queries
+// as such (a replica older than them, or one that answers none).
+func noHashQueries(err error) bool {
+	var re *stream.RefusedError
+	return errors.As(err, &re) && (re.Code == stream.CodeProtocol || re.Code == stream.CodeVersion)
 }
 
 // replicaSpan asks the replica for the hashes of the span at off, asking
@@ -292,8 +332,17 @@ func (c *Capture) replicaSpan(ctx context.Context, off, size int64, after uint64
 	count := uint32(min(hashSpan, size-off+HashBlock-1) / HashBlock)
 	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
 		r, err := c.cfg.Hashes.ReplicaHashes(ctx, c.cfg.Disk, uint64(off), HashBlock, count, after)
+		if noHashQueries(err) {
+			// An older replica: every block is sent, as by a full copy.
+			c.log.Warn("the replica answers no hash queries: copying the disk whole", "err", err)
+			return stream.HashReply{Status: stream.HashNoDisk, Offset: uint64(off)}, nil
+		}
 		if err != nil {
 			return r, fmt.Errorf("filter: disk %s: replica's hashes at %d: %w", c.cfg.Disk, off, err)
+		}
+		if r.Status == stream.HashOK && r.Seq < after {
+			return r, fmt.Errorf("filter: disk %s: %w: the replica hashed its state at seq %d, not one holding seq %d",
+				c.cfg.Disk, stream.ErrProtocol, r.Seq, after)
 		}
 		c.progress(func(p *Progress) { p.HashBytes += int64(len(r.Hashes)) * stream.HashLen })
 		switch r.Status {

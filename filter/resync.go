@@ -82,8 +82,13 @@ func (c *Capture) othersOf(name string) bool {
 // reads a disk's filter node from QEMU's NBD server.
 func ResyncExport(disk string) string { return nodeName("qcdp-r-", disk) }
 
-// resyncChunk is the most a resync copies under one range lock.
-const resyncChunk = 1 << 20
+// resyncChunk is the most a resync copies under one range lock;
+// copyGroup the most a bitmap resync copies in parallel before it notes
+// its progress.
+const (
+	resyncChunk = 1 << 20
+	copyGroup   = 16 << 20
+)
 
 // Progress is a disk's resync as `qcdp status` shows it.
 type Progress struct {
@@ -361,6 +366,19 @@ func (c *Capture) startResync(ctx context.Context, release func(), mode string) 
 				c.dropExport(ctx)
 				var bms map[string]bitmapInfo
 				if bms, err = c.bitmaps(ctx); err == nil {
+					if _, ok := bms[c.hashing()]; ok && c.cfg.Hashes != nil {
+						// QEMU could not say at adoption: an earlier
+						// daemon's hash resync, to do again.
+						mode, shown, freezeFirst = modeHash, modeHash, false
+						after = c.cfg.Hashes.LastSeq()
+						c.progress(func(p *Progress) { p.Mode = modeHash })
+						continue
+					}
+					if _, ok := bms[c.hashing()]; ok {
+						c.log.Warn("a hash resync of the disk was under way and the group has no replica now: the disk stays in its resync bracket")
+						<-ctx.Done()
+						return
+					}
 					if _, ok := bms[c.frozen()]; !ok {
 						c.rs.mu.Lock()
 						c.rs.on = false // nothing frozen: nothing to copy
@@ -456,7 +474,21 @@ func (c *Capture) copyDirty(ctx context.Context, h *libnbd.Handle, bitmap string
 		return err
 	}
 	c.progress(func(p *Progress) { p.Total = size })
-	buf := make([]byte, resyncChunk)
+	// The chunks are copied on hashReaders connections at once (QEMU
+	// answers one request at a time per connection): h and more.
+	conns := []*libnbd.Handle{h}
+	defer func() {
+		for _, x := range conns[1:] {
+			x.Close()
+		}
+	}()
+	for range hashReaders - 1 {
+		x, err := c.openExport(ctx, "")
+		if err != nil {
+			return err
+		}
+		conns = append(conns, x)
+	}
 	// A retry goes on where the last try stopped: a resync larger than the
 	// spool's room makes progress as the replica drains it.
 	for off := min(c.rs.copied, size); off < size; {
@@ -483,27 +515,79 @@ func (c *Capture) copyDirty(ctx context.Context, h *libnbd.Handle, bitmap string
 		if next <= off {
 			return fmt.Errorf("filter: disk %s: QEMU described no extent at %d", c.cfg.Disk, off)
 		}
+		var chunks [][2]int64
 		for _, e := range dirty {
 			if end := e[0] + e[1]; end > c.rs.counted {
 				add := end - max(e[0], c.rs.counted)
 				c.rs.counted = end
 				c.progress(func(p *Progress) { p.Dirty += add })
 			}
-			for at, end := e[0], e[0]+e[1]; at < end; {
-				n := min(end-at, resyncChunk)
-				if err := c.copyRange(ctx, h, buf[:n], at); err != nil {
-					return err
-				}
-				at += n
-				c.rs.copied = at
-				c.progress(func(p *Progress) { p.Sent += n })
+			for at, end := e[0], e[0]+e[1]; at < end; at += resyncChunk {
+				chunks = append(chunks, [2]int64{at, min(end-at, resyncChunk)})
 			}
+		}
+		// The chunks in parallel, copyGroup bytes at a time: a retry goes
+		// on after the last group copied whole (copying a few chunks of
+		// the failed group twice, which is harmless), so a resync larger
+		// than the spool's room still makes progress.
+		for len(chunks) > 0 {
+			n, bytes := 0, int64(0)
+			for n < len(chunks) && (n == 0 || bytes+chunks[n][1] <= copyGroup) {
+				bytes += chunks[n][1]
+				n++
+			}
+			if err := c.copyChunks(ctx, conns, chunks[:n]); err != nil {
+				return err
+			}
+			c.rs.copied = max(c.rs.copied, chunks[n-1][0]+chunks[n-1][1])
+			chunks = chunks[n:]
 		}
 		off = next
 		c.rs.copied = max(c.rs.copied, off)
 		c.progress(func(p *Progress) { p.Compared = off })
 	}
 	return nil
+}
+
+// copyChunks copies chunks ([offset, length], at most resyncChunk each),
+// one connection of conns per goroutine, each under its range lock.
+func (c *Capture) copyChunks(ctx context.Context, conns []*libnbd.Handle, chunks [][2]int64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan [2]int64)
+	errs := make(chan error, len(conns))
+	var wg sync.WaitGroup
+	for _, h := range conns {
+		wg.Add(1)
+		go func() { // ends when next closes or ctx ends
+			defer wg.Done()
+			buf := make([]byte, resyncChunk)
+			for ch := range next {
+				if err := c.copyRange(ctx, h, buf[:ch[1]], ch[0]); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				c.progress(func(p *Progress) { p.Sent += ch[1] })
+			}
+		}()
+	}
+feed:
+	for _, ch := range chunks {
+		select {
+		case next <- ch:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return ctx.Err()
+	}
 }
 
 // copyRange reads [at, at+len(p)) from the source and appends it, reading

@@ -163,6 +163,25 @@ func TestResyncPaths(t *testing.T) {
 			}
 		}
 	}
+	// The resyncs in the text status and the metrics.
+	shown := func(round int) {
+		t.Helper()
+		text := string(run(ctx, t, bin, "status", "--socket", h.Control))
+		metrics := string(run(ctx, t, bin, "status", "--socket", h.Control, "--metrics"))
+		for _, want := range []string{"hash resync: ", " compared of ", "of hashes"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("round %d: qcdp status lacks %q:\n%s", round, want, text)
+			}
+		}
+		for _, want := range []string{`qcdp_resync_done{group="g1",vm="vm1",disk="vdb",mode="hash"} 1`,
+			`qcdp_resync_hash_bytes{group="g1",vm="vm1",disk="vdb",mode="hash"} 8192`,
+			`qcdp_resync_total_bytes{group="g1",vm="vm1",disk="vda",mode="hash"} 67108864`,
+			`qcdp_resync_eta_seconds{group="g1",vm="vm1",disk="vda",mode="hash"} 0`, "qcdp_resync_rate_bytes_per_second{"} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("round %d: the metrics lack %q:\n%s", round, want, metrics)
+			}
+		}
+	}
 	compare := func(round int) {
 		t.Helper()
 		waitReplicated(ctx, t, bin, h.Control, host)
@@ -215,6 +234,7 @@ func TestResyncPaths(t *testing.T) {
 	waitResynced(since)
 	stop()
 	check(1, changed, map[string]string{"vda": "hash", "vdb": "hash"})
+	shown(1)
 	compare(1)
 
 	// Round 2: QEMU quit cleanly: the qcow2 disk's bitmap is stored.

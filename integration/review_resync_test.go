@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,6 +70,12 @@ func TestReviewResyncAdoptedAfterKillMidCopy(t *testing.T) {
 	stop2()
 	close(st.release)
 	<-ran2
+	// A killed daemon leaves QEMU's NBD server running too.
+	if err := f.q.QMP.Execute(ctx, "nbd-server-start", map[string]any{
+		"addr": map[string]any{"type": "unix", "data": map[string]any{"path": f.cfg.NBDSocket}}}, nil); err != nil &&
+		!strings.Contains(err.Error(), "already running") {
+		t.Fatal(err)
+	}
 	if err := f.q.QMP.Execute(ctx, "block-export-add", map[string]any{"type": "nbd", "id": filter.ResyncExport("disk0"),
 		"node-name": filter.FilterNode("disk0"), "name": filter.ResyncExport("disk0"), "writable": false,
 		"bitmaps": []string{"qcdp-disk0.resync"}}, nil); err != nil {

@@ -201,6 +201,16 @@ func (h *Handle) ConnectUnix(ctx context.Context, path string) error {
 	return h.connected(err)
 }
 
+// ConnectSocket negotiates over sock, a connected socket, which the
+// handle then owns and closes (nbd_connect_socket): the caller may check
+// who is at the other end before anything is said.
+func (h *Handle) ConnectSocket(ctx context.Context, sock int) error {
+	err := h.call(ctx, "nbd_connect_socket", func(ch *C.struct_nbd_handle) C.int {
+		return C.nbd_connect_socket(ch, C.int(sock))
+	})
+	return h.connected(err)
+}
+
 // ConnectURI connects to an NBD URI such as
 // nbd+unix:///export?socket=/run/qcdp.sock (nbd_connect_uri).
 func (h *Handle) ConnectURI(ctx context.Context, uri string) error {

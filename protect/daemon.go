@@ -255,8 +255,10 @@ func (d *Engine) Run(ctx context.Context) error {
 			case hypervisor.EventStarted, hypervisor.EventResumed:
 				d.scan(ctx)
 			case hypervisor.EventStopped, hypervisor.EventCrashed:
+				// Only stopped means QEMU is gone: a crashed guest's
+				// QEMU may stay (on_crash=preserve).
 				d.attachMu.Lock()
-				d.forgetStopped(func(id string) bool { return id == ev.VM.ID }, true)
+				d.forgetStopped(func(id string) bool { return id == ev.VM.ID }, ev.Kind == hypervisor.EventStopped)
 				d.attachMu.Unlock()
 			}
 		}
@@ -497,7 +499,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 			// with a replica a disk without a trusted bitmap is compared
 			// with the replica's copy.
 			id := g.Spool().Identity().ID
-			cfg.Resync, cfg.NBDSocket, cfg.ReadRate = exp, nbdSock, gc.ResyncReadRate
+			cfg.Resync, cfg.NBDSocket, cfg.ReadRate, cfg.QEMU = exp, nbdSock, gc.ResyncReadRate, qemu.PID
 			cfg.Group = gc.Name + "." + hex.EncodeToString(id[:6])
 			cfg.Hold = func() func() { return seq.HoldResync(name) }
 			if g.Sender() != nil {

@@ -67,12 +67,18 @@ func WriteMetrics(w io.Writer, st Status) error {
 	help("qcdp_resync_sent_bytes", "gauge", "Bytes a disk's current (or last) resync has sent.")
 	help("qcdp_resync_total_bytes", "gauge", "The size of a resyncing disk.")
 	help("qcdp_resync_done", "gauge", "1 once a disk's resync has finished.")
+	help("qcdp_resync_dirty_bytes", "gauge", "Bytes a disk's resync found changed so far (bitmap: dirty; hash: different from the replica).")
+	help("qcdp_resync_hash_bytes", "gauge", "Bytes of block hashes a disk's hash resync received from the replica.")
+	help("qcdp_resync_rate_bytes_per_second", "gauge", "Bytes a disk's resync compares per second, on average since it began.")
+	help("qcdp_resync_eta_seconds", "gauge", "Seconds a disk's resync should still take at its rate so far (0 when done or unknown).")
 	for _, g := range st.Groups {
 		for _, d := range g.Disks {
 			if r := d.Resync; r != nil {
 				l := fmt.Sprintf("{group=%q,vm=%q,disk=%q,mode=%q}", g.Name, d.VM, d.Target, r.Mode)
 				fmt.Fprintf(&b, "qcdp_resync_compared_bytes%s %d\nqcdp_resync_sent_bytes%s %d\nqcdp_resync_total_bytes%s %d\nqcdp_resync_done%s %d\n",
 					l, r.Compared, l, r.Sent, l, r.Total, l, boolInt(r.Done))
+				fmt.Fprintf(&b, "qcdp_resync_dirty_bytes%s %d\nqcdp_resync_hash_bytes%s %d\nqcdp_resync_rate_bytes_per_second%s %.0f\nqcdp_resync_eta_seconds%s %.0f\n",
+					l, r.Dirty, l, r.HashBytes, l, r.RateBytes, l, r.Progress.ETA().Seconds())
 			}
 		}
 	}

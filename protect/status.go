@@ -72,6 +72,9 @@ type ResyncStatus struct {
 // dirty, 1.0 GiB compared of 4.0 GiB, 80.0 MiB/s, 38s left".
 func (r ResyncStatus) String() string {
 	s := fmt.Sprintf("%s resync: %s sent of %s dirty, %s compared of %s", r.Mode, HumanBytes(r.Sent), HumanBytes(r.Dirty), HumanBytes(r.Compared), HumanBytes(r.Total))
+	if r.HashBytes > 0 {
+		s += fmt.Sprintf(" (%s of hashes)", HumanBytes(r.HashBytes))
+	}
 	switch {
 	case r.Done:
 		s += ", done"

@@ -51,8 +51,17 @@ func (d *Site) hashes(ctx context.Context, tenant string, q stream.HashQuery) (s
 		return stream.HashReply{}, fmt.Errorf("replica: hash %s/%s disk %s: %w", tenant, q.Group, q.Disk, err)
 	}
 	defer v.Close()
+	if !v.Written(q.Disk) {
+		// Declared perhaps, but no byte of it ever arrived.
+		return stream.HashReply{Status: stream.HashNoDisk, Offset: q.Offset, Seq: v.Point().Seq}, nil
+	}
 	dv, err := v.Disk(q.Disk)
-	if errors.Is(err, journal.ErrNoDisk) || err == nil && !v.Written(q.Disk) {
+	if errors.Is(err, journal.ErrNoDisk) {
+		if q.Count == 0 {
+			// It holds the disk's bytes, though the newest state does not
+			// declare it (it left the group and is coming back).
+			return stream.HashReply{Status: stream.HashOK, Offset: q.Offset, Seq: v.Point().Seq}, nil
+		}
 		return stream.HashReply{Status: stream.HashNoDisk, Offset: q.Offset, Seq: v.Point().Seq}, nil
 	}
 	if err != nil {

@@ -21,8 +21,11 @@ const (
 	MinHashBlock  = 4 << 10
 	MaxHashBlock  = 16 << 20
 	MaxHashBlocks = 1 << 16
-	hashQueryLen  = 32
-	hashReplyLen  = 32
+	// MaxHashSpan bounds the bytes one query has hashed (count × block
+	// size): a replica's work per query is bounded.
+	MaxHashSpan  = 1 << 30
+	hashQueryLen = 32
+	hashReplyLen = 32
 )
 
 // Hash is one block's hash.

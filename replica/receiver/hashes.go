@@ -19,6 +19,9 @@ import (
 // holds nothing of is a reply with stream.HashNoDisk, not an error.
 type Hasher func(ctx context.Context, tenant string, q stream.HashQuery) (stream.HashReply, error)
 
+// maxHashQueries bounds the hash queries a replica answers at once.
+const maxHashQueries = 4
+
 // hashes serves a hash query connection whose first frame f is a HashQ,
 // authorized like a stream: every query names a group the host may write.
 // The connection carries one query at a time, each answered before the
@@ -48,11 +51,24 @@ func (srv *Server) hashes(ctx context.Context, c net.Conn, fr *stream.Reader, id
 			return
 		}
 		if srv.Hasher == nil {
-			refuse(c, stream.CodeUnavailable, "this replica answers no hash queries")
+			// As a replica older than hash queries does: the host copies
+			// disks whole.
+			refuse(c, stream.CodeProtocol, "this replica answers no hash queries")
+			return
+		}
+		// At most maxHashQueries at once on the replica: each reads and
+		// hashes up to stream.MaxHashSpan of a journal.
+		select {
+		case srv.hashSem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		case <-time.After(srv.IdleTimeout):
+			refuse(c, stream.CodeUnavailable, "replica busy: too many hash queries")
 			return
 		}
 		c.SetDeadline(time.Time{})
 		r, err := srv.Hasher(ctx, id.Tenant, q)
+		<-srv.hashSem
 		if err != nil {
 			qlog.Error("receiver: hash query", "err", err)
 			refuse(c, stream.CodeUnavailable, fmt.Sprintf("replica cannot hash disk %q of group %q now", q.Disk, q.Group))

@@ -349,8 +349,9 @@ func TestHashQueryMalformed(t *testing.T) {
 	}
 }
 
-// A Server without a Hasher refuses hash queries as unavailable (the host
-// then copies disks whole), after authorizing them.
+// A Server without a Hasher refuses hash queries as a replica older than
+// them does, CodeProtocol (the host then copies disks whole), after
+// authorizing them.
 func TestHashQueryNoHasher(t *testing.T) {
 	r := startHashing(t, nil, nil)
 	c, err := dial(t, r, r.pki.Client("alpha", "kvm-a1"))
@@ -358,7 +359,7 @@ func TestHashQueryNoHasher(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = c.query(t, query("web", "vda", 0, 1))
-	refusal(t, err, stream.CodeUnavailable)
+	refusal(t, err, stream.CodeProtocol)
 	c.closed(t)
 	c, err = dial(t, r, r.pki.Client("alpha", "kvm-a1"))
 	if err != nil {

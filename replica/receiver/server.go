@@ -106,6 +106,7 @@ type Server struct {
 	groups   map[groupKey]*groupState
 	tenants  map[string]int // connections per tenant, from the TLS handshake on
 	budget   *budget
+	hashSem  chan struct{}  // hash queries being answered (hashes.go)
 	wg       sync.WaitGroup // connection handlers
 	baseCtx  context.Context
 	cancel   context.CancelFunc
@@ -189,6 +190,7 @@ func (srv *Server) init() {
 			srv.MaxInflight = DefaultMaxInflight
 		}
 		srv.budget = newBudget(srv.MaxInflight)
+		srv.hashSem = make(chan struct{}, maxHashQueries)
 		if srv.Logger == nil {
 			srv.Logger = slog.Default()
 		}

@@ -185,7 +185,7 @@ func TestHashesRefused(t *testing.T) {
 	}
 	noHasher := newHashSite(t, false)
 	_, err := newHashSender(t, noHasher, "g1").Hashes(ctx, "vda", 0, 4096, 1, 0)
-	refusedWith(t, err, stream.CodeUnavailable)
+	refusedWith(t, err, stream.CodeProtocol) // as an older replica's
 
 	hs := newHashSite(t, true)
 	hs.set(func(context.Context, string, stream.HashQuery) (stream.HashReply, error) {
