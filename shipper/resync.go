@@ -210,6 +210,10 @@ func (e *CaptureExport) Refusals() int64 { return e.refusals.Load() }
 // (filter.ReplicaHasher).
 func (g *Group) LastSeq() uint64 { return g.Spool().LastSeq() }
 
+// ErrNotWelcomed is a hash query of a group whose replica has not
+// welcomed its spool (yet, or at all: diverged).
+var ErrNotWelcomed = errors.New("shipper: the replica has not welcomed the group's spool")
+
 // ErrNoReplica is a hash query of a group that streams to no replica.
 var ErrNoReplica = errors.New("shipper: the group has no replica")
 
@@ -219,6 +223,18 @@ func (g *Group) ReplicaHashes(ctx context.Context, disk string, off uint64, bs, 
 	s := g.Sender()
 	if s == nil {
 		return stream.HashReply{}, fmt.Errorf("%w: group %s", ErrNoReplica, g.name)
+	}
+	// Only a journal bound to this spool describes what this stream
+	// wrote: one that refuses it as diverged (another spool's, or holding
+	// records this spool lost) is not compared with until an operator's
+	// repair, and nothing is compared before the replica has welcomed the
+	// spool once.
+	st := s.Stats()
+	switch {
+	case st.Diverged != "":
+		return stream.HashReply{}, fmt.Errorf("%w: group %s: the replica refuses this spool: %s", ErrNotWelcomed, g.name, st.Diverged)
+	case !s.Welcomed():
+		return stream.HashReply{}, fmt.Errorf("%w: group %s", ErrNotWelcomed, g.name)
 	}
 	return s.Hashes(ctx, disk, off, bs, count, after)
 }

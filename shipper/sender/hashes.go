@@ -12,6 +12,15 @@ import (
 	"github.com/qcdp/qcdp/stream"
 )
 
+// Welcomed reports whether the replica has welcomed this sender's spool
+// since the sender started: its journal is then bound to this spool, and
+// its hashes describe what this stream wrote.
+func (s *Sender) Welcomed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.welcomed
+}
+
 // HashTimeout bounds one hash query: the replica waits up to 20 s for
 // the record the query names and reads up to MaxHashBlocks blocks.
 const HashTimeout = 5 * time.Minute

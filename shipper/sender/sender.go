@@ -116,6 +116,7 @@ type Sender struct {
 
 	mu        sync.Mutex
 	connected bool
+	welcomed  bool // the replica welcomed this spool at least once
 	sent      uint64
 	acked     uint64
 	flight    []inflight // oldest first
@@ -241,7 +242,7 @@ func (s *Sender) session(ctx context.Context) (progressed bool, err error) {
 		readErr <- err
 	}()
 	s.mu.Lock()
-	s.connected = true
+	s.connected, s.welcomed = true, true
 	s.stats.LastError, s.stats.Diverged = "", "" // what went wrong before is over
 	s.mu.Unlock()
 	s.log.Info("sender: streaming", "durable", durable, "spool_last", s.opts.Spool.LastSeq())
