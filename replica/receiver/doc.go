@@ -18,6 +18,18 @@
 // journal <storage root>/<tenant>/<group> opened. A refusal is logged with
 // the peer, its identity and the group, and answered with a Refuse frame.
 //
+// # Hash queries
+//
+// A connection whose first frame is a HashQ (stream.HashQuery) asks for
+// block hashes of a disk of a group, for the host's hash resync (package
+// filter). Each query is authorized as a Hello for its group would be,
+// counts against the tenant's max_streams like a stream, and waits for one
+// of maxHashQueries slots of the whole replica; the answer comes from
+// Server.Hasher (replica.Site: the journal's newest state, once it holds
+// the query's After seq). A Server without a Hasher refuses hash queries
+// with CodeProtocol, as a replica older than them does, and the host then
+// copies disks whole.
+//
 // # One stream per group
 //
 // A group has at most one stream. A second connection for a group that is
@@ -67,8 +79,10 @@
 // host's own spool, which got its identity when it was opened); a new
 // spool, which vouches for nothing, is refused.
 //
-// The way out for an operator, until the hash-comparison resync heals a
-// diverged group by itself:
+// A diverged group does not heal by itself: the hash-comparison resync
+// compares only with a journal that has welcomed the host's spool (a
+// journal bound to another spool describes another stream). The way out
+// for an operator:
 //
 //   - Another host uses the same group name: give one of the groups
 //     another name in its host's policy (and allow it in the replica's).
