@@ -199,28 +199,46 @@ func TestResyncPaths(t *testing.T) {
 		}
 	}
 
-	// waitResynced waits until both disks' resyncs begun after since are done.
-	waitResynced := func(since time.Time) {
+	// until polls the host's status until done says so.
+	until := func(what string, every time.Duration, done func(hostStatus) bool) {
 		t.Helper()
 		for {
 			st, err := qcdpStatus(ctx, bin, h.Control)
-			n := 0
-			if err == nil && len(st.Groups) == 1 {
-				for _, ds := range st.Groups[0].Disks {
-					if r := ds.Resync; r != nil && r.Done && r.Started.After(since) && ds.State == string(filter.Syncing) {
-						n++
-					}
-				}
-			}
-			if n == 2 {
+			if err == nil && len(st.Groups) == 1 && done(st) {
 				return
 			}
 			select {
 			case <-ctx.Done():
-				t.Fatalf("the resyncs never finished: %+v %v\n%s", st, err, host.Report())
-			case <-time.After(200 * time.Millisecond):
+				t.Fatalf("%s never came: %+v %v\n%s", what, st, err, host.Report())
+			case <-time.After(every):
 			}
 		}
+	}
+	// waitResynced waits until both disks' resyncs begun after since are done.
+	waitResynced := func(since time.Time) {
+		t.Helper()
+		until("both resyncs done", 200*time.Millisecond, func(st hostStatus) bool {
+			n := 0
+			for _, ds := range st.Groups[0].Disks {
+				if r := ds.Resync; r != nil && r.Done && r.Started.After(since) && ds.State == string(filter.Syncing) {
+					n++
+				}
+			}
+			return n == 2
+		})
+	}
+	// midResync waits until a disk's hash resync begun after since is
+	// under way.
+	midResync := func(since time.Time) {
+		t.Helper()
+		until("a resync under way", 20*time.Millisecond, func(st hostStatus) bool {
+			for _, ds := range st.Groups[0].Disks {
+				if r := ds.Resync; r != nil && !r.Done && r.Started.After(since) && r.Compared > 0 {
+					return true
+				}
+			}
+			return false
+		})
 	}
 
 	// Round 1: QEMU killed.
@@ -249,27 +267,6 @@ func TestResyncPaths(t *testing.T) {
 	stop()
 	check(2, changed, map[string]string{"vda": "bitmap", "vdb": "hash"})
 	compare(2)
-
-	// midResync waits until a disk's hash resync begun after since is
-	// under way.
-	midResync := func(since time.Time) {
-		t.Helper()
-		for {
-			st, err := qcdpStatus(ctx, bin, h.Control)
-			if err == nil && len(st.Groups) == 1 {
-				for _, ds := range st.Groups[0].Disks {
-					if r := ds.Resync; r != nil && !r.Done && r.Started.After(since) && r.Compared > 0 {
-						return
-					}
-				}
-			}
-			select {
-			case <-ctx.Done():
-				t.Fatalf("no resync under way: %+v %v\n%s", st, err, host.Report())
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}
 
 	// Round 3: QEMU killed, then the host daemon killed in the middle of
 	// the hash resyncs: the next daemon adopts the jobs and compares again.
