@@ -69,9 +69,10 @@ func (d *Site) hashes(ctx context.Context, tenant string, q stream.HashQuery) (s
 	}
 	r := stream.HashReply{Status: stream.HashOK, Offset: q.Offset, Size: uint64(dv.Size()), Seq: v.Point().Seq}
 	start := time.Now()
-	hs, err := HashBlocks(ctx, dv, int64(q.Offset), int64(q.BlockSize), int(q.Count))
+	hs, read, err := d.hcache.cachedHashes(ctx, j, q.Disk, dv, r.Seq, int64(q.Offset), int64(q.BlockSize), int(q.Count))
 	d.log.Debug("replica: hash query", "tenant", tenant, "group", q.Group, "disk", q.Disk, "offset", q.Offset,
-		"blocks", len(hs), "waited", start.Sub(deadline.Add(-hashWait)).Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+		"blocks", len(hs), "read_bytes", read, "waited", start.Sub(deadline.Add(-hashWait)).Round(time.Millisecond),
+		"took", time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		return stream.HashReply{}, fmt.Errorf("replica: hash %s/%s disk %s: %w", tenant, q.Group, q.Disk, err)
 	}

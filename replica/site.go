@@ -54,6 +54,9 @@ type Site struct {
 	views   map[string]*export       // by export id
 	nextID  int
 
+	// hcache keeps the block hashes of hash queries (hashcache.go).
+	hcache hashCache
+
 	// creating serialises the creation of journals, so that two new groups
 	// of a tenant cannot both take its last place under max_groups.
 	creating sync.Mutex

@@ -266,6 +266,38 @@ func (d *DiskView) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
+// LastWrites returns, for each block of bs bytes of [off, off+n), the seq
+// of the newest record (data, zero or trim) that shaped it as the view
+// shows it; 0 where nothing ever did. It reads the index only: a block's
+// hash kept from the state after seq s still holds when its LastWrites
+// entry is at most s. off is a multiple of bs; the last block may be cut
+// by n.
+func (d *DiskView) LastWrites(off, n, bs int64) ([]uint64, error) {
+	if bs <= 0 || off%bs != 0 {
+		return nil, fmt.Errorf("journal: last writes of [%d,+%d) in blocks of %d", off, n, bs)
+	}
+	if err := d.check(off, n); err != nil {
+		return nil, err
+	}
+	j := d.v.j
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	nl, err := d.v.layersLocked()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint64, (n+bs-1)/bs)
+	for _, pc := range j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(n)) {
+		if pc.kind == 0 {
+			continue
+		}
+		for b := (int64(pc.off) - off) / bs; b < int64(len(out)) && off+b*bs < int64(pc.off+pc.n); b++ {
+			out[b] = max(out[b], pc.e.seq)
+		}
+	}
+	return out, nil
+}
+
 // maxExtentQuery bounds the range one Extents call resolves.
 const maxExtentQuery = 256 << 20
 
