@@ -74,6 +74,8 @@ func TestParseErrors(t *testing.T) {
 		{"label selected twice", withHost(
 			`[[group]]`, `name = "a"`, `vm = [{label = "tier=gold"}]`,
 			`[[group]]`, `name = "b"`, `vm = [{label = "tier=gold"}]`), 8, "group[1].vm[0].label", configs.ErrDuplicate},
+		{"resync read rate too low", withHost(`[[group]]`, `name = "a"`, `resync_read_rate = "100K"`, `vm = [{name = "x"}]`), 5, "group[0].resync_read_rate", configs.ErrInvalid},
+		{"resync read rate not a size", withHost(`[[group]]`, `name = "a"`, `resync_read_rate = "fast"`, `vm = [{name = "x"}]`), 5, "group[0].resync_read_rate", configs.ErrInvalid},
 		{"bad uuid", withHost(`[[group]]`, `name = "a"`, `[[group.vm]]`, `uuid = "web1"`), 6, "group[0].vm[0].uuid", configs.ErrInvalid},
 		{"label with a space", withHost(`[[group]]`, `name = "a"`, `[[group.vm]]`, `label = "tier gold"`), 6, "group[0].vm[0].label", configs.ErrInvalid},
 		{"disk included and excluded", withHost(`[[group]]`, `name = "a"`, `[[group.vm]]`, `name = "x"`,
