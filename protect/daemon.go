@@ -341,6 +341,8 @@ func (d *Engine) forgetStopped(stopped func(id string) bool, stopRunning bool) {
 		delete(d.vms, id)
 	}
 	d.mu.Unlock()
+	// Their Run loops end with their ctx; at most 30 s for all of them.
+	deadline := time.After(30 * time.Second)
 	for _, v := range gone {
 		for _, dc := range v.disks {
 			if dc.done == nil {
@@ -348,7 +350,7 @@ func (d *Engine) forgetStopped(stopped func(id string) bool, stopRunning bool) {
 			}
 			select {
 			case <-dc.done:
-			case <-time.After(30 * time.Second):
+			case <-deadline:
 				d.log.Warn("a capture of a stopped VM did not end", "vm", v.vm.Name, "disk", dc.name)
 			}
 		}
