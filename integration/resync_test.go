@@ -241,10 +241,15 @@ func TestResyncPaths(t *testing.T) {
 		})
 	}
 
+	// killQEMU ends QEMU with SIGKILL: no image is closed cleanly.
+	killQEMU := func() {
+		q.Proc.Kill()
+		<-q.Proc.Exited()
+		q.Close()
+	}
+
 	// Round 1: QEMU killed.
-	q.Proc.Kill()
-	<-q.Proc.Exited()
-	q.Close()
+	killQEMU()
 	changed := offline(1)
 	since := time.Now()
 	q = boot(2)
@@ -270,9 +275,7 @@ func TestResyncPaths(t *testing.T) {
 
 	// Round 3: QEMU killed, then the host daemon killed in the middle of
 	// the hash resyncs: the next daemon adopts the jobs and compares again.
-	q.Proc.Kill()
-	<-q.Proc.Exited()
-	q.Close()
+	killQEMU()
 	changed = offline(3)
 	since = time.Now()
 	q = boot(4)
@@ -288,9 +291,7 @@ func TestResyncPaths(t *testing.T) {
 
 	// Round 4: QEMU killed, then the replica killed in the middle of the
 	// hash resyncs (the link cut): they go on once it is back.
-	q.Proc.Kill()
-	<-q.Proc.Exited()
-	q.Close()
+	killQEMU()
 	changed = offline(4)
 	since = time.Now()
 	q = boot(5)

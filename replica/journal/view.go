@@ -276,18 +276,12 @@ func (d *DiskView) LastWrites(off, n, bs int64) ([]uint64, error) {
 	if bs <= 0 || off%bs != 0 {
 		return nil, fmt.Errorf("journal: last writes of [%d,+%d) in blocks of %d", off, n, bs)
 	}
-	if err := d.check(off, n); err != nil {
-		return nil, err
-	}
-	j := d.v.j
-	j.mu.RLock()
-	defer j.mu.RUnlock()
-	nl, err := d.v.layersLocked()
+	pieces, err := d.pieces(off, n)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]uint64, (n+bs-1)/bs)
-	for _, pc := range j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(n)) {
+	for _, pc := range pieces {
 		if pc.kind == 0 {
 			continue
 		}
@@ -298,15 +292,10 @@ func (d *DiskView) LastWrites(off, n, bs int64) ([]uint64, error) {
 	return out, nil
 }
 
-// maxExtentQuery bounds the range one Extents call resolves.
-const maxExtentQuery = 256 << 20
-
-// Extents implements nbd.Extenter for base:allocation: data is allocated;
-// a zero record reads as zeroes and is allocated; a trimmed or never
-// written range is a hole that reads as zeroes.
-func (d *DiskView) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	length = min(length, maxExtentQuery)
-	if err := d.check(off, length); err != nil {
+// pieces returns the pieces that make up [off, off+n) of the disk at the
+// view's point, from the index alone.
+func (d *DiskView) pieces(off, n int64) ([]piece, error) {
+	if err := d.check(off, n); err != nil {
 		return nil, err
 	}
 	j := d.v.j
@@ -316,7 +305,21 @@ func (d *DiskView) Extents(ctx context.Context, off, length int64) ([]nbd.Extent
 	if err != nil {
 		return nil, err
 	}
-	return extentsOf(j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(length))), ctx.Err()
+	return j.piecesLocked(d.disk, d.v.point.Seq, nl, uint64(off), uint64(n)), nil
+}
+
+// maxExtentQuery bounds the range one Extents call resolves.
+const maxExtentQuery = 256 << 20
+
+// Extents implements nbd.Extenter for base:allocation: data is allocated;
+// a zero record reads as zeroes and is allocated; a trimmed or never
+// written range is a hole that reads as zeroes.
+func (d *DiskView) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+	pieces, err := d.pieces(off, min(length, maxExtentQuery))
+	if err != nil {
+		return nil, err
+	}
+	return extentsOf(pieces), ctx.Err()
 }
 
 func extentsOf(pieces []piece) []nbd.Extent {
