@@ -439,9 +439,9 @@ func (c *Capture) resync(ctx context.Context) error {
 
 // dropExport removes the disk's resync export if QEMU has one.
 func (c *Capture) dropExport(ctx context.Context) {
-	name := ResyncExport(c.cfg.Disk)
-	_ = c.q.Execute(ctx, "block-export-del", map[string]any{"id": name, "mode": "hard"}, nil)
-	c.waitExportGone(ctx, name)
+	if err := c.delExport(ctx); err != nil {
+		c.log.Debug("remove a resync export left behind", "err", err)
+	}
 }
 
 // waitExportGone waits (briefly) until QEMU no longer lists the export.
