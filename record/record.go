@@ -21,6 +21,10 @@ const (
 	// Members declares the group's membership: Payload holds a Declaration
 	// (see DecodeDeclaration).
 	Members Kind = 5
+	// Definition carries one VM's definition (hardware, disks, NICs) as
+	// JSON: Payload holds a VMDefinition, Name its id (see
+	// DecodeDefinition). Since stream version 3.
+	Definition Kind = 6
 )
 
 func (k Kind) String() string {
@@ -35,6 +39,8 @@ func (k Kind) String() string {
 		return "marker"
 	case Members:
 		return "members"
+	case Definition:
+		return "definition"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -45,7 +51,7 @@ func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
 // UnmarshalText reads what MarshalText writes, "kind(N)" included.
 func (k *Kind) UnmarshalText(b []byte) error {
-	for c := Data; c <= Members; c++ {
+	for c := Data; c <= Definition; c++ {
 		if string(b) == c.String() {
 			*k = c
 			return nil
@@ -241,6 +247,13 @@ func (r *Record) Validate() error {
 		if _, err := DecodeDeclaration(r.Payload); err != nil {
 			return fmt.Errorf("members record: %w", err)
 		}
+	case Definition:
+		if r.Disk != "" || r.Marker != 0 || r.Offset != 0 || r.Length != uint64(len(r.Payload)) {
+			return fmt.Errorf("%w: definition record with a disk, marker or range", ErrInvalid)
+		}
+		if _, err := r.Definition(); err != nil {
+			return fmt.Errorf("definition record: %w", err)
+		}
 	default:
 		return fmt.Errorf("%w: kind %d", ErrInvalid, r.Kind)
 	}
@@ -344,7 +357,7 @@ func Decode(b []byte) (r Record, n int, err error) {
 	}
 	k := Kind(b[8])
 	switch k {
-	case Data, Zero, Trim, Marker, Members:
+	case Data, Zero, Trim, Marker, Members, Definition:
 	default:
 		return Record{}, n, fmt.Errorf("%w: type %d", ErrUnknownType, b[8])
 	}
