@@ -23,6 +23,7 @@ import (
 //	[defaults]     window, window_bytes, long_term = [{every, keep}, …], bookmarks,
 //	               max_streams, max_groups
 //	[[tenant]]     name (required), hosts, groups, read_groups, and any [defaults] key
+//	[[recovery]]   a group's recovery plan (recovery.go)
 //
 // Durations are Go's ("90s", "24h") and may also be whole days ("7d").
 //
@@ -99,6 +100,8 @@ type Replica struct {
 	Defaults    Retention // [defaults]
 	Limits      Limits    // [defaults]
 	Tenants     []*Tenant // in file order
+	// Recoveries are the groups' recovery plans ([[recovery]], recovery.go).
+	Recoveries []*Recovery
 }
 
 // Limits bound what the hosts of one tenant may hold at the replica.
@@ -199,6 +202,7 @@ func (d *decoder) replica(raw map[string]any) *Replica {
 			c.Tenants = append(c.Tenants, tn)
 		}
 	}
+	c.Recoveries = d.recoveries(root, c)
 	root.done()
 	return c
 }
