@@ -36,6 +36,12 @@ type VMDefinition struct {
 	Machine   string `json:"machine,omitempty"`
 	Arch      string `json:"arch,omitempty"`     // "x86_64" when empty
 	Firmware  string `json:"firmware,omitempty"` // "bios" (or empty) or "efi"
+	// Kernel, Initrd and Cmdline are set for a VM that boots a kernel
+	// directly (paths on its host; the recovery plan says which
+	// directories a standby may boot from).
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Cmdline string `json:"cmdline,omitempty"`
 
 	Disks []VMDisk `json:"disks"`
 	NICs  []VMNIC  `json:"nics,omitempty"`
@@ -53,6 +59,7 @@ type VMDisk struct {
 	Size   uint64 `json:"size"`            // exact size in bytes
 	Boot   int    `json:"boot,omitempty"`  // boot order, 1 first; 0 none
 	Cache  string `json:"cache,omitempty"` // informative
+	Serial string `json:"serial,omitempty"` // the serial number the guest sees, if set
 }
 
 // VMNIC is one network interface of a VM definition.
@@ -97,6 +104,8 @@ func (d *VMDefinition) Validate() error {
 		return bad("firmware %q, want bios or efi", d.Firmware)
 	case len(d.Disks) > MaxVMDevices || len(d.NICs) > MaxVMDevices:
 		return bad("%d disks and %d NICs, at most %d each", len(d.Disks), len(d.NICs), MaxVMDevices)
+	case len(d.Kernel) > 4096 || len(d.Initrd) > 4096 || len(d.Cmdline) > 4096 || !utf8.ValidString(d.Kernel+d.Initrd+d.Cmdline):
+		return bad("kernel, initrd or command line longer than 4096 bytes, or not UTF-8")
 	case len(d.XML) > MaxDefinitionXML:
 		return bad("domain XML of %d bytes, at most %d", len(d.XML), MaxDefinitionXML)
 	}
@@ -116,6 +125,9 @@ func (d *VMDefinition) Validate() error {
 		}
 		if k.Size == 0 || k.Size > MaxDiskSize || k.Boot < 0 || k.Boot > 1024 {
 			return bad("disk %s: size %d or boot order %d out of bounds", k.Target, k.Size, k.Boot)
+		}
+		if k.Serial != "" && !safeLabel.MatchString(k.Serial) {
+			return bad("disk %s: serial %q", k.Target, k.Serial)
 		}
 		if k.Cache != "" && !safeLabel.MatchString(k.Cache) {
 			return bad("disk %s: cache %q", k.Target, k.Cache)
