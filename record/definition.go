@@ -53,12 +53,12 @@ type VMDefinition struct {
 
 // VMDisk is one disk of a VM definition.
 type VMDisk struct {
-	Disk   string `json:"disk"`            // its name in the group's stream; "" for a disk qcdp does not protect
-	Target string `json:"target"`          // its name in the VM ("vda", "scsi0")
-	Bus    string `json:"bus,omitempty"`   // "virtio", "scsi", "sata", "ide"; virtio when empty
-	Size   uint64 `json:"size"`            // exact size in bytes
-	Boot   int    `json:"boot,omitempty"`  // boot order, 1 first; 0 none
-	Cache  string `json:"cache,omitempty"` // informative
+	Disk   string `json:"disk"`             // its name in the group's stream; "" for a disk qcdp does not protect
+	Target string `json:"target"`           // its name in the VM ("vda", "scsi0")
+	Bus    string `json:"bus,omitempty"`    // "virtio", "scsi", "sata", "ide"; virtio when empty
+	Size   uint64 `json:"size"`             // exact size in bytes
+	Boot   int    `json:"boot,omitempty"`   // boot order, 1 first; 0 none
+	Cache  string `json:"cache,omitempty"`  // informative
 	Serial string `json:"serial,omitempty"` // the serial number the guest sees, if set
 }
 
@@ -153,10 +153,14 @@ func DefinitionRecord(d VMDefinition) (Record, error) {
 	if err := d.Validate(); err != nil {
 		return Record{}, err
 	}
-	p, err := json.Marshal(d)
-	if err != nil {
+	// Not escaped for HTML: a domain XML's < > & stay one byte each.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(d); err != nil {
 		return Record{}, fmt.Errorf("%w: definition of VM %q: %v", ErrInvalid, d.ID, err)
 	}
+	p := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(p) > MaxDefinition || len(d.ID) > MaxName {
 		return Record{}, fmt.Errorf("%w: definition of VM %q is %d bytes, at most %d", ErrInvalid, d.ID, len(p), MaxDefinition)
 	}

@@ -27,8 +27,8 @@
 // runs past the end of the data (a torn tail). The body length is at most
 // MaxBody; nothing is allocated from it.
 //
-// Body of types Data (1), Zero (2), Trim (3), Marker (4) and Members (5),
-// version 1:
+// Body of types Data (1), Zero (2), Trim (3), Marker (4), Members (5) and
+// Definition (6), version 1:
 //
 //	0       8       16      24      32  33  34  35  36
 //	+-------+-------+-------+-------+---+---+---+---+------+------+---------+
@@ -64,14 +64,28 @@
 // whole: the group's records of a disk name a declared disk, and their
 // ranges end within its size (Declaration.Admit; ErrMembership).
 //
+// Definition (6), version 1, has the same body as Members: offset 0,
+// length the length of the payload, mk and dl 0; the name is the VM's
+// stable id (as in its disks' Member.VM, 1..MaxName bytes) and the payload
+// is that VM's definition (VMDefinition: hardware, disks by their names in
+// the stream, NICs, and the libvirt domain XML for the operator) as one
+// JSON object of at most MaxDefinition bytes, whose "id" is the record's
+// name. Readers ignore JSON fields they do not know, so a field can be
+// added without a new layout; a definition must pass VMDefinition.Validate
+// to be read at all. A definition holds for its VM from its record's seq
+// until the next Definition record of the same VM. Streams carry them from
+// stream version 3 on.
+//
 // All values above (offsets, sizes, type, version and marker numbers,
-// MaxPayload, MaxGroupDisks, MaxDiskSize, MaxLabel) are on disk and on the
-// wire: never change them. A new layout gets a new type or version number,
-// and readers skip types they do not know (ErrUnknownType); testdata/
-// keeps a fixture of every version ever written (v1.hex, v1-members.hex)
-// and TestGolden and TestGoldenMembers read them all. A skipped record still took a seq, though: a reader that checks
-// that seqs follow each other (a spool's or a journal's recovery scan)
-// sees a gap after it. So the version that added Members cannot be
+// MaxPayload, MaxGroupDisks, MaxDiskSize, MaxLabel, MaxDefinition and the
+// other definition bounds) are on disk and on the wire: never change them.
+// A new layout gets a new type or version number, and readers skip types
+// they do not know (ErrUnknownType); testdata/ keeps a fixture of every
+// version ever written (v1.hex, v1-members.hex, v1-definition.hex) and
+// TestGolden, TestGoldenMembers and TestGoldenDefinition read them all. A
+// skipped record still took a seq, though: a reader that checks that seqs
+// follow each other (a spool's or a journal's recovery scan) sees a gap
+// after it. So the version that added Members (or Definition) cannot be
 // replaced by an older one over a spool or journal that holds one: the
 // older one reports it corrupt (it never serves it).
 package record

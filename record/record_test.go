@@ -249,6 +249,12 @@ func FuzzDecode(f *testing.F) {
 	}
 	m := goldenMembers()
 	f.Add(AppendEncode(nil, &m))
+	d := goldenDefinition()
+	f.Add(AppendEncode(nil, &d))
+	if small, err := DefinitionRecord(VMDefinition{ID: "101", VCPUs: 1, MemoryMiB: 1}); err == nil {
+		small.Seq = 8
+		f.Add(AppendEncode(nil, &small))
+	}
 	f.Add(encodeRaw(200, 1, []byte("future")))
 	f.Add([]byte{})
 	f.Add(make([]byte, FrameLen))

@@ -20,6 +20,10 @@ const BatchZstd = 1
 // of a given raw length can declare.
 const minRecordLen = record.FrameLen + record.BodyHeaderLen
 
+// definitionsSince is the first protocol version whose batches may carry
+// Definition records. Never change.
+const definitionsSince = 3
+
 // ErrBatchFull is returned by BatchEncoder.Add when the record does not fit
 // in the batch: send the batch and add the record to the next one.
 var ErrBatchFull = errors.New("stream: batch full")
@@ -123,7 +127,7 @@ func (e *BatchEncoder) Frame() []byte {
 	} else {
 		f = append(f, e.raw...)
 	}
-	sealFrame(f, Batch)
+	sealFrame(f, Batch, Version)
 	e.frame = f
 	return f
 }
@@ -214,13 +218,15 @@ type BatchInfo struct {
 // length, every record's checksums and fields, and that the records carry
 // consecutive seqs from the declared first seq. The records (and their
 // payloads) alias the decoder's buffers or f.Payload: they are valid until
-// the next call to Decode or to the Reader's Next.
+// the next call to Decode or to the Reader's Next. A batch of version 2
+// holding a Definition record, which only version 3 carries, is
+// ErrProtocol.
 // Errors wrap ErrCorrupt, ErrTooLarge, ErrVersion or ErrProtocol.
 func (d *BatchDecoder) Decode(f Frame) (BatchInfo, []record.Record, error) {
 	if f.Type != Batch {
 		return BatchInfo{}, nil, fmt.Errorf("%w: %v frame where a batch belongs", ErrProtocol, f.Type)
 	}
-	if f.Version != Version {
+	if !Speaks(f.Version) {
 		return BatchInfo{}, nil, &VersionError{Local: Version, Peer: f.Version, What: "batch"}
 	}
 	p := f.Payload
@@ -296,6 +302,10 @@ func (d *BatchDecoder) Decode(f Frame) (BatchInfo, []record.Record, error) {
 		}
 		if want := bi.First + uint64(len(recs)); r.Seq != want || len(recs) == bi.Count {
 			return bi, nil, fmt.Errorf("%w: batch at seq %d of %d records: record %d has seq %d", ErrCorrupt, bi.First, bi.Count, len(recs), r.Seq)
+		}
+		if r.Kind == record.Definition && f.Version < definitionsSince {
+			return bi, nil, fmt.Errorf("%w: a stream v%d batch holds a definition record (seq %d): the host must speak stream v%d for definitions",
+				ErrProtocol, f.Version, r.Seq, definitionsSince)
 		}
 		recs = append(recs, r)
 		off += n

@@ -45,16 +45,16 @@
 // As in package record, the frame CRC32C (Castagnoli) covers bytes
 // [4, 16+payload length) and the header CRC32C bytes [8, 16), so a flipped
 // length is reported as corruption before anything trusts it. The version
-// byte is the stream protocol version of the peer that wrote the frame; in
-// a Hello it is the version the host speaks, in a Welcome the version the
-// replica agreed to. The payload length is bounded per type (MaxPayload)
+// byte is the stream protocol version of the frame's writer; in a Hello it
+// is the version the host speaks, in a Welcome and every frame after it
+// the version the replica agreed to: the host's own. The payload length is bounded per type (MaxPayload)
 // before anything is read or allocated, and the payload buffer grows only
 // as bytes actually arrive. A Reader whose Reserve is set asks for a
 // frame's memory first (FrameCost: the payload and, for a Batch, what
 // decoding it takes as its header declares) and reads only once it is
 // granted; the replica pays for it from a budget shared by its streams.
 //
-// Payloads of version 2:
+// Payloads of versions 2 and 3 (the same layouts):
 //
 //	Hello   (1)  | last seq (8) | gl (1) | hl (1) | 0 (2) | spool id (16) | created (8) | epoch (8) |
 //	             | intact seq (8) | group (gl) | host (hl) |
@@ -76,19 +76,40 @@
 // fails the batch: a new record type needs a new protocol version.
 // Version 2 batches may carry Members records (record type 5: the group's
 // declared membership, see package record), which version 1 batches never
-// held; testdata/v2-batch-members.hex keeps one.
+// held; testdata/v2-batch-members.hex keeps one. Version 3 batches may
+// carry Definition records (record type 6: one VM's definition, see
+// package record), which version 2 batches never hold: a version 2 batch
+// holding one is a protocol error (the replica refuses it with
+// CodeProtocol, saying the host must speak v3 for definitions);
+// testdata/v3-batch-definition.hex keeps one.
+//
+// # Versions
+//
+// This package writes version 3 (Version) and reads and writes versions 2
+// and 3 (MinVersion to Version, see Speaks): the frames of version 2 are
+// laid out as those of version 3. A replica answers a host in the host's
+// own version: it welcomes a version 2 host with a version 2 Welcome and
+// writes its Acks, the Refuse that ends its stream and the Hashes of its
+// queries in version 2 (AppendWelcomeV and the other *V encoders; every
+// peer reads a Refuse of any version). A version 3 host refuses a replica
+// that welcomes it in another version, and a version 2 replica refuses a
+// version 3 host ("replica speaks stream v2, host sent v3"): the host's
+// error then says to upgrade the replica first. Upgrade replicas before
+// hosts.
 //
 // Version 1 had the same frames but for the handshake: its Hello was
 // | last seq (8) | gl (1) | hl (1) | 0 (2) | group (gl) | host (hl) | and
-// its Welcome | durable seq (8) |. Both sides of version 2 refuse a peer of
-// version 1 (a v1 host gets "replica speaks stream v2, host sent v1"; a v2
-// host reads a v1 replica's Refuse, whose layout every version shares),
-// and a data frame of version 1 is never read as one of version 2.
+// its Welcome | durable seq (8) |. Both sides refuse a peer of version 1
+// (a v1 host gets "replica speaks stream v3, host sent v1"; a host reads a
+// v1 replica's Refuse, whose layout every version shares), and a data
+// frame of version 1 is never read as one of a version this package
+// speaks.
 //
 // Every value above (offsets, type numbers, flag bits, refusal codes,
-// Version, the limits) is on the wire: never change it. A new layout takes
-// a new protocol version; a peer of another version is refused during the
-// handshake with a message naming both versions.
+// Version, MinVersion, the limits) is on the wire: never change it. A new
+// layout takes a new protocol version; a peer of a version this package
+// does not speak is refused during the handshake with a message naming
+// both versions.
 //
 // # Spool identity
 //

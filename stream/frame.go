@@ -48,10 +48,15 @@ func (t Type) String() string {
 
 // Layout constants. Never change.
 const (
-	// Version is the stream protocol version this package speaks. Version
-	// 2 added the spool identity to Hello and Welcome; a peer of version 1
-	// is refused during the handshake.
-	Version = 2
+	// Version is the stream protocol version this package writes. Version
+	// 2 added the spool identity to Hello and Welcome; version 3 lets
+	// batches carry Definition records (record.Definition) and has every
+	// layout of version 2.
+	Version = 3
+	// MinVersion is the oldest version this package still reads and
+	// writes (see Speaks): a replica answers a host of version 2 in
+	// version 2. A peer of version 1 is refused during the handshake.
+	MinVersion = 2
 	// HeaderLen is the length of the frame header.
 	HeaderLen = 16
 	// MaxBatchRaw bounds the uncompressed data of a batch: it holds a
@@ -81,8 +86,13 @@ var (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// MaxPayload returns the largest payload a frame of type t and version
-// Version may have, and false for a type this version does not know.
+// Speaks reports whether this package reads and writes frames of protocol
+// version v: MinVersion to Version, whose layouts are all the same.
+func Speaks(v uint8) bool { return v >= MinVersion && v <= Version }
+
+// MaxPayload returns the largest payload a frame of type t and of a
+// version this package speaks may have, and false for a type it does not
+// know.
 func MaxPayload(t Type) (int, bool) {
 	switch t {
 	case Hello:
@@ -147,9 +157,10 @@ func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
 // Next reads the next frame. It returns io.EOF if the connection ends
 // cleanly between frames, ErrTruncated inside one, ErrCorrupt for a
 // checksum or header mismatch, ErrTooLarge for a length over its type's
-// bound, ErrVersion for a data frame of another version and ErrProtocol for
-// an unknown type. Handshake frames (Hello, Welcome, Refuse, HashQ) of
-// another version are returned: their decoders report the version.
+// bound, ErrVersion for a data frame of a version this package does not
+// speak (see Speaks) and ErrProtocol for an unknown type. Handshake frames
+// (Hello, Welcome, Refuse, HashQ) of any version are returned: their
+// decoders report a version they do not speak.
 func (r *Reader) Next() (Frame, error) {
 	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -239,9 +250,9 @@ func parseHeader(h []byte) (Type, uint8, int, error) {
 	n := binary.LittleEndian.Uint32(h[12:])
 	limit, known := MaxPayload(t)
 	switch {
-	case v != Version && handshake(t):
+	case !Speaks(v) && handshake(t):
 		limit = maxForeign
-	case v != Version:
+	case !Speaks(v):
 		return 0, 0, 0, &VersionError{Local: Version, Peer: v, What: t.String()}
 	case !known:
 		return 0, 0, 0, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, uint8(t))
@@ -256,22 +267,25 @@ func parseHeader(h []byte) (Type, uint8, int, error) {
 // once the payload follows it.
 func beginFrame(dst []byte) []byte { return append(dst, make([]byte, HeaderLen)...) }
 
-// sealFrame writes the header of the frame that starts at f[0] and whose
-// payload is the rest of f.
-func sealFrame(f []byte, t Type) {
-	f[8], f[9] = byte(t), Version
+// sealFrame writes the header of the frame of version v that starts at
+// f[0] and whose payload is the rest of f.
+func sealFrame(f []byte, t Type, v uint8) {
+	if !Speaks(v) {
+		panic(fmt.Sprintf("stream: a %v frame of version %d, which this package does not write", t, v))
+	}
+	f[8], f[9] = byte(t), v
 	binary.LittleEndian.PutUint16(f[10:], 0)
 	binary.LittleEndian.PutUint32(f[12:], uint32(len(f)-HeaderLen))
 	binary.LittleEndian.PutUint32(f[4:], crc32.Checksum(f[8:16], castagnoli))
 	binary.LittleEndian.PutUint32(f[0:], crc32.Checksum(f[4:], castagnoli))
 }
 
-// appendFrame appends a whole frame of type t with payload p.
-func appendFrame(dst []byte, t Type, p []byte) []byte {
+// appendFrame appends a whole frame of type t and version v with payload p.
+func appendFrame(dst []byte, t Type, v uint8, p []byte) []byte {
 	start := len(dst)
 	dst = beginFrame(dst)
 	dst = append(dst, p...)
-	sealFrame(dst[start:], t)
+	sealFrame(dst[start:], t, v)
 	return dst
 }
 

@@ -18,10 +18,13 @@ import (
 // The fixtures in testdata/v<N>-*.hex are frames of stream version N as this
 // package wrote them. Never edit them: a new protocol version gets new
 // fixtures. Those of the current version must decode and be written again
-// byte for byte; those of older versions must still be read far enough to
-// be refused clearly (TestGoldenOlderVersions). QCDP_WRITE_GOLDEN=1 writes
-// the fixtures of the current version that are missing; remove one first
-// to write it again on purpose.
+// byte for byte; those of the older versions this package still speaks
+// (MinVersion on) must decode too, and what a replica writes to a host of
+// that version must be their bytes (TestGoldenV2); those of versions it no
+// longer speaks must still be read far enough to be refused clearly
+// (TestGoldenOlderVersions). QCDP_WRITE_GOLDEN=1 writes the fixtures of
+// the current version that are missing; remove one first to write it
+// again on purpose.
 
 // goldenHello, goldenWelcome and so on are what the fixtures hold.
 var (
@@ -47,6 +50,26 @@ var (
 		{Seq: 8, Time: 1700000000000000008, Kind: record.Data, Disk: "vda", Offset: 1024, Length: 1024, Payload: bytes.Repeat([]byte("QCDP"), 256)},
 		{Seq: 9, Time: 1700000000000000009, Kind: record.Marker, Marker: record.CrashConsistent, Name: "cc-9"},
 	}
+	// goldenDefinitionBatch (version 3 on) declares the group's membership,
+	// then defines its VM. The definition's JSON is written out here, not
+	// made by encoding/json, so that the fixture pins the frame, not the
+	// JSON encoder.
+	goldenDefinitionJSON = `{"id":"4c4c4544-0042","name":"db-1","source":"libvirt","vcpus":2,"memory_mib":4096,` +
+		`"machine":"pc-q35-7.2","disks":[{"disk":"vm1.vda","target":"vda","bus":"virtio","size":21474836480,"boot":1}],` +
+		`"nics":[{"mac":"52:54:00:00:00:42","model":"virtio","network":"default"}]}`
+	goldenDefinitionBatch = func() []record.Record {
+		m, err := record.MembersRecord(record.Declaration{Disks: []record.Member{
+			{Disk: "vm1.vda", Size: 20 << 30, VM: "4c4c4544-0042", VMName: "db-1", Target: "vda"}}})
+		if err != nil {
+			panic(err)
+		}
+		m.Seq, m.Time = 300, 1700000000000000300
+		return []record.Record{m,
+			{Seq: 301, Time: 1700000000000000301, Kind: record.Definition, Name: "4c4c4544-0042",
+				Length: uint64(len(goldenDefinitionJSON)), Payload: []byte(goldenDefinitionJSON)},
+			{Seq: 302, Time: 1700000000000000302, Kind: record.Data, Disk: "vm1.vda", Offset: 0, Length: 4, Payload: []byte("boot")},
+		}
+	}()
 )
 
 // goldenFrames builds each fixture's frame with the current encoders.
@@ -71,8 +94,10 @@ func goldenFrames(t testing.TB) map[string][]byte {
 		"refuse":     AppendRefuse(nil, goldenRefuse.Code, goldenRefuse.Message),
 		"batch-raw":  batch(false, goldenRawBatch),
 		"batch-zstd": batch(true, goldenZstdBatch),
-		"ack":        AppendAck(nil, goldenAck),
-		"ping":       AppendPing(nil),
+		// Version 3 on: a batch that defines a VM.
+		"batch-definition": batch(false, goldenDefinitionBatch),
+		"ack":              AppendAck(nil, goldenAck),
+		"ping":             AppendPing(nil),
 	}
 }
 
@@ -206,6 +231,23 @@ func TestGoldenFrames(t *testing.T) {
 		}
 		checkGoldenBatch(t, f, BatchInfo{First: 7, Count: len(goldenZstdBatch), Flags: BatchZstd, RawLen: raw, Wire: len(f.Payload)}, goldenZstdBatch)
 	})
+	t.Run("batch-definition", func(t *testing.T) {
+		b, f := readGoldenFrame(t, "batch-definition")
+		raw := 0
+		for i := range goldenDefinitionBatch {
+			raw += record.EncodedLen(&goldenDefinitionBatch[i])
+		}
+		checkFrame(t, f, Batch, BatchHeaderLen+raw)
+		checkGoldenBatch(t, f, BatchInfo{First: 300, Count: len(goldenDefinitionBatch), Flags: 0, RawLen: raw, Wire: len(f.Payload)}, goldenDefinitionBatch)
+		d := NewBatchDecoder()
+		defer d.Close()
+		_, recs, _ := d.Decode(f)
+		def, err := recs[1].Definition()
+		if err != nil || def.ID != "4c4c4544-0042" || def.VCPUs != 2 || len(def.Disks) != 1 || def.Disks[0].Disk != "vm1.vda" {
+			t.Fatalf("definition %+v %v", def, err)
+		}
+		reencode(t, "batch-definition", b)
+	})
 	t.Run("ack", func(t *testing.T) {
 		b, f := readGoldenFrame(t, "ack")
 		checkFrame(t, f, Ack, 8)
@@ -222,6 +264,147 @@ func TestGoldenFrames(t *testing.T) {
 			t.Fatalf("ping of %d bytes, want %d", len(b), HeaderLen)
 		}
 		reencode(t, "ping", b)
+	})
+}
+
+// TestGoldenV2 reads the fixtures of stream version 2, which this package
+// still speaks: every frame decodes as it did, what a replica writes to a
+// host of version 2 (Welcome, Ack, Refuse, Hashes: the *V encoders) is the
+// fixture's bytes, and the frames a host of version 3 writes are the
+// version 2 fixtures but for the version byte (the layouts are the same).
+// A version 2 batch that holds a Definition record is a protocol error.
+func TestGoldenV2(t *testing.T) {
+	const v = 2
+	if !Speaks(v) || Speaks(1) || Speaks(Version+1) {
+		t.Fatalf("Speaks: v1 %v, v2 %v, v%d %v", Speaks(1), Speaks(v), Version+1, Speaks(Version+1))
+	}
+	frame := func(t *testing.T, name string) ([]byte, Frame) {
+		t.Helper()
+		b := readGolden(t, goldenPathV(v, name))
+		r := NewReader(bytes.NewReader(b))
+		f, err := r.Next()
+		if err != nil {
+			t.Fatalf("%s: %v", goldenPathV(v, name), err)
+		}
+		if f.Version != v {
+			t.Fatalf("%s: frame version %d, want %d", goldenPathV(v, name), f.Version, v)
+		}
+		if _, err := r.Next(); !errors.Is(err, io.EOF) {
+			t.Fatalf("%s: after the frame: %v, want io.EOF", goldenPathV(v, name), err)
+		}
+		return b, f
+	}
+	// asV2 is a frame of the current version relabelled as version 2.
+	asV2 := func(b []byte) []byte {
+		c := bytes.Clone(b)
+		setVersion(c, v)
+		return c
+	}
+	same := func(t *testing.T, name string, got, want []byte) {
+		t.Helper()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s:\n got  %x\n want %x", goldenPathV(v, name), got, want)
+		}
+	}
+	enc := goldenFrames(t)
+	t.Run("hello", func(t *testing.T) {
+		b, f := frame(t, "hello")
+		h, err := DecodeHello(f)
+		want := goldenHello
+		want.Version = v
+		if err != nil || h != want {
+			t.Fatalf("hello %+v (%v), want %+v", h, err, want)
+		}
+		same(t, "hello", asV2(enc["hello"]), b)
+	})
+	t.Run("welcome", func(t *testing.T) {
+		b, f := frame(t, "welcome")
+		w, err := DecodeWelcome(f)
+		if err != nil || w != goldenWelcome {
+			t.Fatalf("welcome %+v (%v), want %+v", w, err, goldenWelcome)
+		}
+		same(t, "welcome", AppendWelcomeV(nil, v, goldenWelcome), b)
+	})
+	t.Run("refuse", func(t *testing.T) {
+		b, f := frame(t, "refuse")
+		r, err := DecodeRefuse(f)
+		if err != nil || r.Code != goldenRefuse.Code || r.Message != goldenRefuse.Message {
+			t.Fatalf("refuse %+v (%v)", r, err)
+		}
+		same(t, "refuse", AppendRefuseV(nil, v, goldenRefuse.Code, goldenRefuse.Message), b)
+	})
+	t.Run("ack", func(t *testing.T) {
+		b, f := frame(t, "ack")
+		s, err := DecodeAck(f)
+		if err != nil || s != goldenAck {
+			t.Fatalf("ack %#x (%v)", s, err)
+		}
+		same(t, "ack", AppendAckV(nil, v, goldenAck), b)
+	})
+	t.Run("ping", func(t *testing.T) {
+		b, f := frame(t, "ping")
+		if f.Type != Ping || len(f.Payload) != 0 {
+			t.Fatalf("frame %v of %d bytes", f.Type, len(f.Payload))
+		}
+		same(t, "ping", asV2(enc["ping"]), b)
+	})
+	t.Run("batch-raw", func(t *testing.T) {
+		b, f := frame(t, "batch-raw")
+		raw := 0
+		for i := range goldenRawBatch {
+			raw += record.EncodedLen(&goldenRawBatch[i])
+		}
+		checkGoldenBatch(t, f, BatchInfo{First: 100, Count: len(goldenRawBatch), RawLen: raw, Wire: len(f.Payload)}, goldenRawBatch)
+		same(t, "batch-raw", asV2(enc["batch-raw"]), b)
+	})
+	t.Run("batch-zstd", func(t *testing.T) {
+		_, f := frame(t, "batch-zstd")
+		raw := 0
+		for i := range goldenZstdBatch {
+			raw += record.EncodedLen(&goldenZstdBatch[i])
+		}
+		checkGoldenBatch(t, f, BatchInfo{First: 7, Count: len(goldenZstdBatch), Flags: BatchZstd, RawLen: raw, Wire: len(f.Payload)}, goldenZstdBatch)
+	})
+	t.Run("batch-members", func(t *testing.T) {
+		_, f := frame(t, "batch-members")
+		d := NewBatchDecoder()
+		defer d.Close()
+		if _, recs, err := d.Decode(f); err != nil || len(recs) != 3 || recs[0].Kind != record.Members {
+			t.Fatalf("%d records, %v", len(recs), err)
+		}
+	})
+	t.Run("hashquery", func(t *testing.T) {
+		b, f := frame(t, "hashquery")
+		q, err := DecodeHashQuery(f)
+		if err != nil || q != goldenHashQuery {
+			t.Fatalf("hash query %+v (%v)", q, err)
+		}
+		q3, _ := AppendHashQuery(nil, goldenHashQuery)
+		same(t, "hashquery", asV2(q3), b)
+	})
+	t.Run("hashes", func(t *testing.T) {
+		b, f := frame(t, "hashes")
+		r, err := DecodeHashReply(f)
+		if err != nil || !reflect.DeepEqual(r, goldenHashReply) {
+			t.Fatalf("hashes %+v (%v)", r, err)
+		}
+		out, err := AppendHashReplyV(nil, v, goldenHashReply)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same(t, "hashes", out, b)
+	})
+	t.Run("definition in a v2 batch", func(t *testing.T) {
+		f, err := readOne(asV2(enc["batch-definition"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := NewBatchDecoder()
+		defer d.Close()
+		_, _, err = d.Decode(f)
+		if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "must speak stream v3 for definitions") {
+			t.Fatalf("a v2 batch with a definition: %v, want ErrProtocol", err)
+		}
 	})
 }
 

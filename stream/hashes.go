@@ -83,15 +83,17 @@ func AppendHashQuery(dst []byte, q HashQuery) ([]byte, error) {
 	binary.LittleEndian.PutUint32(p[16:], q.Count)
 	binary.LittleEndian.PutUint64(p[24:], q.After)
 	p = append(append(p, q.Group...), q.Disk...)
-	return appendFrame(dst, HashQ, p), nil
+	return appendFrame(dst, HashQ, Version, p), nil
 }
 
-// DecodeHashQuery decodes a HashQuery frame and checks every field.
+// DecodeHashQuery decodes a HashQuery frame of any version this package
+// speaks and checks every field; the reply goes in the query's version
+// (AppendHashReplyV).
 func DecodeHashQuery(f Frame) (HashQuery, error) {
 	if f.Type != HashQ {
 		return HashQuery{}, fmt.Errorf("%w: %v frame where a hash query belongs", ErrProtocol, f.Type)
 	}
-	if f.Version != Version {
+	if !Speaks(f.Version) {
 		return HashQuery{}, &VersionError{Local: Version, Peer: f.Version, What: "hash query"}
 	}
 	p := f.Payload
@@ -150,8 +152,14 @@ type HashReply struct {
 	Hashes []Hash
 }
 
-// AppendHashReply appends a Hashes frame.
+// AppendHashReply appends a Hashes frame of version Version.
 func AppendHashReply(dst []byte, r HashReply) ([]byte, error) {
+	return AppendHashReplyV(dst, Version, r)
+}
+
+// AppendHashReplyV appends a Hashes frame of version v, the version of the
+// query it answers; it panics unless Speaks(v).
+func AppendHashReplyV(dst []byte, v uint8, r HashReply) ([]byte, error) {
 	if len(r.Hashes) > MaxHashBlocks || r.Status > HashBehind || r.Status != HashOK && len(r.Hashes) > 0 {
 		return dst, fmt.Errorf("%w: hash reply: status %v with %d hashes", ErrProtocol, r.Status, len(r.Hashes))
 	}
@@ -164,15 +172,16 @@ func AppendHashReply(dst []byte, r HashReply) ([]byte, error) {
 	for _, h := range r.Hashes {
 		p = append(p, h[:]...)
 	}
-	return appendFrame(dst, Hashes, p), nil
+	return appendFrame(dst, Hashes, v, p), nil
 }
 
-// DecodeHashReply decodes a Hashes frame.
+// DecodeHashReply decodes a Hashes frame of any version this package
+// speaks.
 func DecodeHashReply(f Frame) (HashReply, error) {
 	if f.Type != Hashes {
 		return HashReply{}, fmt.Errorf("%w: %v frame where hashes belong", ErrProtocol, f.Type)
 	}
-	if f.Version != Version {
+	if !Speaks(f.Version) {
 		return HashReply{}, &VersionError{Local: Version, Peer: f.Version, What: "hashes"}
 	}
 	p := f.Payload

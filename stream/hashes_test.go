@@ -15,10 +15,11 @@ import (
 	"github.com/zeebo/blake3"
 )
 
-// The fixtures testdata/v2-hashquery.hex and testdata/v2-hashes.hex are a
-// HashQ and a Hashes frame of stream version 2 as this package wrote them
-// (the convention of golden_test.go): never edit them. QCDP_WRITE_GOLDEN=1
-// writes them when they are missing.
+// The fixtures testdata/v<N>-hashquery.hex and testdata/v<N>-hashes.hex are
+// a HashQ and a Hashes frame of stream version N as this package wrote
+// them (the convention of golden_test.go; TestGoldenV2 reads those of
+// version 2): never edit them. QCDP_WRITE_GOLDEN=1 writes those of the
+// current version when they are missing.
 var (
 	goldenHashQuery = HashQuery{Group: "db-prod", Disk: "vm1.vda", BlockSize: 64 << 10, Offset: 3 * 64 << 10, Count: 1024,
 		After: 0x0102030405060708}
@@ -376,7 +377,7 @@ func TestHashQueryLayoutRefused(t *testing.T) {
 	}
 	// Through the Reader, checksums made right: the same.
 	for name, p := range cases {
-		f, err := readOne(appendFrame(nil, HashQ, p))
+		f, err := readOne(appendFrame(nil, HashQ, Version, p))
 		if err != nil {
 			continue // the reader refuses it already
 		}
@@ -481,7 +482,7 @@ func TestHashStatusString(t *testing.T) {
 // Hello) and refused by its decoder with a VersionError naming both
 // versions; a Hashes frame of another version is refused by the Reader.
 func TestHashVersion(t *testing.T) {
-	for _, v := range []uint8{1, 3, 7, 255} {
+	for _, v := range []uint8{1, Version + 1, 7, 255} {
 		b, err := AppendHashQuery(nil, goldenHashQuery)
 		if err != nil {
 			t.Fatal(err)

@@ -80,17 +80,18 @@ func AppendHello(dst []byte, h HelloMsg) ([]byte, error) {
 	binary.LittleEndian.PutUint64(p[36:], h.Spool.Epoch)
 	binary.LittleEndian.PutUint64(p[44:], h.Intact)
 	p = append(append(p, h.Group...), h.Host...)
-	return appendFrame(dst, Hello, p), nil
+	return appendFrame(dst, Hello, Version, p), nil
 }
 
-// DecodeHello decodes a Hello frame. A Hello of another version fails with
-// a *VersionError (wrapping ErrVersion) whose message names both versions;
-// its group and host are not read.
+// DecodeHello decodes a Hello frame of any version this package speaks
+// (Version says which: a replica answers in it). A Hello of another
+// version fails with a *VersionError (wrapping ErrVersion) whose message
+// names both versions; its group and host are not read.
 func DecodeHello(f Frame) (HelloMsg, error) {
 	if f.Type != Hello {
 		return HelloMsg{}, fmt.Errorf("%w: %v frame where a hello belongs", ErrProtocol, f.Type)
 	}
-	if f.Version != Version {
+	if !Speaks(f.Version) {
 		return HelloMsg{Version: f.Version}, &VersionError{Local: Version, Peer: f.Version, What: "hello"}
 	}
 	p := f.Payload
@@ -128,20 +129,25 @@ type WelcomeMsg struct {
 	Epoch   uint64
 }
 
-// AppendWelcome appends a Welcome frame.
-func AppendWelcome(dst []byte, w WelcomeMsg) []byte {
+// AppendWelcome appends a Welcome frame of version Version.
+func AppendWelcome(dst []byte, w WelcomeMsg) []byte { return AppendWelcomeV(dst, Version, w) }
+
+// AppendWelcomeV appends a Welcome frame of version v, the version of the
+// Hello it answers; it panics unless Speaks(v).
+func AppendWelcomeV(dst []byte, v uint8, w WelcomeMsg) []byte {
 	p := binary.LittleEndian.AppendUint64(make([]byte, 0, welcomeLen), w.Durable)
 	p = append(p, w.Spool[:]...)
-	return appendFrame(dst, Welcome, binary.LittleEndian.AppendUint64(p, w.Epoch))
+	return appendFrame(dst, Welcome, v, binary.LittleEndian.AppendUint64(p, w.Epoch))
 }
 
-// DecodeWelcome decodes a Welcome frame. A Welcome of another version
-// fails with a *VersionError.
+// DecodeWelcome decodes a Welcome frame of any version this package
+// speaks (f.Version is the version the replica agreed to). A Welcome of
+// another version fails with a *VersionError.
 func DecodeWelcome(f Frame) (WelcomeMsg, error) {
 	if f.Type != Welcome {
 		return WelcomeMsg{}, fmt.Errorf("%w: %v frame where a welcome belongs", ErrProtocol, f.Type)
 	}
-	if f.Version != Version {
+	if !Speaks(f.Version) {
 		return WelcomeMsg{}, &VersionError{Local: Version, Peer: f.Version, What: "welcome"}
 	}
 	p := f.Payload
@@ -155,9 +161,16 @@ func DecodeWelcome(f Frame) (WelcomeMsg, error) {
 	}, nil
 }
 
-// AppendAck appends an Ack frame: every record up to seq is durable.
-func AppendAck(dst []byte, seq uint64) []byte {
-	return appendFrame(dst, Ack, binary.LittleEndian.AppendUint64(nil, seq))
+// AppendAck appends an Ack frame of version Version: every record up to
+// seq is durable.
+func AppendAck(dst []byte, seq uint64) []byte { return AppendAckV(dst, Version, seq) }
+
+// AppendAckV appends an Ack frame of version v, the stream's; it panics
+// unless Speaks(v).
+func AppendAckV(dst []byte, v uint8, seq uint64) []byte {
+	var p [8]byte
+	binary.LittleEndian.PutUint64(p[:], seq)
+	return appendFrame(dst, Ack, v, p[:])
 }
 
 // DecodeAck decodes an Ack frame.
@@ -172,7 +185,7 @@ func DecodeAck(f Frame) (uint64, error) {
 }
 
 // AppendPing appends a Ping frame.
-func AppendPing(dst []byte) []byte { return appendFrame(dst, Ping, nil) }
+func AppendPing(dst []byte) []byte { return appendFrame(dst, Ping, Version, nil) }
 
 // Code says why a replica refused a stream. Never change the values.
 type Code uint16
@@ -188,6 +201,10 @@ const (
 	CodeReplaced    Code = 7 // a newer connection for the same group took over
 	CodeShutdown    Code = 8 // the replica daemon is stopping
 	CodeInternal    Code = 9 // the replica failed (journal write error)
+	// CodeFailedOver: the group failed over at the recovery site (package
+	// failover) and takes no stream until its failover is undone or failed
+	// back. The host stops its captures cleanly and keeps tracking.
+	CodeFailedOver Code = 10
 )
 
 func (c Code) String() string {
@@ -196,6 +213,8 @@ func (c Code) String() string {
 		return "version"
 	case CodeBadRequest:
 		return "bad-request"
+	case CodeFailedOver:
+		return "failed-over"
 	case CodeDenied:
 		return "denied"
 	case CodeUnavailable:
@@ -227,16 +246,24 @@ func (e *RefusedError) Error() string {
 // Unwrap returns ErrRefused.
 func (e *RefusedError) Unwrap() error { return ErrRefused }
 
-// AppendRefuse appends a Refuse frame; a message over MaxMessage bytes is
-// cut.
+// AppendRefuse appends a Refuse frame of version Version; a message over
+// MaxMessage bytes is cut.
 func AppendRefuse(dst []byte, code Code, msg string) []byte {
+	return AppendRefuseV(dst, Version, code, msg)
+}
+
+// AppendRefuseV appends a Refuse frame of version v, the stream's once its
+// Hello was read; it panics unless Speaks(v). (A peer of any version reads
+// a Refuse of any version: AppendRefuse answers a Hello this package does
+// not speak.)
+func AppendRefuseV(dst []byte, v uint8, code Code, msg string) []byte {
 	if len(msg) > MaxMessage {
 		msg = msg[:MaxMessage]
 	}
 	p := make([]byte, 4, 4+len(msg))
 	binary.LittleEndian.PutUint16(p, uint16(code))
 	binary.LittleEndian.PutUint16(p[2:], uint16(len(msg)))
-	return appendFrame(dst, Refuse, append(p, msg...))
+	return appendFrame(dst, Refuse, v, append(p, msg...))
 }
 
 // DecodeRefuse decodes a Refuse frame into a *RefusedError. The code and
@@ -251,7 +278,7 @@ func DecodeRefuse(f Frame) (*RefusedError, error) {
 		return nil, fmt.Errorf("%w: refuse of %d bytes", ErrCorrupt, len(p))
 	}
 	ml := int(binary.LittleEndian.Uint16(p[2:]))
-	if ml > MaxMessage || 4+ml > len(p) || f.Version == Version && 4+ml != len(p) {
+	if ml > MaxMessage || 4+ml > len(p) || Speaks(f.Version) && 4+ml != len(p) {
 		return nil, fmt.Errorf("%w: refuse message length %d in %d bytes", ErrCorrupt, ml, len(p))
 	}
 	return &RefusedError{Code: Code(binary.LittleEndian.Uint16(p)), Message: string(p[4 : 4+ml])}, nil

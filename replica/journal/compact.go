@@ -137,6 +137,13 @@ func (j *Journal) Compact(ctx context.Context, now time.Time) error {
 	j.marks = slices.Clone(j.marks[m:])
 	m = sort.Search(len(j.mems), func(i int) bool { return j.mems[i].seq >= j.first })
 	j.mems = slices.Clone(j.mems[m:])
+	// Folded Definition records leave the window; their definitions stay
+	// in DEFINITIONS.
+	m = sort.Search(len(j.defRecs), func(i int) bool { return j.defRecs[i] >= j.first })
+	for _, s := range j.defRecs[:m] {
+		delete(j.names, s)
+	}
+	j.defRecs = slices.Clone(j.defRecs[m:])
 	var obsoleteSegs []*segment
 	for len(j.segs) > 1 && j.segs[0].last < j.first {
 		obsoleteSegs = append(obsoleteSegs, j.segs[0])

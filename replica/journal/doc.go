@@ -16,6 +16,7 @@
 //	DIR/MANIFEST                          root: layers, first retained seq, stream state, declarations (vfs.Publish)
 //	DIR/ACKED                             the acknowledged mark: the newest seq Append acknowledged
 //	DIR/ORIGIN                            the host spool the records come from (origin.go; vfs.Publish)
+//	DIR/DEFINITIONS                       the VMs' definitions: per VM its newest 16, with their seqs (definitions.go; vfs.Publish)
 //	DIR/00000000000000000001.seg          a segment, named by its first seq
 //	DIR/00000000000000000001.seg.idx      its index file, written when the segment is sealed
 //	DIR/00000000000000000007.lay          a layer, named by its id
@@ -60,6 +61,12 @@
 // slot. The newer of two slots that check is the mark. Integers are
 // little-endian. All these layouts are on disk: never change them; a new
 // layout takes a new version.
+//
+// DEFINITIONS holds the definitions of the group's VMs (Definition
+// records, see Definitions below), laid out in definitions.go: a header
+// naming the group, then per definition its record's seq and its JSON as
+// the host sent it, sorted by VM id and seq, and one CRC32C over the whole
+// file. A journal that never held a definition has none.
 //
 // ORIGIN names the spool of the host the journal's records come from (its
 // random id, creation time and newest epoch seen, the host, the seq at
@@ -138,6 +145,30 @@
 // most 4096 disk names (those of its retained records and of its state);
 // Append refuses one more, and Open reports a journal naming more (written
 // before the bound: its disk ids wrapped) as corrupt.
+//
+// # Definitions
+//
+// The host defines each VM of the group in the stream: a Definition record
+// (package record; stream version 3) carries one VM's hardware, disks and
+// NICs, and holds for that VM from its seq until the VM's next one.
+// Definitions(seq) returns, for every VM, the definition in effect at a
+// restore point: its newest with a seq at most seq (a VM all of whose
+// definitions kept are newer is left out). Like every record a Definition
+// takes a seq and lies in its segment (its index entry has no disk and is
+// named by the VM's id); it writes no disk bytes and makes or breaks no
+// restore point. Since compaction folds segments into layers, which keep
+// disk bytes only, the definitions are kept in the DEFINITIONS file too:
+// per VM its newest 16, at most 256 VMs (beyond, the VM defined least
+// recently is dropped) and at most 64 MiB of definitions besides each VM's
+// newest (beyond, the oldest are dropped). Append publishes the file
+// (vfs.Publish) before it writes the records of a batch that holds
+// definitions, so an acknowledged definition is never lost; a failed
+// publish breaks the journal until it is reopened. A definition whose
+// record was then never acknowledged (a crash or a failed write between
+// the publish and the mark) is ignored and dropped, at Open or by the
+// next Append, before its seq is taken again. A damaged DEFINITIONS file,
+// or a missing one while a retained record is a definition, is ErrCorrupt
+// at Open naming the file; Verify checks it too.
 //
 // # Retention and crash safety
 //

@@ -88,7 +88,7 @@ type entry struct {
 
 // encodedLen is the record's full encoded length.
 func (e *entry) encodedLen() int64 {
-	if e.kind == record.Data || e.kind == record.Members {
+	if e.kind == record.Data || e.kind == record.Members || e.kind == record.Definition {
 		return int64(e.hlen) + int64(e.length)
 	}
 	return int64(e.hlen)
@@ -101,7 +101,7 @@ type idxFile struct {
 	covered int64 // the data file's size the index describes
 	disks   []string
 	entries []entry
-	names   map[uint64]string // marker names by seq
+	names   map[uint64]string // marker names (and Definition records' VM ids) by seq
 }
 
 // encodeIndex lays out an index file:
@@ -117,7 +117,9 @@ type idxFile struct {
 //
 // The disk table is, per disk, a length byte and the name. The entry of a
 // Members record (segments only) has no disk (0xffff) and its length is
-// that of its declaration, which is read from the record itself.
+// that of its declaration, which is read from the record itself. The entry
+// of a Definition record (segments only) has no disk either, its length is
+// that of its JSON and its name is the VM's id.
 func encodeIndex(x *idxFile) []byte {
 	b := make([]byte, 0, idxFixedLen+len(x.entries)*idxEntryLen+64)
 	b = append(b, idxMagic...)
@@ -135,7 +137,7 @@ func encodeIndex(x *idxFile) []byte {
 	for i := range x.entries {
 		e := &x.entries[i]
 		name := x.names[e.seq]
-		if e.kind != record.Marker {
+		if e.kind != record.Marker && e.kind != record.Definition {
 			name = ""
 		}
 		b = binary.LittleEndian.AppendUint64(b, e.seq)
@@ -218,7 +220,7 @@ func decodeIndex(b []byte) (*idxFile, error) {
 		if e.disk != noDisk {
 			dl = len(x.disks[e.disk])
 		}
-		if nl > 0 && e.kind != record.Marker {
+		if nl > 0 && e.kind != record.Marker && e.kind != record.Definition {
 			return nil, fmt.Errorf("%w: entry %d: a name on a %v record", errIndex, len(x.entries), e.kind)
 		}
 		if nl > 0 {
@@ -241,6 +243,11 @@ func decodeIndex(b []byte) (*idxFile, error) {
 			// Its declaration is read from the record itself.
 			if e.disk != noDisk || e.marker != 0 || e.off != 0 || e.length > record.MaxDeclaration || x.kind != idxKindSeg {
 				return nil, fmt.Errorf("%w: entry %d (seq %d) invalid members record", errIndex, len(x.entries), e.seq)
+			}
+		case record.Definition:
+			// Named by its VM; its definition is the DEFINITIONS file's.
+			if e.disk != noDisk || e.marker != 0 || e.off != 0 || e.length > record.MaxDefinition || nl == 0 || x.kind != idxKindSeg {
+				return nil, fmt.Errorf("%w: entry %d (seq %d) invalid definition record", errIndex, len(x.entries), e.seq)
 			}
 		default:
 			return nil, fmt.Errorf("%w: entry %d (seq %d) kind %d", errIndex, len(x.entries), e.seq, e.kind)

@@ -180,6 +180,10 @@ func (j *Journal) addEntryLocked(e entry, disk, name string, m *membership) erro
 		j.marks = append(j.marks, e.seq)
 	case e.kind == record.Members:
 		j.mems = append(j.mems, m)
+	case e.kind == record.Definition:
+		// Writes no disk and changes no restore point; its definition is
+		// kept in DEFINITIONS (definitions.go).
+		j.defRecs = append(j.defRecs, e.seq)
 	default:
 		j.index[e.disk].add(&e)
 	}

@@ -328,6 +328,9 @@ func FuzzIndex(f *testing.F) {
 	f.Add(encodeIndex(x))
 	x.entries = append(x.entries, entry{seq: 4, length: 40, pos: 200, disk: noDisk, kind: record.Members})
 	f.Add(encodeIndex(x))
+	x.entries = append(x.entries, entry{seq: 5, length: 90, pos: 300, disk: noDisk, kind: record.Definition})
+	x.names[5] = "4c4c4544-0042"
+	f.Add(encodeIndex(x))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		x, err := decodeIndex(b)

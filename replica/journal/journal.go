@@ -96,6 +96,8 @@ type Journal struct {
 	invalid []span         // boundaries in [first-1, last] that are no restore point
 	marks   []uint64       // seqs of marker records in [first, last]
 	mems    []*membership  // declarations of the Members records in [first, last]
+	defRecs []uint64       // seqs of the Definition records in [first, last]
+	defs    defTable       // the definitions kept (DEFINITIONS), as published
 	pins    map[uint64]int // seqs of open views
 	gen     uint64         // bumped whenever layers change
 	overlay uint64         // counter for overlay file names
@@ -243,7 +245,10 @@ func (j *Journal) recover(ctx context.Context) error {
 		}
 		j.wf = f
 	}
-	return j.persistMark(m, slot, st)
+	if err := j.persistMark(m, slot, st); err != nil {
+		return err
+	}
+	return j.loadDefinitions()
 }
 
 func (j *Journal) removeQuiet(name string) {
@@ -621,6 +626,11 @@ func (j *Journal) Append(ctx context.Context, recs []record.Record) error {
 	}
 	if err := j.admit(recs); err != nil {
 		return fmt.Errorf("journal: append: %w", err)
+	}
+	// Before any of recs is written: what Append acknowledges, the
+	// DEFINITIONS file holds.
+	if err := j.appendDefinitions(recs); err != nil {
+		return err
 	}
 	var segNew bool
 	for len(recs) > 0 {

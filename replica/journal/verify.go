@@ -21,14 +21,19 @@ type Report struct {
 
 // Verify reads every record of every segment and layer, checks its
 // checksums and that it is the record the index names, and checks both
-// slots of the acknowledged mark. Damage is reported per file in
-// Report.Corrupt and returned as ErrCorrupt (naming the file, offset and
-// seq); Verify goes on with the other files.
+// slots of the acknowledged mark and the DEFINITIONS file. Damage is
+// reported per file in Report.Corrupt and returned as ErrCorrupt (naming
+// the file, offset and seq); Verify goes on with the other files.
 func (j *Journal) Verify(ctx context.Context) (Report, error) {
 	var rep Report
 	var errs []error
 	m, damage, err := j.verifyMark()
 	if err != nil {
+		return rep, err
+	}
+	if err := j.verifyDefinitions(); errors.Is(err, ErrCorrupt) || errors.Is(err, ErrGroup) {
+		damage = append(damage, err)
+	} else if err != nil {
 		return rep, err
 	}
 	for _, err := range damage {

@@ -118,6 +118,13 @@
 // Ack names the new durable seq. A Ping is answered by an Ack too. A
 // connection silent for longer than IdleTimeout is closed.
 //
+// A host is answered in its own protocol version (stream.Speaks: 2 or 3):
+// its Welcome, Acks and the Refuse that ends its stream, and the Hashes
+// of a hash query, are of the version of its Hello (of its query). Every
+// frame of a stream must be of that version (else CodeProtocol), and a
+// batch of a version 2 stream that holds a Definition record, which only
+// version 3 carries, is refused with CodeProtocol.
+//
 // # Memory
 //
 // A host holding a tenant's certificate must not be able to push the

@@ -74,7 +74,7 @@ func (srv *Server) hashes(ctx context.Context, c net.Conn, fr *stream.Reader, id
 			refuse(c, stream.CodeUnavailable, fmt.Sprintf("replica cannot hash disk %q of group %q now", q.Disk, q.Group))
 			return
 		}
-		out, err := stream.AppendHashReply(nil, r)
+		out, err := stream.AppendHashReplyV(nil, f.Version, r) // in the query's version
 		if err != nil {
 			qlog.Error("receiver: hash reply", "err", err)
 			refuse(c, stream.CodeInternal, "replica made a bad hash reply")

@@ -319,7 +319,7 @@ func TestHashQueryMalformed(t *testing.T) {
 		"lengths lie":                   {rawHashQ(stream.Version, good[:len(good)-1]), stream.CodeBadRequest},
 		"cut short":                     {rawHashQ(stream.Version, good[:20]), stream.CodeBadRequest},
 		"version 1":                     {rawHashQ(1, good), stream.CodeVersion},
-		"version 3":                     {rawHashQ(3, append(append([]byte(nil), good...), 0, 0, 0, 0)), stream.CodeVersion},
+		"a newer version":               {rawHashQ(stream.Version+1, append(append([]byte(nil), good...), 0, 0, 0, 0)), stream.CodeVersion},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -279,7 +279,7 @@ func TestUnknownVersionRefused(t *testing.T) {
 		c.c.Write(b)
 		_, err = c.answer()
 		re := refusal(t, err, stream.CodeVersion)
-		if want := fmt.Sprintf("replica speaks stream v2, host sent v%d", v); re.Message != want {
+		if want := fmt.Sprintf("replica speaks stream v%d, host sent v%d", stream.Version, v); re.Message != want {
 			t.Fatalf("message %q, want %q", re.Message, want)
 		}
 	}

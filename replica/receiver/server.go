@@ -98,6 +98,10 @@ type Server struct {
 	// Hasher answers hash queries; nil refuses them (CodeUnavailable),
 	// and a host then copies disks whole.
 	Hasher Hasher
+	// Fenced, when set, is asked after the policy at every Hello and hash
+	// query: an error refuses the host with CodeFailedOver and its
+	// message (a group that failed over takes no stream; see Stop).
+	Fenced func(tenant, group string) error
 
 	mu       sync.Mutex
 	closed   bool
@@ -317,9 +321,13 @@ func (srv *Server) Shutdown(ctx context.Context) error {
 }
 
 // refuse sends a Refuse frame (best effort: the connection is closed next).
-func refuse(c net.Conn, code stream.Code, msg string) {
+// Every peer reads a Refuse of any version; refuseIn writes it in the
+// version of the host's Hello once that is known.
+func refuse(c net.Conn, code stream.Code, msg string) { refuseIn(c, stream.Version, code, msg) }
+
+func refuseIn(c net.Conn, v uint8, code stream.Code, msg string) {
 	c.SetWriteDeadline(time.Now().Add(time.Second))
-	c.Write(stream.AppendRefuse(nil, code, msg))
+	c.Write(stream.AppendRefuseV(nil, v, code, msg))
 }
 
 // handle runs one connection: handshake, authorization, then the stream.
@@ -442,6 +450,11 @@ func (srv *Server) authorize(id stream.Identity, group string) (stream.Code, err
 	}
 	if err := srv.Config.MayWrite(id.Tenant, id.Host, group); err != nil {
 		return stream.CodeDenied, fmt.Errorf("%w: host %q of tenant %q may not write group %q: %w", ErrDenied, id.Host, id.Tenant, group, err)
+	}
+	if srv.Fenced != nil {
+		if err := srv.Fenced(id.Tenant, group); err != nil {
+			return stream.CodeFailedOver, err
+		}
 	}
 	return 0, nil
 }

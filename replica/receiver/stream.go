@@ -30,6 +30,15 @@ func (srv *Server) stream(ctx context.Context, s *session, c net.Conn, br *bufio
 		return
 	}
 	defer srv.release(key, gs, s, true)
+	// A fence set while this session waited for the group (Stop took it
+	// in between) holds all the same.
+	if srv.Fenced != nil {
+		if err := srv.Fenced(id.Tenant, hello.Group); err != nil {
+			log.Warn("receiver: refused", "code", stream.CodeFailedOver, "err", err)
+			refuse(c, stream.CodeFailedOver, err.Error())
+			return
+		}
+	}
 	if gs.j == nil {
 		j, err := srv.OpenJournal(srv.baseCtx, id.Tenant, hello.Group)
 		if errors.Is(err, ErrLimit) {
@@ -62,12 +71,13 @@ func (srv *Server) stream(ctx context.Context, s *session, c net.Conn, br *bufio
 	}
 	srv.noteOrigin(gs, &origin, nil)
 	c.SetDeadline(time.Time{})
-	if err := srv.write(c, stream.AppendWelcome(nil, stream.WelcomeMsg{Durable: durable, Spool: hello.Spool.ID, Epoch: hello.Spool.Epoch})); err != nil {
+	// In the host's own version (stream.Speaks), as is every frame after.
+	if err := srv.write(c, stream.AppendWelcomeV(nil, hello.Version, stream.WelcomeMsg{Durable: durable, Spool: hello.Spool.ID, Epoch: hello.Spool.Epoch})); err != nil {
 		log.Warn("receiver: welcome", "err", err)
 		return
 	}
 	log.Info("receiver: stream started", "durable", durable, "host_last", hello.LastSeq)
-	r := &receiving{srv: srv, gs: gs, c: c, br: br, fr: fr, dec: stream.NewBatchDecoder(), log: log}
+	r := &receiving{srv: srv, gs: gs, c: c, br: br, fr: fr, dec: stream.NewBatchDecoder(), log: log, version: hello.Version}
 	defer r.dec.Close()
 	err := r.run(ctx)
 	if errors.Is(err, errJournal) {
@@ -105,7 +115,7 @@ func (srv *Server) stream(ctx context.Context, s *session, c net.Conn, br *bufio
 		log.Info("receiver: stream ended", "durable", gs.j.LastSeq(), "err", err)
 		return
 	}
-	refuse(c, code, err.Error())
+	refuseIn(c, hello.Version, code, err.Error())
 }
 
 var errJournal = errors.New("receiver: journal append failed")
@@ -141,6 +151,9 @@ type receiving struct {
 	fr  *stream.Reader
 	dec *stream.BatchDecoder
 	log *slog.Logger
+	// version is the protocol version of the host's Hello: the stream's
+	// frames, both ways, are of it.
+	version uint8
 
 	warnedBack, warnedAhead bool // logged once per session
 
@@ -181,6 +194,9 @@ func (r *receiving) run(ctx context.Context) error {
 				return nil
 			}
 			return err
+		}
+		if f.Version != r.version {
+			return fmt.Errorf("%w: a stream v%d %v frame in a stream v%d session", stream.ErrProtocol, f.Version, f.Type, r.version)
 		}
 		switch f.Type {
 		case stream.Ping:
@@ -294,7 +310,7 @@ func (r *receiving) flush() error {
 	r.pending, r.bytes = nil, 0
 	r.srv.budget.release(r.held)
 	r.held = 0
-	r.ack = stream.AppendAck(r.ack[:0], r.gs.j.LastSeq())
+	r.ack = stream.AppendAckV(r.ack[:0], r.version, r.gs.j.LastSeq())
 	return r.srv.write(r.c, r.ack)
 }
 

@@ -28,6 +28,15 @@
 // spool lost) is kept in Stats.Diverged until a session is welcomed; the
 // sender retries, and nothing is acknowledged meanwhile.
 //
+// # Protocol version
+//
+// The sender speaks stream.Version only (3: its batches may carry
+// Definition records). A replica of an older version refuses its Hello,
+// and one that welcomes it in another version is not streamed to: the
+// error, kept in Stats.LastError, says to upgrade the replica first.
+// Replicas are upgraded before their hosts; a replica of version 3 still
+// serves hosts of version 2.
+//
 // # RPO
 //
 // Stats.RPO is DESIGN.md's: now minus the capture time of the oldest

@@ -306,17 +306,23 @@ func (s *Sender) handshake(c net.Conn, fr *stream.Reader) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("sender: group %s: %w", s.group, err)
 		}
-		return 0, fmt.Errorf("sender: group %s: %s: %w", s.group, s.opts.Addr, r)
+		return 0, fmt.Errorf("sender: group %s: %s: %w%s", s.group, s.opts.Addr, r, versionAdvice(f, r))
 	case stream.Welcome:
 	default:
 		return 0, fmt.Errorf("sender: group %s: %w: %v frame in answer to a hello", s.group, stream.ErrProtocol, f.Type)
 	}
+	if f.Version != stream.Version {
+		// The host writes only its own version: a replica that agrees to
+		// another (an older one) would refuse what follows.
+		advice := ""
+		if f.Version < stream.Version {
+			advice = " (upgrade the replica first)"
+		}
+		return 0, fmt.Errorf("sender: group %s: replica %s welcomed this host in stream v%d, the host speaks v%d%s: %w",
+			s.group, s.opts.Addr, f.Version, stream.Version, advice, stream.ErrVersion)
+	}
 	w, err := stream.DecodeWelcome(f)
 	if err != nil {
-		var ve *stream.VersionError
-		if errors.As(err, &ve) {
-			return 0, fmt.Errorf("sender: group %s: host speaks stream v%d, replica %s answered v%d: %w", s.group, ve.Local, s.opts.Addr, ve.Peer, err)
-		}
 		return 0, fmt.Errorf("sender: group %s: %w", s.group, err)
 	}
 	durable := w.Durable
@@ -343,6 +349,20 @@ func (s *Sender) handshake(c net.Conn, fr *stream.Reader) (uint64, error) {
 	s.flight = s.flight[:0]
 	s.mu.Unlock()
 	return durable, nil
+}
+
+// versionAdvice says what to upgrade when the replica refused this host's
+// protocol version; the Refuse frame is of the replica's version.
+func versionAdvice(f stream.Frame, r *stream.RefusedError) string {
+	switch {
+	case r.Code != stream.CodeVersion:
+		return ""
+	case f.Version < stream.Version:
+		return fmt.Sprintf(" (the replica speaks stream v%d, older than this host's v%d: upgrade the replica first)", f.Version, stream.Version)
+	case f.Version > stream.Version:
+		return fmt.Sprintf(" (the replica speaks stream v%d, newer than this host's v%d: upgrade this host)", f.Version, stream.Version)
+	}
+	return ""
 }
 
 // acknowledge records that the replica holds every record up to seq.
@@ -373,6 +393,9 @@ func (s *Sender) readAcks(c net.Conn, fr *stream.Reader) error {
 		}
 		switch f.Type {
 		case stream.Ack:
+			if f.Version != stream.Version {
+				return fmt.Errorf("sender: group %s: %w: a stream v%d ack in a stream v%d session", s.group, stream.ErrProtocol, f.Version, stream.Version)
+			}
 			seq, err := stream.DecodeAck(f)
 			if err != nil {
 				return fmt.Errorf("sender: group %s: %w", s.group, err)

@@ -71,7 +71,7 @@ func Apply(ctx context.Context, dir string, targets map[string]string, opts Appl
 	need := map[string]int64{}
 	unmapped := map[string]bool{}
 	rep, err := Inspect(ctx, dir, InspectOptions{FS: opts.FS, Visit: func(r *record.Record) error {
-		if !in(r) || r.Kind == record.Marker || r.Kind == record.Members {
+		if !in(r) || r.Kind == record.Marker || r.Kind == record.Members || r.Kind == record.Definition {
 			return nil
 		}
 		if _, ok := targets[r.Disk]; !ok {
@@ -130,7 +130,7 @@ func Apply(ctx context.Context, dir string, targets map[string]string, opts Appl
 	// Pass 2: apply.
 	var zeroes []byte
 	_, err = Inspect(ctx, dir, InspectOptions{FS: opts.FS, Group: rep.Group, Visit: func(r *record.Record) error {
-		if !in(r) || r.Kind == record.Members { // a membership declaration writes no disk
+		if !in(r) || r.Kind == record.Members || r.Kind == record.Definition { // declarations and VM definitions write no disk
 			return nil
 		}
 		if r.Kind == record.Marker {

@@ -104,7 +104,7 @@ func Inspect(ctx context.Context, dir string, opts InspectOptions) (*Report, err
 		rep.Kinds[r.Kind.String()]++
 		if r.Kind == record.Marker {
 			rep.Markers = append(rep.Markers, MarkerInfo{Seq: r.Seq, Time: r.Time, Kind: r.Marker.String(), Disk: r.Disk, Name: r.Name})
-		} else if r.Kind != record.Members {
+		} else if r.Kind != record.Members && r.Kind != record.Definition {
 			rep.Disks[r.Disk]++
 		}
 		if opts.Visit != nil {
