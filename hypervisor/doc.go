@@ -33,6 +33,15 @@
 // nova.project-uuid, nova.user and nova.user-uuid; a qcdp label of the same
 // key wins. Socket VMs have no labels.
 //
+// # Definitions
+//
+// Both sources describe a VM for the recovery site (Definition, a
+// record.VMDefinition: vCPUs, memory, machine, firmware, disks named as the
+// group's stream names them, NICs): libvirt from the domain XML (the
+// persistent definition when there is one), which the definition also
+// keeps; a socket VM from what its QEMU reports over QMP. What a
+// definition cannot hold is left out and logged (SetLogger).
+//
 // # Connections
 //
 // Proxmox allows one QMP connection per VM at a time, and QEMU queues a

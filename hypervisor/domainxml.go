@@ -25,13 +25,48 @@ type domainXML struct {
 		Items []xmlNode `xml:",any"`
 	} `xml:"metadata"`
 	Disks []diskXML `xml:"devices>disk"`
+
+	// What a definition of the VM reads (definition.go).
+	VCPU   string `xml:"vcpu"` // the maximum vCPUs
+	Memory struct {
+		Unit  string `xml:"unit,attr"` // KiB when empty
+		Value string `xml:",chardata"`
+	} `xml:"memory"`
+	OS struct {
+		Firmware string `xml:"firmware,attr"` // "efi", "bios" or empty
+		Type     struct {
+			Arch    string `xml:"arch,attr"`
+			Machine string `xml:"machine,attr"`
+		} `xml:"type"`
+		Loader  *struct{} `xml:"loader"`
+		Kernel  string    `xml:"kernel"` // direct boot
+		Initrd  string    `xml:"initrd"`
+		Cmdline string    `xml:"cmdline"`
+	} `xml:"os"`
+	Interfaces []interfaceXML `xml:"devices>interface"`
+}
+
+// interfaceXML is one <interface> of a domain.
+type interfaceXML struct {
+	Type string `xml:"type,attr"` // network, bridge, user, direct, ...
+	MAC  struct {
+		Address string `xml:"address,attr"`
+	} `xml:"mac"`
+	Model struct {
+		Type string `xml:"type,attr"`
+	} `xml:"model"`
+	Source struct {
+		Network string `xml:"network,attr"`
+		Bridge  string `xml:"bridge,attr"`
+	} `xml:"source"`
 }
 
 type diskXML struct {
 	Type   string `xml:"type,attr"`   // file, block, network, volume
 	Device string `xml:"device,attr"` // disk, cdrom, floppy, lun
 	Driver struct {
-		Type string `xml:"type,attr"` // qcow2, raw
+		Type  string `xml:"type,attr"` // qcow2, raw
+		Cache string `xml:"cache,attr"`
 	} `xml:"driver"`
 	Source struct {
 		File     string `xml:"file,attr"`
@@ -42,8 +77,13 @@ type diskXML struct {
 	} `xml:"source"`
 	Target struct {
 		Dev string `xml:"dev,attr"`
+		Bus string `xml:"bus,attr"`
 	} `xml:"target"`
-	Alias struct {
+	Boot struct {
+		Order int `xml:"order,attr"`
+	} `xml:"boot"`
+	Serial string `xml:"serial"`
+	Alias  struct {
 		Name string `xml:"name,attr"`
 	} `xml:"alias"`
 }

@@ -5,12 +5,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/qcdp/qcdp/qmp"
@@ -34,6 +36,8 @@ type Libvirt struct {
 	wg     sync.WaitGroup // RPCs in flight and the lifecycle relay
 
 	ev lifecycleEvents
+
+	log atomic.Pointer[slog.Logger] // nil: slog.Default (SetLogger)
 }
 
 // Connect connects to libvirt. target is a libvirt URI ("qemu:///system",

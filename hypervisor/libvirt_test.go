@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/qcdp/qcdp/integration/harness"
 	"github.com/qcdp/qcdp/qmp"
+	"github.com/qcdp/qcdp/record"
 )
 
 func randomUUID(t *testing.T) string {
@@ -166,6 +168,18 @@ func TestLibvirt(t *testing.T) {
 	}
 	checkDisks(t, disks, uuid, q2, raw)
 
+	// A transient domain's definition is its live XML.
+	def, err := s.Definition(ctx, vm, disks, map[string]string{"vda": "d.vda"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDisks := []record.VMDisk{{Disk: "d.vda", Target: "vda", Bus: "virtio", Size: 64 << 20}, {Target: "vdb", Bus: "virtio", Size: 32 << 20}}
+	if def.ID != uuid || def.Name != name || def.Source != "libvirt" || def.VCPUs != 1 || def.MemoryMiB != 64 ||
+		def.Arch != "x86_64" || !strings.HasPrefix(def.Machine, "pc-i440fx-") || def.Firmware != "bios" ||
+		!reflect.DeepEqual(def.Disks, wantDisks) || !strings.Contains(def.XML, "<name>"+name+"</name>") {
+		t.Errorf("definition %+v", def)
+	}
+
 	c, err := s.QMP(ctx, vm)
 	if err != nil {
 		t.Fatal(err)
@@ -267,6 +281,48 @@ func TestLibvirt(t *testing.T) {
 		t.Fatal(err)
 	}
 	runJob(t, ctx, c3, again[1], sub3)
+
+	// A persistent domain's definition is its inactive XML, what its next
+	// boot runs: redefined with 2 vCPUs while it runs with 1, it has 2.
+	pq2, praw := filepath.Join(dir, "p.qcow2"), filepath.Join(dir, "p.raw")
+	createImage(t, pq2, "qcow2", 64<<20, "compat=1.1")
+	createImage(t, praw, "raw", 32<<20)
+	pname, puuid := name+"-p", randomUUID(t)
+	pxml := testDomainXML(pname, puuid, pq2, praw)
+	pd, err := s.l.DomainDefineXML(pxml)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.l.DomainDestroy(pd)
+		if err := s.l.DomainUndefine(pd); err != nil {
+			t.Errorf("undefine %s: %v", pname, err)
+		}
+	})
+	if err := s.l.DomainCreate(pd); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waitLifecycle(ctx, events, puuid, EventStarted); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.l.DomainDefineXML(strings.Replace(pxml, "<vcpu>1</vcpu>", "<vcpu>2</vcpu>", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waitLifecycle(ctx, events, puuid, EventDefined); err != nil {
+		t.Fatal(err)
+	}
+	pvm := VM{ID: puuid, Name: pname, UUID: puuid, Source: SourceLibvirt, Running: true}
+	pdisks, err := s.Disks(ctx, pvm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pdef, err := s.Definition(ctx, pvm, pdisks, map[string]string{"vdb": "p.vdb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x, err := parseDomainXML(pdef.XML); err != nil || x.ID != "" || pdef.VCPUs != 2 || len(pdef.Disks) != 2 || pdef.Disks[1].Disk != "p.vdb" {
+		t.Errorf("definition of a persistent domain %+v, want the inactive XML's", pdef)
+	}
 	stopEvents()
 	for range events { // the streams end once ctx does
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,6 +41,8 @@ type Sockets struct {
 
 	mu   sync.Mutex
 	held map[string]heldVM // by socket path
+
+	log atomic.Pointer[slog.Logger] // nil: slog.Default (SetLogger)
 }
 
 // heldVM is a VM whose QMP connection QMP handed out and that is still

@@ -114,10 +114,13 @@ func Open(ctx context.Context, pol *configs.Policy, log *slog.Logger) (*Engine, 
 		if lv, err = hypervisor.Connect(ctx, pol.Host.LibvirtURI); err != nil {
 			return nil, fmt.Errorf("libvirt %s: %w", pol.Host.LibvirtURI, err)
 		}
+		lv.SetLogger(log)
 		sources = append(sources, lv)
 	}
 	if len(pol.Host.QMPSockets) > 0 {
-		sources = append(sources, hypervisor.NewSockets(pol.Host.QMPSockets...))
+		s := hypervisor.NewSockets(pol.Host.QMPSockets...)
+		s.SetLogger(log)
+		sources = append(sources, s)
 	}
 	e, err := New(ctx, pol, log, lv, sources...)
 	if err != nil {
@@ -254,6 +257,8 @@ func (d *Engine) Run(ctx context.Context) error {
 			switch ev.Kind {
 			case hypervisor.EventStarted, hypervisor.EventResumed:
 				d.scan(ctx)
+			case hypervisor.EventDefined:
+				d.redefine(ctx, ev.VM.ID) // its definition changed (members.go)
 			case hypervisor.EventStopped, hypervisor.EventCrashed:
 				// Only stopped means QEMU is gone: a crashed guest's
 				// QEMU may stay (on_crash=preserve).
@@ -519,7 +524,7 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		v.close()
 		return fmt.Errorf("VM %s (group %s): no disk to protect", vm.Name, gc.Name)
 	}
-	if err := d.declare(v); err != nil { // before any capture starts (members.go)
+	if err := d.declare(ctx, v, disks); err != nil { // before any capture starts (members.go)
 		v.close()
 		return fmt.Errorf("VM %s (group %s): %w", vm.Name, gc.Name, err)
 	}

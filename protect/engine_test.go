@@ -126,7 +126,7 @@ func (s *fakeSource) QMP(ctx context.Context, vm hypervisor.VM) (*qmp.Client, er
 
 // newEngine writes a policy of groups g1 (VM "vm1" by name, VM "gone" by
 // name, label tier=gold) and g2 (VM "vm2"), and starts an engine over src.
-func newEngine(t *testing.T, src *fakeSource) (*Engine, *configs.Policy) {
+func newEngine(t *testing.T, src Source) (*Engine, *configs.Policy) {
 	t.Helper()
 	dir := t.TempDir()
 	pol, err := configs.Parse("host.toml", []byte(fmt.Sprintf(`[host]

@@ -1,8 +1,10 @@
 package protect
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/hypervisor"
@@ -24,6 +26,13 @@ import (
 // restore point again.
 // The membership is kept across restarts (membersPath), so that a restarted
 // daemon does not drop the VMs it has not attached again yet.
+//
+// Each declared VM's definition (its hardware, disks and NICs: what the
+// recovery site builds a standby from) follows its declaration in the
+// stream (shipper.Sequencer.Define), when its hypervisor gives one
+// (Definer), and again when libvirt says the domain's definition changed
+// (its "defined" event). A definition that cannot be read is logged, and
+// protection goes on without it.
 
 // membersPath is where a group's declared membership is kept.
 func (d *Engine) membersPath(gc *configs.Group) string {
@@ -39,7 +48,10 @@ func (d *Engine) membersPath(gc *configs.Group) string {
 // after writes the stream lacks); a new one right after it (it is not in
 // sync until its first copy ends anyway). The capture's own resync-begin
 // joins the open bracket; its READY closes it.
-func (d *Engine) declare(v *vmCapture) error {
+//
+// Then it defines the VM (define): disks are every disk its source
+// reported, for the sizes of those not protected.
+func (d *Engine) declare(ctx context.Context, v *vmCapture, disks []hypervisor.Disk) error {
 	seq := v.group.Sequencer()
 	declared := map[string]bool{}
 	if cur, ok := seq.Members(); ok {
@@ -67,7 +79,69 @@ func (d *Engine) declare(v *vmCapture) error {
 			}
 		}
 	}
+	d.define(ctx, v, disks)
 	return nil
+}
+
+// Definer is a Source that describes a VM for the recovery site
+// (hypervisor.Libvirt and hypervisor.Sockets are): disks are the VM's
+// disks as Disks reported them, names the stream name of each protected
+// one by its target.
+type Definer interface {
+	Definition(ctx context.Context, vm hypervisor.VM, disks []hypervisor.Disk, names map[string]string) (record.VMDefinition, error)
+}
+
+var (
+	_ Definer = (*hypervisor.Libvirt)(nil)
+	_ Definer = (*hypervisor.Sockets)(nil)
+)
+
+// defineTimeout bounds reading a VM's definition: it is read while the
+// VM is attached, and protection waits for nothing it does not need.
+const defineTimeout = 10 * time.Second
+
+// define appends v's definition to its group's stream, if its source
+// gives one; a failure is logged and changes nothing else.
+func (d *Engine) define(ctx context.Context, v *vmCapture, disks []hypervisor.Disk) {
+	src, ok := v.src.(Definer)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, defineTimeout)
+	defer cancel()
+	names := map[string]string{}
+	for _, dc := range v.disks {
+		names[dc.disk.Target] = dc.name
+	}
+	def, err := src.Definition(ctx, v.vm, disks, names)
+	if err == nil {
+		_, err = v.group.Sequencer().Define(def)
+	}
+	if err != nil {
+		d.log.Warn("VM definition not recorded: the recovery site keeps the one it had, if any", "vm", v.vm.Name, "id", v.vm.ID, "err", err)
+	}
+}
+
+// redefine defines the attached VM id again: its hypervisor says its
+// definition changed (libvirt's "defined" event).
+func (d *Engine) redefine(ctx context.Context, id string) {
+	d.attachMu.Lock() // not while the VM is attached anew
+	defer d.attachMu.Unlock()
+	d.mu.Lock()
+	v, ok := d.vms[id]
+	detached := ok && v.detached
+	d.mu.Unlock()
+	if !ok || detached {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, defineTimeout)
+	defer cancel()
+	disks, err := v.src.Disks(ctx, v.vm)
+	if err != nil {
+		d.log.Warn("VM definition changed but not recorded: its disks", "vm", v.vm.Name, "id", id, "err", err)
+		return
+	}
+	d.define(ctx, v, disks)
 }
 
 // reconcileMembers removes from each group's membership the VMs a complete

@@ -1,6 +1,7 @@
 // Package qmp is qcdp's typed, context-aware client for the QEMU Machine
-// Protocol: the commands and events the capture lifecycle uses, with the QMP
-// error class kept so callers can tell errors apart without reading text.
+// Protocol: the commands and events the capture lifecycle uses, and those
+// that describe a VM for its standby (machine.go), with the QMP error class
+// kept so callers can tell errors apart without reading text.
 //
 // It owns one QMP connection per Client: the capabilities handshake, command
 // execution (one at a time, as QEMU runs them), and the fan-out of

@@ -40,4 +40,11 @@
 // disk is answered EIO. The host engine keeps the membership across
 // restarts (Sequencer.KeepMembers), so a restarted daemon does not drop the
 // VMs it has not attached again yet.
+//
+// It also carries each VM's definition, what the recovery site builds a
+// standby from (Sequencer.Define, definitions.go): a Definition record
+// when it changes, and each again at the start of every spool session;
+// one the spool refuses is written before the next record, after the
+// resync-begin markers owed. Definitions are not kept across restarts: the
+// host engine defines each VM again as it attaches it.
 package shipper

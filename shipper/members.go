@@ -128,6 +128,7 @@ func (s *Sequencer) setMembersLocked(disks []record.Member) (uint64, error) {
 		}
 	}
 	s.mem.decl, s.mem.on, s.mem.owed = d, true, true
+	s.defs.forgetLocked(d) // a VM that left takes its definition along
 	seq, err := s.declareOwedLocked()
 	if err != nil {
 		s.logger().Warn("capture: the spool refuses the group's membership; it is written before the next record", "err", err)

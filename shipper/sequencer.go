@@ -36,7 +36,8 @@ type Sequencer struct {
 	// ResyncEnd attempt: such a bracket may not close yet, because QEMU
 	// has one more chunk to re-copy.
 	refused map[string]bool
-	mem     members // the group's declared membership (members.go)
+	mem     members     // the group's declared membership (members.go)
+	defs    definitions // the group's VM definitions (definitions.go)
 	// exported holds the disks Export was asked for: with the declared
 	// ones, the disks a reopened spool that lost records owes a re-copy.
 	exported map[string]bool
@@ -61,7 +62,8 @@ func NewSequencer(sp *spool.Spool) *Sequencer {
 
 func newSequencer(sp *spool.Spool, read readClock) *Sequencer {
 	s := &Sequencer{sp: sp, clk: newCaptureClock(read, lastTime(sp)), next: sp.LastSeq() + 1,
-		resync: map[string]uint64{}, refused: map[string]bool{}, exported: map[string]bool{}, recopy: map[string]bool{}}
+		resync: map[string]uint64{}, refused: map[string]bool{}, exported: map[string]bool{}, recopy: map[string]bool{},
+		defs: definitions{cur: map[string][]byte{}, owed: map[string]bool{}}}
 	// A disk still owed a re-copy is out of sync: its bracket is written
 	// again before the next record, whether or not its VM runs.
 	for _, d := range sp.RecopyOwed() {
@@ -116,9 +118,10 @@ func (s *Sequencer) append(r *record.Record) (uint64, error) {
 	return s.appendLocked(r)
 }
 
-// appendLocked first writes the group's membership if it is owed and the
-// resync-begin markers owed (of declared disks), then r. When the spool
-// refuses r, or r's disk is not declared, r's disk owes one.
+// appendLocked first writes the group's membership if it is owed, the
+// resync-begin markers owed (of declared disks) and the VM definitions
+// owed, then r. When the spool refuses r, or r's disk is not declared,
+// r's disk owes one.
 func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
 	if err := s.admitLocked(r); err != nil {
 		s.refusedLocked(r)
@@ -139,6 +142,11 @@ func (s *Sequencer) appendLocked(r *record.Record) (uint64, error) {
 		}
 		s.resync[disk] = seq
 		s.owed--
+	}
+	// After the markers: a definition's record is a record boundary too.
+	if err := s.defineOwedLocked(); err != nil {
+		s.refusedLocked(r)
+		return 0, err
 	}
 	seq, err := s.put(r)
 	if err != nil {
