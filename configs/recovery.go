@@ -2,6 +2,7 @@ package configs
 
 import (
 	"net"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -13,8 +14,9 @@ import (
 //
 //	[[recovery]]   group (required), tenant, libvirt_uri, standby_dir, domain_type,
 //	               networks, test_network, test_networks, boot_order, boot_delay,
-//	               boot_timeout, shutdown_timeout, post_boot, post_boot_timeout
-//	[[recovery.vm]] name (required), memory, vcpus, mac
+//	               boot_timeout, shutdown_timeout, post_boot, post_boot_timeout, kernel_dirs,
+//	               domain_suffix
+//	[[recovery.vm]] name (required), memory, vcpus, mac, cmdline_append
 //
 // A network is named "NAME" (a libvirt network) or "bridge:NAME" (a host
 // bridge), on both sides of networks and test_networks. Every network a
@@ -42,6 +44,10 @@ type Recovery struct {
 	// the replica's views, and the disks that commit makes whole.
 	StandbyDir string
 	DomainType string // domain_type: "kvm" (default) or "qemu" (TCG)
+	// DomainSuffix (domain_suffix) is added to a VM's name to name its
+	// standby domain in a failover ("" by default: the VM's own name; a
+	// test failover's are <vm>-qcdp-test whatever it says).
+	DomainSuffix string
 	// Networks (networks) maps a source network to the recovery network a
 	// failover uses; TestNetworks (test_networks) the one a test failover
 	// uses, TestNetwork (test_network) when it names none.
@@ -63,7 +69,11 @@ type Recovery struct {
 	// failure is reported in the failover's result; the VM stays up.
 	PostBoot        []string
 	PostBootTimeout time.Duration
-	VMs             []VMOverride // [[recovery.vm]]
+	// KernelDirs (kernel_dirs) are the directories a standby may boot a
+	// kernel and initrd from, for a VM that boots one directly: a path
+	// that comes from the protected host is used only inside them.
+	KernelDirs []string
+	VMs        []VMOverride // [[recovery.vm]]
 }
 
 // Network is a libvirt network, or a host bridge.
@@ -87,6 +97,9 @@ type VMOverride struct {
 	// MAC (mac): "keep" (default), "new" (libvirt makes new addresses), or
 	// addresses, one per NIC in order, comma-separated.
 	MAC string
+	// CmdlineAppend (cmdline_append) is added to the kernel command line of
+	// a VM that boots a kernel directly.
+	CmdlineAppend string
 }
 
 var (
@@ -175,6 +188,13 @@ func (d *decoder) recovery(t *table, c *Replica, seen map[string]string) *Recove
 			r.DomainType = s
 		}
 	}
+	if s, ok := t.str("domain_suffix"); ok {
+		if s != "" && !netName.MatchString("x"+s) {
+			d.errorf(t.key("domain_suffix"), ErrInvalid, "%q: letters, digits, . _ : + - only", s)
+		} else {
+			r.DomainSuffix = s
+		}
+	}
 	r.Networks = d.networkMap(t, "networks")
 	r.TestNetworks = d.networkMap(t, "test_networks")
 	if s, ok := t.str("test_network"); ok {
@@ -218,6 +238,15 @@ func (d *decoder) recovery(t *table, c *Replica, seen map[string]string) *Recove
 			}
 		}
 		r.PostBoot = argv
+	}
+	if dirs, paths, ok := t.strs("kernel_dirs"); ok {
+		for i, dir := range dirs {
+			if !strings.HasPrefix(dir, "/") || filepath.Clean(dir) != dir || dir == "/" {
+				d.errorf(paths[i], ErrInvalid, "%q: want a clean absolute directory other than /", dir)
+				continue
+			}
+			r.KernelDirs = append(r.KernelDirs, dir)
+		}
 	}
 	vmSeen := map[string]string{}
 	for _, vt := range t.subs("vm") {
@@ -299,6 +328,13 @@ func (d *decoder) vmOverride(t *table, seen map[string]string) VMOverride {
 				}
 			}
 			o.MAC = s
+		}
+	}
+	if s, ok := t.str("cmdline_append"); ok {
+		if len(s) > 1024 || strings.ContainsAny(s, "\x00\n") {
+			d.errorf(t.key("cmdline_append"), ErrInvalid, "at most 1024 bytes on one line")
+		} else {
+			o.CmdlineAppend = s
 		}
 	}
 	t.done()
