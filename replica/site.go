@@ -53,6 +53,9 @@ type Site struct {
 	closed  bool                     // Serve is tearing down: no new view or journal
 	views   map[string]*export       // by export id
 	nextID  int
+	// fences holds the groups that failed over (package failover), by
+	// tenant/group: their streams and hash queries are refused.
+	fences map[string]string
 
 	// hcache keeps the block hashes of hash queries (hashcache.go).
 	hcache hashCache
@@ -87,7 +90,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, er
 		return nil, fmt.Errorf("replica: storage root: %w", err)
 	}
 	d := &Site{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
-		opening: map[string]chan struct{}{}, views: map[string]*export{}}
+		opening: map[string]chan struct{}{}, views: map[string]*export{}, fences: map[string]string{}}
 	if err := d.openExisting(ctx); err != nil {
 		d.closeJournals()
 		return nil, err
@@ -96,6 +99,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, er
 		TLS: tlsCfg, Config: cfg, Logger: log, MaxInflight: cfg.MaxInflight,
 		MaxStreams: func(tenant string) int { return cfg.LimitsFor(tenant).MaxStreams },
 		Hasher:     d.hashes,
+		Fenced:     d.fenced,
 		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
 			j, err := d.journalOrNew(ctx, tenant, group)
 			if err != nil {
@@ -480,14 +484,14 @@ func (d *Site) Points(ctx context.Context, tenant, group string) ([]journal.Poin
 // over NBD, read-only or (writable) with writes kept in an overlay that
 // never touches the journal. Nothing is copied.
 func (d *Site) Export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (ExportInfo, error) {
-	e, err := d.export(ctx, tenant, group, at, writable)
+	e, err := d.export(ctx, "", tenant, group, at, writable)
 	if err != nil {
 		return ExportInfo{}, err
 	}
 	return d.info(e), nil
 }
 
-func (d *Site) export(ctx context.Context, tenant, group string, at journal.Target, writable bool) (*export, error) {
+func (d *Site) export(ctx context.Context, id, tenant, group string, at journal.Target, writable bool) (*export, error) {
 	j, err := d.existing(ctx, tenant, group)
 	if err != nil {
 		return nil, err
@@ -502,9 +506,15 @@ func (d *Site) export(ctx context.Context, tenant, group string, at journal.Targ
 		v.Close()
 		return nil, errStopping
 	}
-	d.nextID++
-	// Names may hold dots, never a slash: "x7/vda" is unique.
-	id := fmt.Sprintf("x%d", d.nextID)
+	if id == "" {
+		d.nextID++
+		// Names may hold dots, never a slash: "x7/vda" is unique.
+		id = fmt.Sprintf("x%d", d.nextID)
+	} else if _, taken := d.views[id]; taken {
+		d.mu.Unlock()
+		v.Close()
+		return nil, fmt.Errorf("replica: export id %q is in use", id)
+	}
 	d.mu.Unlock()
 	e := &export{ID: id, Tenant: tenant, Group: group, Point: v.Point(), Writable: writable,
 		Disks: map[string]string{}, view: v}

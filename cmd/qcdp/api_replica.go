@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
+	"github.com/qcdp/qcdp/failover"
 	"github.com/qcdp/qcdp/replica"
 	"github.com/qcdp/qcdp/replica/journal"
 )
@@ -52,7 +53,7 @@ func targetOf(q url.Values) (journal.Target, error) {
 }
 
 // replicaAPI is the replica daemon's control API over site.
-func replicaAPI(site *replica.Site) http.Handler {
+func replicaAPI(site *replica.Site, fo *failover.Engine) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/groups", func(w http.ResponseWriter, r *http.Request) {
 		gs, err := site.Groups(r.Context())
@@ -111,6 +112,9 @@ func replicaAPI(site *replica.Site) http.Handler {
 		rep, err := site.Verify(r.Context(), tenant, group)
 		ctlapi.Reply(w, rep, err, replicaCodes)
 	}))
+	if fo != nil {
+		failoverAPI(mux, site, fo)
+	}
 	return mux
 }
 

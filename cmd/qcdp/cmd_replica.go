@@ -13,12 +13,14 @@ import (
 
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/failover"
 	"github.com/qcdp/qcdp/replica"
 )
 
 // replicaOptions are the flags of `qcdp replica`.
 type replicaOptions struct {
 	config string
+	check  bool
 }
 
 func newReplicaCommand() *cobra.Command {
@@ -30,13 +32,14 @@ func newReplicaCommand() *cobra.Command {
 mutual certificates, tenants as the policy says) into journals under
 storage_root, and serves the control API that points, export, exports,
 unexport, restore and verify use. It runs until SIGINT or SIGTERM.`,
-		Example: "  qcdp replica --config /etc/qcdp/replica.toml   # example: configs/examples/replica.toml",
+		Example: "  qcdp replica --config /etc/qcdp/replica.toml   # example: configs/examples/replica.toml\n  qcdp replica --config /etc/qcdp/replica.toml --check",
 		Args:    noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runReplica(cmd.Context(), opts, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVar(&opts.config, "config", "/etc/qcdp/replica.toml", "policy `FILE`")
+	cmd.Flags().BoolVar(&opts.check, "check", false, "check the policy (recovery plans included) and exit")
 	return cmd
 }
 
@@ -45,10 +48,21 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 	if err != nil {
 		return err // names the file, line and key
 	}
+	if opts.check {
+		fmt.Fprintf(out, "%s: ok: %d tenant(s), %d recovery plan(s)\n", opts.config, len(cfg.Tenants), len(cfg.Recoveries))
+		return nil
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	d, err := replica.New(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	// Failovers kept on disk are taken up before any stream is taken: a
+	// group that failed over stays fenced across a restart.
+	fo := failover.New(d, cfg, log)
+	defer fo.Close()
+	if err := fo.Resume(ctx); err != nil {
+		log.Error("failover: taking up the failovers kept on disk", "err", err)
 	}
 	// The control API and the daemon end together: a failed API stops
 	// the daemon, and the API stops (its handlers done) before the
@@ -57,7 +71,7 @@ func runReplica(ctx context.Context, opts replicaOptions, out io.Writer) error {
 	defer stop()
 	apiCtx, stopAPI := context.WithCancel(context.Background())
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- ctlapi.Serve(apiCtx, cfg.ControlSocket, replicaAPI(d)) }()
+	go func() { apiDone <- ctlapi.Serve(apiCtx, cfg.ControlSocket, replicaAPI(d, fo)) }()
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- d.Serve(serveCtx) }()

@@ -102,7 +102,7 @@ Exit codes: 0 success, 1 the command failed, 2 the command line was wrong.`,
 		newBookmarkCommand(),
 		newCertsCommand(), newReplicaCommand(),
 		newPointsCommand(), newExportCommand(), newExportsCommand(), newUnexportCommand(),
-		newRestoreCommand(), newVerifyCommand(),
+		newRestoreCommand(), newVerifyCommand(), newFailoverCommand(),
 		newCaptureCommand(), newSpoolCommand(),
 		newVersionCommand(), newGenManCommand(),
 	)

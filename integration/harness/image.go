@@ -82,6 +82,8 @@ type ImageInfo struct {
 	Format      string `json:"format"`
 	VirtualSize int64  `json:"virtual-size"`
 	ActualSize  int64  `json:"actual-size"`
+	// BackingFilename is the image's backing file, "" for none.
+	BackingFilename string `json:"backing-filename"`
 }
 
 // ReadImageInfo runs `qemu-img info -U --output=json`.

@@ -79,6 +79,9 @@ func run() error {
 		return err
 	}
 	report("QCDP-READY disks=%d t=%d", len(disks), monotonic())
+	if verifyMode(string(cmdline)) {
+		return standby(p, disks, cmds)
+	}
 	stop, err := write(p, disks, cmds)
 	if err != nil {
 		return err
