@@ -66,7 +66,6 @@ where (libvirt URI, standby_dir), on which networks, in which order.
 				return fn(cmd.Context(), newReplicaClient(opts.socket), args[0], at, cmd.OutOrStdout())
 			},
 		}
-		opts.groupOptions.addFlags(sub.Flags())
 		if withPoint {
 			opts.pointOptions.addFlags(sub.Flags())
 		}
@@ -160,6 +159,8 @@ where (libvirt URI, standby_dir), on which networks, in which order.
 				return nil
 			}),
 	)
+	// --socket, --tenant and --json go before or after the subcommand.
+	opts.groupOptions.addFlags(cmd.PersistentFlags())
 	needSubcommand(cmd)
 	return cmd
 }
