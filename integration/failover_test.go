@@ -97,6 +97,31 @@ func (c *consoleLog) syncedBefore(t time.Time) uint64 {
 	return s
 }
 
+// next is wait that reports a QCDP-ERROR line instead of failing on it.
+func (c *consoleLog) next(ctx context.Context, t *testing.T, from int, re *regexp.Regexp, what string) (int, []string, bool) {
+	t.Helper()
+	for {
+		c.poll()
+		c.mu.Lock()
+		for i := from; i < len(c.seen); i++ {
+			if strings.Contains(c.seen[i].text, "QCDP-ERROR") {
+				c.mu.Unlock()
+				return i + 1, []string{c.seen[i].text}, true
+			}
+			if m := re.FindStringSubmatch(c.seen[i].text); m != nil {
+				c.mu.Unlock()
+				return i + 1, m, false
+			}
+		}
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: no %v in %s", what, re, c.path)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // wait returns the first line after line index from matching re.
 func (c *consoleLog) wait(ctx context.Context, t *testing.T, from int, re *regexp.Regexp, what string) (int, []string) {
 	t.Helper()
@@ -395,7 +420,29 @@ name = "g1"
 		len(st.VMs[0].Networks) != 1 || st.VMs[0].Networks[0] != testNet {
 		t.Fatalf("test failover: %+v", st)
 	}
-	verifyStandby(st, src, wl.Seed)
+	tc, tnext, tverified := verifyStandby(st, src, wl.Seed)
+	// The replica daemon is killed and started again while the standby
+	// runs: its view is served again under the same name on the same
+	// socket, and the standby reads it again (QEMU's NBD client
+	// reconnects at its next read; reads while the daemon was down may
+	// fail, so the guest is asked again).
+	replica.Kill()
+	replica = rs.start(ctx, t, "replica-restarted")
+	tsock := filepath.Join(filepath.Dir(st.VMs[0].Disks[0].Overlay), "console.sock")
+	for attempt := 1; ; attempt++ {
+		typeOn(t, tsock, "verify")
+		n, m, failed := tc.next(ctx, t, tnext, verifiedRe, "standby after the replica restarted")
+		tnext = n
+		if !failed {
+			if m[0] != tverified {
+				t.Fatalf("after the replica restarted the standby verifies as %q, it was %q", m[0], tverified)
+			}
+			break
+		}
+		if attempt == 3 {
+			t.Fatalf("the standby cannot read its view after the replica restarted: %v", m)
+		}
+	}
 	before := waitPoints().Window.LastSeq
 	time.Sleep(2 * time.Second)
 	if after := waitPoints().Window.LastSeq; after <= before || after <= st.Point.Seq {
