@@ -75,6 +75,13 @@ func (d *Engine) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	if err := ValidBookmarkName(name); err != nil {
 		return res, err
 	}
+	d.mu.Lock()
+	final := g.final
+	d.mu.Unlock()
+	if final != 0 {
+		// The recovery site checks that the final point is the newest.
+		return res, fmt.Errorf("%w: group %s: its final point (seq %d) must stay the newest record until the recovery site fails it over; a VM of the group attached again ends that", ErrPrepared, group, final)
+	}
 	if !app {
 		seq, err := g.Sequencer().Mark(record.UserBookmark, name)
 		res.Seq, res.Kind = seq, record.UserBookmark.String()
@@ -87,7 +94,7 @@ func (d *Engine) Bookmark(ctx context.Context, group, name string, app bool) (Bo
 	var vms []target
 	d.mu.Lock()
 	for _, v := range d.vms {
-		if v.group != g || v.detached {
+		if v.group != g || v.detached || v.failedOver {
 			continue
 		}
 		f, _ := v.src.(Freezer)
@@ -186,6 +193,9 @@ func (d *Engine) runSchedules(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case group := <-cases:
+			if d.sealed(group) {
+				continue // failed over, or prepared for a planned failover
+			}
 			name := "scheduled-" + time.Now().UTC().Format("20060102T150405Z")
 			if _, err := d.Bookmark(ctx, group, name, true); err != nil {
 				d.log.Warn("scheduled app-consistent bookmark", "group", group, "err", err)

@@ -77,6 +77,15 @@ type group struct {
 	served   chan error // Serve's result
 	once     sync.Once
 	closeErr error
+
+	// Under Engine.mu (failover.go): failedOver is the replica's word
+	// while the group is failed over at the recovery site ("" while it is
+	// not); preparing is set while PrepareFailover runs; final is the seq
+	// of the final bookmark it marked (0: none), until a VM of the group
+	// is attached again.
+	failedOver string
+	preparing  bool
+	final      uint64
 }
 
 // vmCapture is one protected VM: its QMP connection and its disks.
@@ -87,6 +96,10 @@ type vmCapture struct {
 	q        *qmp.Client
 	disks    []*diskCapture
 	detached bool // by the operator: not re-attached until `qcdp attach`
+	// failedOver: its captures were detached because its group failed
+	// over at the recovery site; it is attached again when the failover
+	// is undone (failover.go).
+	failedOver bool
 }
 
 type diskCapture struct {
@@ -276,6 +289,7 @@ func (d *Engine) scan(ctx context.Context) {
 	d.attachMu.Lock()
 	defer d.attachMu.Unlock()
 	d.reap()
+	d.failovers(ctx) // first: no VM of a failed-over group is attached below
 	running := map[string]bool{}
 	complete := true
 	var seen []hypervisor.VM
@@ -298,7 +312,7 @@ func (d *Engine) scan(ctx context.Context) {
 			if known {
 				continue
 			}
-			if err := d.attach(ctx, src, vm); err != nil && !errors.Is(err, configs.ErrNotProtected) {
+			if err := d.attach(ctx, src, vm); err != nil && !errors.Is(err, configs.ErrNotProtected) && !errors.Is(err, ErrFailedOver) {
 				d.log.Warn("attach VM", "vm", vm.Name, "id", vm.ID, "err", err)
 			}
 		}
@@ -330,7 +344,9 @@ func (d *Engine) forgetStopped(stopped func(id string) bool, stopRunning bool) {
 		if !stopped(id) {
 			continue
 		}
-		if v.detached || v.ended(func(error) bool { return true }) {
+		if v.failedOver && !v.detached {
+			d.log.Info("VM of a failed-over group stopped; it is protected again at its next start after the failover is undone", "vm", v.vm.Name, "id", id)
+		} else if v.detached || v.ended(func(error) bool { return true }) {
 			d.log.Info("detached VM stopped; it is protected again at its next start", "vm", v.vm.Name, "id", id)
 		} else if !stopRunning {
 			continue
@@ -371,7 +387,7 @@ func (d *Engine) reap() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for id, v := range d.vms {
-		if v.detached {
+		if v.detached || v.failedOver {
 			continue
 		}
 		if v.ended(func(err error) bool {
@@ -442,6 +458,9 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 		return err
 	}
 	g := d.groups[gc.Name]
+	if err := d.failedOverErr(g); err != nil {
+		return fmt.Errorf("VM %s not attached: %w", vm.Name, err)
+	}
 	disks, err := src.Disks(ctx, vm)
 	if err != nil {
 		return fmt.Errorf("disks of %s: %w", vm.Name, err)
@@ -538,7 +557,13 @@ func (d *Engine) attach(ctx context.Context, src Source, vm hypervisor.VM) error
 	for _, dc := range v.disks { // under d.mu: stopAll sees every one started
 		d.start(dc)
 	}
+	final := g.final
+	g.final = 0 // the stream goes on after the final point
 	d.mu.Unlock()
+	if final != 0 {
+		d.log.Warn("a VM of a group prepared for a planned failover was attached again: its final point is no longer the newest; prepare it again before failing it over",
+			"vm", vm.Name, "group", gc.Name, "final_seq", final)
+	}
 	d.log.Info("protecting VM", "vm", vm.Name, "id", vm.ID, "group", gc.Name, "disks", len(v.disks), "qemu_pid", qemu.PID)
 	return nil
 }
@@ -668,6 +693,9 @@ func (d *Engine) Attach(ctx context.Context, vm string) error {
 	d.attachMu.Lock()
 	defer d.attachMu.Unlock()
 	if v, ok := d.find(vm); ok {
+		if err := d.failedOverErr(v.group); err != nil {
+			return err
+		}
 		d.mu.Lock()
 		if !v.detached && !v.anyEnded() {
 			d.mu.Unlock()
@@ -717,7 +745,7 @@ func (d *Engine) recopies(ctx context.Context) {
 	for _, v := range d.vms {
 		// An operator's detach or pause stands: the re-copy waits for
 		// the attach or the resume.
-		if v.detached || v.hasState(filter.Detached) || v.hasState(filter.Paused) {
+		if v.detached || v.failedOver || v.hasState(filter.Detached) || v.hasState(filter.Paused) {
 			continue
 		}
 		owed := v.group.Sequencer().RecopyOwed()

@@ -3,8 +3,9 @@
 // (package hypervisor), gives each protection group a shipper.Group (its
 // spool, sequencer, NBD capture server and sender), and runs one capture
 // lifecycle (package filter) per protected disk. Its methods (Status,
-// Attach, Detach, Pause, Resume, Bookmark) are what the control API of
-// cmd/qcdp serves; it owns no socket of its own but the groups'.
+// Attach, Detach, Pause, Resume, Bookmark, PrepareFailover) are what the
+// control API of cmd/qcdp serves; it owns no socket of its own but the
+// groups'.
 //
 // Names. A group's capture server listens on <nbd_socket_dir>/<group>.sock;
 // each disk is an export named by its stream name, the disk's stable
@@ -30,6 +31,14 @@
 // fsync is stuck: a hung daemon holds a guest write at most about
 // WatchdogSec before systemd ends it and QEMU goes on without it
 // (invariant 1; see watchdog.go).
+//
+// Failover (failover.go). A group that failed over at the recovery site
+// (its replica refuses the stream with stream.CodeFailedOver) has its
+// captures detached, keeps its disks declared, shows them failed-over, and
+// is not attached again until the recovery site undoes the failover; then
+// its VMs are attached again and resync what changed. PrepareFailover is a
+// planned failover's host half: the group's libvirt VMs shut down cleanly,
+// a final bookmark, and the replica holding it (RPO 0).
 //
 // It does not own the NBD protocol, the spool or stream formats, the QMP
 // commands of a capture (package filter), nor the control socket.

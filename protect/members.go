@@ -25,7 +25,9 @@ import (
 // again its disks must complete their initial sync before the group has a
 // restore point again.
 // The membership is kept across restarts (membersPath), so that a restarted
-// daemon does not drop the VMs it has not attached again yet.
+// daemon does not drop the VMs it has not attached again yet. A group
+// prepared for a planned failover keeps the membership of its final point
+// until a VM of it is attached again (failover.go).
 //
 // Each declared VM's definition (its hardware, disks and NICs: what the
 // recovery site builds a standby from) follows its declaration in the
@@ -129,9 +131,11 @@ func (d *Engine) redefine(ctx context.Context, id string) {
 	defer d.attachMu.Unlock()
 	d.mu.Lock()
 	v, ok := d.vms[id]
-	detached := ok && v.detached
+	// A failed-over group's stream is refused, and nothing may follow a
+	// prepared group's final point.
+	skip := !ok || v.detached || v.failedOver || v.group.failedOver != "" || v.group.final != 0
 	d.mu.Unlock()
-	if !ok || detached {
+	if skip {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, defineTimeout)
@@ -157,10 +161,17 @@ func (d *Engine) reconcileMembers(seen []hypervisor.VM) {
 	for id, v := range d.vms {
 		attached[id] = v.group
 	}
+	final := map[*group]bool{}
+	for _, g := range d.groups {
+		final[g] = g.final != 0
+	}
 	d.mu.Unlock()
 	for name, g := range d.groups {
 		decl, ok := g.Sequencer().Members()
-		if !ok {
+		if !ok || final[g] {
+			// A group prepared for a planned failover keeps the
+			// membership of its final point (a transient domain that
+			// stopped is no longer listed).
 			continue
 		}
 		gone := map[string]bool{}

@@ -7,7 +7,7 @@ import (
 )
 
 // diskStates are the states a disk can be in, each exported as a 0/1 gauge.
-var diskStates = []string{"initial-sync", "syncing", "tracking", "resync", "paused", "error", "detached"}
+var diskStates = []string{"initial-sync", "syncing", "tracking", "resync", "paused", "error", "detached", StateFailedOver}
 
 // WriteMetrics writes st in the Prometheus text exposition format: per
 // group the measured RPO (DESIGN.md "Words"), the spool's use and the
@@ -33,6 +33,12 @@ func WriteMetrics(w io.Writer, st Status) error {
 	for _, g := range st.Groups {
 		if g.Replica != nil {
 			fmt.Fprintf(&b, "qcdp_replica_diverged{group=%q} %d\n", g.Name, boolInt(g.Replica.Diverged != ""))
+		}
+	}
+	help("qcdp_replica_failed_over", "gauge", "1 while the replica refuses the group's stream because the group failed over at the recovery site: its captures are detached until the failover is undone.")
+	for _, g := range st.Groups {
+		if g.Replica != nil {
+			fmt.Fprintf(&b, "qcdp_replica_failed_over{group=%q} %d\n", g.Name, boolInt(g.Replica.FailedOver != ""))
 		}
 	}
 	help("qcdp_group_healing", "gauge", "1 while the group's spool is broken and being reopened: writes are refused and disks go to tracking.")

@@ -10,6 +10,7 @@ import (
 	"github.com/qcdp/qcdp/configs"
 	"github.com/qcdp/qcdp/filter"
 	"github.com/qcdp/qcdp/hypervisor"
+	"github.com/qcdp/qcdp/shipper"
 	"github.com/qcdp/qcdp/shipper/sender"
 )
 
@@ -21,8 +22,10 @@ type Status struct {
 // GroupStatus is one protection group.
 type GroupStatus struct {
 	Name string `json:"name"`
-	// State is the group's own state: "ok", or "healing: ..." while a
-	// broken spool is being reopened (writes are refused meanwhile).
+	// State is the group's own state: "ok", "healing: ..." while a
+	// broken spool is being reopened (writes are refused meanwhile), or
+	// "failed-over: ..." (the replica's words) while the group is failed
+	// over at the recovery site (its disks are failed-over).
 	State    string       `json:"state"`
 	Heals    int64        `json:"spool_heals,omitempty"`
 	Socket   string       `json:"nbd_socket"`
@@ -42,6 +45,10 @@ type GroupStatus struct {
 	ClockStepsBack int64 `json:"clock_steps_back,omitempty"`
 	// Replica is the stream to the group's replica; nil without one.
 	Replica *sender.Stats `json:"replica,omitempty"`
+	// FinalSeq is the seq of the final point a planned failover was
+	// prepared at (PrepareFailover), until a VM of the group is attached
+	// again; 0 when none.
+	FinalSeq uint64 `json:"final_seq,omitempty"`
 }
 
 // DiskStatus is one protected disk.
@@ -121,6 +128,10 @@ func (d *Engine) Status() Status {
 		gs.ClockStepsBack, _ = g.Sequencer().ClockSteps()
 		h := g.Health()
 		gs.State, gs.Heals = h.String(), h.Heals
+		if g.failedOver != "" && h.State == shipper.StateOK {
+			gs.State = StateFailedOver + ": " + g.failedOver
+		}
+		gs.FinalSeq = g.final
 		if snd := g.Sender(); snd != nil {
 			rs := snd.Stats()
 			gs.Replica = &rs
@@ -135,6 +146,9 @@ func (d *Engine) Status() Status {
 					Node: dc.disk.Node, Format: dc.disk.Format, Size: dc.disk.Size, State: string(state), Since: dc.since}
 				if err != nil {
 					ds.Error = err.Error()
+				}
+				if v.failedOver {
+					ds.State, ds.Error = StateFailedOver, g.failedOver
 				}
 				if p, ok := dc.cap.Progress(); ok {
 					rs := &ResyncStatus{Progress: p, RateBytes: p.Rate()}

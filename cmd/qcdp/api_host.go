@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/qcdp/qcdp/cmd/qcdp/internal/ctlapi"
 	"github.com/qcdp/qcdp/protect"
@@ -15,6 +17,9 @@ var hostCodes = map[error]string{
 	protect.ErrUnknownDisk:  ctlapi.CodeNotFound,
 	protect.ErrUnknownGroup: ctlapi.CodeNotFound,
 	protect.ErrBadName:      ctlapi.CodeInvalid,
+	protect.ErrFailedOver:   ctlapi.CodeInvalid,
+	protect.ErrPrepared:     ctlapi.CodeInvalid,
+	protect.ErrPrepare:      ctlapi.CodeInvalid,
 }
 
 // hostAPI is the host daemon's control API over engine d.
@@ -40,6 +45,19 @@ func hostAPI(d *protect.Engine) http.Handler {
 	mux.HandleFunc("POST /v1/bookmark", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		res, err := d.Bookmark(r.Context(), q.Get("group"), q.Get("name"), q.Get("app") == "1")
+		ctlapi.Reply(w, res, err, hostCodes)
+	})
+	mux.HandleFunc("POST /v1/prepare-failover", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		var timeout time.Duration
+		if s := q.Get("timeout"); s != "" {
+			var err error
+			if timeout, err = time.ParseDuration(s); err != nil || timeout <= 0 {
+				ctlapi.WriteJSON(w, http.StatusBadRequest, &ctlapi.Error{Msg: fmt.Sprintf("timeout %q: want a positive duration, e.g. 5m", s), Code: ctlapi.CodeInvalid})
+				return
+			}
+		}
+		res, err := d.PrepareFailover(r.Context(), q.Get("group"), timeout, q.Get("agent") == "1")
 		ctlapi.Reply(w, res, err, hostCodes)
 	})
 	return mux
@@ -88,5 +106,18 @@ func (c *hostClient) Bookmark(ctx context.Context, group, name string, app bool)
 		q.Set("app", "1")
 	}
 	err := c.c.Do(ctx, http.MethodPost, "/v1/bookmark", q, &res)
+	return res, err
+}
+
+// PrepareFailover asks the daemon to prepare group for a planned failover:
+// shut its VMs down (agent: through their guest agents), mark the final
+// point and wait until the replica holds it, each wait bounded by timeout.
+func (c *hostClient) PrepareFailover(ctx context.Context, group string, timeout time.Duration, agent bool) (protect.PrepareResult, error) {
+	var res protect.PrepareResult
+	q := url.Values{"group": {group}, "timeout": {timeout.String()}}
+	if agent {
+		q.Set("agent", "1")
+	}
+	err := c.c.Do(ctx, http.MethodPost, "/v1/prepare-failover", q, &res)
 	return res, err
 }

@@ -122,6 +122,7 @@ where (libvirt URI, standby_dir), on which networks, in which order.
 			"  qcdp failover start web\n  qcdp failover start web --bookmark before-upgrade", true, started(failover.ModeStart)),
 		run("planned GROUP", "zero-loss failover from the final point the host marked ('qcdp failover prepare' there)",
 			"  qcdp failover planned web", false, started(failover.ModePlanned)),
+		newFailoverPrepareCommand(),
 		commit,
 		run("undo GROUP", "destroy the standbys, discard their writes, replicate again",
 			"  qcdp failover undo web", false, func(ctx context.Context, c *replicaClient, group string, _ *journal.Target, out io.Writer) error {

@@ -28,6 +28,18 @@
 // spool lost) is kept in Stats.Diverged until a session is welcomed; the
 // sender retries, and nothing is acknowledged meanwhile.
 //
+// # Failed over
+//
+// When the group fails over at the recovery site (package failover), the
+// replica refuses its stream, and any running session ends, with
+// stream.CodeFailedOver. The sender keeps the replica's message in
+// Stats.FailedOver (logged once), goes on saying Hello at its backoff,
+// never waiting longer than FailedOverRetry between two, and clears it when
+// a Hello is welcomed again (the recovery site undid the failover). The
+// host engine (package protect) follows Stats.FailedOver to stop and
+// resume the group's captures. WaitAcked, which a planned failover's host
+// half waits on, fails with ErrFailedOver meanwhile.
+//
 // # Protocol version
 //
 // The sender speaks stream.Version only (3: its batches may carry

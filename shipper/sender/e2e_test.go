@@ -120,6 +120,9 @@ type site struct {
 	// afterAppend, when set, runs after each journal append, before its
 	// Ack is sent (with mu held).
 	afterAppend func()
+	// fence, when set, is why the group failed over: Hellos are refused
+	// with stream.CodeFailedOver (receiver.Server.Fenced).
+	fence atomic.Pointer[string]
 }
 
 func newSite(t testing.TB, size int) *site {
@@ -150,6 +153,12 @@ func (s *site) start() {
 		TLS:    s.pki.Server,
 		Config: s.cfg,
 		Logger: quiet,
+		Fenced: func(tenant, group string) error {
+			if why := s.fence.Load(); why != nil {
+				return errors.New(*why)
+			}
+			return nil
+		},
 		OpenJournal: func(ctx context.Context, tenant, group string) (receiver.Journal, error) {
 			dir, err := s.cfg.JournalDir(tenant, group)
 			if err != nil {

@@ -27,6 +27,9 @@ var (
 	ErrDiverged = errors.New("sender: replica and spool diverged")
 	// ErrAckBeyond: the replica acknowledged a seq never sent.
 	ErrAckBeyond = errors.New("sender: ack beyond what was sent")
+	// ErrFailedOver: the replica refuses the group's stream because the
+	// group failed over at the recovery site (stream.CodeFailedOver).
+	ErrFailedOver = errors.New("sender: the group has failed over at the recovery site")
 )
 
 // Defaults for Options left zero.
@@ -40,6 +43,10 @@ const (
 	// that comes back is streamed to again within about this long (a
 	// dial attempt every two seconds costs a down replica nothing).
 	DefaultMaxBackoff = 2 * time.Second
+	// FailedOverRetry caps the wait between Hellos while the replica
+	// refuses the group as failed over, whatever MaxBackoff says: a
+	// failover undone at the recovery site is seen within about this long.
+	FailedOverRetry = 30 * time.Second
 )
 
 // Options configure a Sender.
@@ -88,6 +95,12 @@ type Stats struct {
 	// the stream is refused until an operator heals it (a resync), and
 	// nothing is acknowledged to the spool meanwhile.
 	Diverged string `json:"diverged,omitempty"`
+	// FailedOver, when set, is the replica's word that the group failed
+	// over at the recovery site (stream.CodeFailedOver): its stream is
+	// refused until the recovery site undoes the failover. The sender
+	// keeps saying Hello (at least every FailedOverRetry); it is cleared
+	// when one is welcomed again.
+	FailedOver string `json:"failed_over,omitempty"`
 	// Spool is the identity the stream names (see package stream).
 	Spool spool.Identity `json:"spool"`
 }
@@ -123,6 +136,9 @@ type Sender struct {
 	peekSeq   uint64     // a spool record's seq and capture time, for RPO
 	peekTime  int64
 	stats     Stats
+	// changed is closed and replaced when acked grows or the group is
+	// refused as failed over (WaitAcked).
+	changed chan struct{}
 }
 
 // New checks opts and returns a Sender.
@@ -156,7 +172,7 @@ func New(opts Options) (*Sender, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Sender{opts: opts, group: group, log: opts.Logger.With("group", group, "replica", opts.Addr)}
+	s := &Sender{opts: opts, group: group, log: opts.Logger.With("group", group, "replica", opts.Addr), changed: make(chan struct{})}
 	s.acked = opts.Spool.Acked()
 	s.sent = s.acked
 	s.stats.Group = group
@@ -189,20 +205,38 @@ func (s *Sender) Run(ctx context.Context) error {
 		}
 		var refused *stream.RefusedError
 		isRefused := errors.As(err, &refused)
+		failedOver := isRefused && refused.Code == stream.CodeFailedOver
 		s.mu.Lock()
 		s.stats.Reconnects++
 		s.stats.LastError = err.Error()
+		wasFailedOver := s.stats.FailedOver != ""
 		switch {
 		case isRefused && refused.Code == stream.CodeDiverged:
 			s.stats.Diverged = refused.Message
 		case errors.Is(err, ErrDiverged):
 			s.stats.Diverged = err.Error()
+		case failedOver:
+			s.stats.FailedOver = refused.Message
+			if !wasFailedOver {
+				s.changedLocked()
+			}
 		}
 		s.mu.Unlock()
-		if isRefused && refused.Code != stream.CodeReplaced && refused.Code != stream.CodeShutdown ||
-			errors.Is(err, ErrDiverged) || errors.Is(err, stream.ErrVersion) {
+		if failedOver {
+			backoff = min(backoff, FailedOverRetry)
+		}
+		switch {
+		case failedOver && !wasFailedOver:
+			// Said once: the refusal stands until the recovery site
+			// undoes the failover, and every Hello until then meets it.
+			s.log.Error("sender: the group has failed over at the recovery site: its stream is refused; saying Hello again until the failover is undone there",
+				"why", refused.Message, "retry_every", min(s.opts.MaxBackoff, FailedOverRetry))
+		case failedOver:
+			s.log.Debug("sender: stream refused: the group is still failed over", "err", err, "retry_in", backoff)
+		case isRefused && refused.Code != stream.CodeReplaced && refused.Code != stream.CodeShutdown ||
+			errors.Is(err, ErrDiverged) || errors.Is(err, stream.ErrVersion):
 			s.log.Error("sender: stream refused", "err", err, "retry_in", backoff)
-		} else {
+		default:
 			s.log.Warn("sender: stream interrupted", "err", err, "retry_in", backoff)
 		}
 		t := time.NewTimer(backoff)
@@ -213,6 +247,9 @@ func (s *Sender) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 		backoff = min(2*backoff, s.opts.MaxBackoff)
+		if failedOver {
+			backoff = min(backoff, FailedOverRetry)
+		}
 	}
 }
 
@@ -243,8 +280,12 @@ func (s *Sender) session(ctx context.Context) (progressed bool, err error) {
 	}()
 	s.mu.Lock()
 	s.connected, s.welcomed = true, true
-	s.stats.LastError, s.stats.Diverged = "", "" // what went wrong before is over
+	undone := s.stats.FailedOver
+	s.stats.LastError, s.stats.Diverged, s.stats.FailedOver = "", "", "" // what went wrong before is over
 	s.mu.Unlock()
+	if undone != "" {
+		s.log.Info("sender: welcomed again: the recovery site undid the group's failover", "was", undone)
+	}
 	s.log.Info("sender: streaming", "durable", durable, "spool_last", s.opts.Spool.LastSeq())
 	werr := s.write(sctx, c, durable)
 	cancelSession()
@@ -374,6 +415,7 @@ func (s *Sender) acknowledge(seq uint64) error {
 	defer s.mu.Unlock()
 	if seq > s.acked {
 		s.acked = seq
+		s.changedLocked()
 	}
 	i := 0
 	for i < len(s.flight) && s.flight[i].last <= s.acked {
@@ -563,4 +605,33 @@ func (s *Sender) RPO(now time.Time) time.Duration {
 	}
 	s.mu.Unlock()
 	return max(now.Sub(time.Unix(0, t)), 0)
+}
+
+// changedLocked wakes WaitAcked's callers. Callers hold s.mu.
+func (s *Sender) changedLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// WaitAcked waits until the replica holds every record up to seq durably.
+// It fails with ErrFailedOver when the replica refuses the group as failed
+// over meanwhile (or already did: seq may then never be acknowledged), and
+// with ctx's error when ctx ends first.
+func (s *Sender) WaitAcked(ctx context.Context, seq uint64) error {
+	for {
+		s.mu.Lock()
+		acked, why, ch := s.acked, s.stats.FailedOver, s.changed
+		s.mu.Unlock()
+		switch {
+		case acked >= seq:
+			return nil
+		case why != "":
+			return fmt.Errorf("%w: group %s: seq %d not acknowledged (replica holds up to %d): %s", ErrFailedOver, s.group, seq, acked, why)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("sender: group %s: seq %d not acknowledged (replica holds up to %d): %w", s.group, seq, acked, ctx.Err())
+		}
+	}
 }
