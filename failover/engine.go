@@ -255,7 +255,10 @@ func (e *Engine) prepare(ctx context.Context, tenant, group string, mode Mode, a
 		return nil, err
 	}
 	if at == (journal.Target{}) {
-		at = journal.Target{Time: time.Now().Add(time.Hour)} // the newest point
+		var err error
+		if at, err = e.newest(ctx, tenant, group); err != nil {
+			return nil, err
+		}
 	}
 	point, decl, defs, err := e.site.PointAt(ctx, tenant, group, at)
 	if err != nil {
@@ -306,6 +309,44 @@ func (e *Engine) prepare(ctx context.Context, tenant, group string, mode Mode, a
 	}
 	sortBoot(pr.vms, p.BootOrder)
 	return pr, nil
+}
+
+// newest is the group's newest valid restore point: the window's last
+// record boundary, or the last one before the resync bracket or initial
+// sync it falls in, or else the newest long-term point.
+func (e *Engine) newest(ctx context.Context, tenant, group string) (journal.Target, error) {
+	ps, ok := e.site.(PointsSite)
+	if !ok {
+		return journal.Target{Time: time.Now().Add(time.Hour)}, nil
+	}
+	points, w, err := ps.Points(ctx, tenant, group)
+	if err != nil {
+		return journal.Target{}, fmt.Errorf("failover of %s/%s: %w", tenant, group, err)
+	}
+	if s, ok := newestValid(w); ok {
+		return journal.Target{Seq: s}, nil
+	}
+	if n := len(points); n > 0 {
+		return journal.Target{Seq: points[n-1].Seq}, nil
+	}
+	return journal.Target{}, fmt.Errorf("%w: group %s/%s has no restore point yet: it was never in sync", journal.ErrNoPoint, tenant, group)
+}
+
+// newestValid is the last boundary of the window outside its gaps.
+func newestValid(w journal.Window) (uint64, bool) {
+	if w.LastSeq == 0 {
+		return 0, false
+	}
+	s := w.LastSeq
+	for i := len(w.Gaps) - 1; i >= 0; i-- {
+		if g := w.Gaps[i]; s >= g.FromSeq && s <= g.ToSeq {
+			if g.FromSeq == 0 {
+				return 0, false
+			}
+			s = g.FromSeq - 1
+		}
+	}
+	return s, s >= w.FirstSeq
 }
 
 // sortBoot puts the VMs in the plan's boot order, the rest by name.

@@ -478,3 +478,24 @@ func TestPlannedNeedsFinalPoint(t *testing.T) {
 		t.Fatalf("%+v %v", st, err)
 	}
 }
+
+// TestNewestValid: the default point of a failover is the newest boundary
+// that is a restore point, never one inside a resync bracket.
+func TestNewestValid(t *testing.T) {
+	for _, tc := range []struct {
+		w    journal.Window
+		want uint64
+		ok   bool
+	}{
+		{journal.Window{}, 0, false},
+		{journal.Window{FirstSeq: 5, LastSeq: 50}, 50, true},
+		{journal.Window{FirstSeq: 5, LastSeq: 50, Gaps: []journal.Gap{{FromSeq: 40, ToSeq: 50}}}, 39, true},
+		{journal.Window{FirstSeq: 5, LastSeq: 50, Gaps: []journal.Gap{{FromSeq: 20, ToSeq: 30}, {FromSeq: 31, ToSeq: 50}}}, 19, true},
+		{journal.Window{FirstSeq: 5, LastSeq: 50, Gaps: []journal.Gap{{FromSeq: 5, ToSeq: 50}}}, 0, false},
+	} {
+		got, ok := newestValid(tc.w)
+		if got != tc.want && tc.ok || ok != tc.ok {
+			t.Errorf("%+v: %d %v, want %d %v", tc.w, got, ok, tc.want, tc.ok)
+		}
+	}
+}
