@@ -35,9 +35,10 @@ where (libvirt URI, standby_dir), on which networks, in which order.
   start     unplanned failover: the group is fenced (the replica refuses its
             stream, and tells the host why), then the standbys start on the
             production networks.
-  planned   zero data loss: after 'qcdp failover prepare GROUP' on the protected
-            host (it shuts the VMs down and drains the stream), fence and start
-            from exactly the final point.
+  prepare   on the protected host: shut the group's VMs down cleanly, mark the
+            final point and wait until the replica holds it.
+  planned   zero data loss: after prepare, fence and start from exactly the
+            final point.
   commit    make it permanent: pull every disk onto local storage while the
             standbys run; afterwards they need nothing of the replica daemon.
   undo      before commit: destroy the standbys, discard their writes, and let
