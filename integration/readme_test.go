@@ -179,6 +179,18 @@ func TestREADMECommands(t *testing.T) {
 	ns := filepath.Join(dir, "ns")
 	paths := map[string]string{} // target → the test's directory
 	var binds []bind
+	// Failover: the test's own libvirtd runs outside the namespace, so the
+	// views' socket and the standbys' directory are where it sees them, and
+	// its directory (under /tmp, its socket in it) is kept visible inside.
+	lv := harness.NeedLibvirtd(context.Background(), t)
+	if err := os.Chmod(dir, 0o755); err != nil { // libvirt's QEMU user reaches the standbys
+		t.Fatal(err)
+	}
+	lvKeep := filepath.Join(ns, "libvirtd")
+	if err := os.MkdirAll(lvKeep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	binds = append(binds, bind{lv.Dir, lvKeep})
 	if strings.HasPrefix(repo, "/tmp/") { // kept visible under the namespace's own /tmp
 		keep := filepath.Join(ns, "repo")
 		if err := os.MkdirAll(keep, 0o755); err != nil {
@@ -200,6 +212,7 @@ func TestREADMECommands(t *testing.T) {
 	if strings.HasPrefix(repo, "/tmp/") {
 		binds = append(binds, bind{filepath.Join(ns, "repo"), repo})
 	}
+	binds = append(binds, bind{lvKeep, lv.Dir})
 	inNS := func(p string) string { // a path in the namespace, seen from outside
 		for target, src := range paths {
 			if rel, ok := strings.CutPrefix(p, target+"/"); ok {
@@ -243,12 +256,20 @@ listen = "127.0.0.1:%d"
 ca = "/etc/qcdp/tls/ca.pem"
 cert = "/etc/qcdp/tls/dr1.pem"
 key = "/etc/qcdp/tls/dr1-key.pem"
+nbd_socket = %q
 
 [[tenant]]
 name = "acme"
 hosts = ["kvm1"]
 groups = ["g1"]
-`, port))
+
+[[recovery]]
+group = "g1"
+libvirt_uri = %q
+standby_dir = %q
+domain_type = "qemu"
+`, port, filepath.Join(dir, "views.sock"), lv.URI, filepath.Join(dir, "standby")))
+	run("qcdp replica --config /etc/qcdp/replica.toml --check", "qcdp replica --config /etc/qcdp/replica.toml --check")
 	replica := daemon("qcdp replica --config /etc/qcdp/replica.toml", "replica", "/run/qcdp/replica.sock")
 
 	// The protected host: a plain QEMU VM found through its QMP socket.
@@ -361,12 +382,38 @@ replica = "dr1.example.com:%d"
 	}
 	run("qcdp verify g1", "qcdp verify g1")
 
+	// Failover of g1 (vm1's definition came with the stream): a test that
+	// leaves nothing, an unplanned one undone; the host stops its capture
+	// while g1 is failed over and takes it up again after the undo.
+	out = run("qcdp failover test g1", "qcdp failover test g1")
+	if !strings.Contains(out, "vm1-qcdp-test  running") {
+		t.Errorf("qcdp failover test g1 shows no running standby:\n%s", out)
+	}
+	out = run("qcdp failover status g1 --json", "qcdp failover status g1 --json")
+	if !strings.Contains(out, `"domain": "vm1-qcdp-test"`) {
+		t.Errorf("qcdp failover status --json:\n%s", out)
+	}
+	run("qcdp failover cleanup g1", "qcdp failover cleanup g1")
+	run("qcdp failover start g1", "qcdp failover start g1")
+	run("qcdp failover undo g1", "qcdp failover undo g1")
+	waitDisks(ctx, t, bin, hostCtl, 1, filter.Syncing, host)
+
 	// The operator's words on the host.
 	for _, l := range []string{"qcdp detach vm1 --disk vda", "qcdp attach vm1", "qcdp pause vm1 --disk vda",
 		"qcdp resume vm1 --disk vda", "qcdp detach vm1 --disk vm1.vda --json"} {
 		run(l, l)
 		want := map[string]filter.State{"detach": filter.Detached, "attach": filter.Syncing, "pause": filter.Paused, "resume": filter.Syncing}[strings.Fields(l)[1]]
 		waitDisks(ctx, t, bin, hostCtl, 1, want, host)
+	}
+	// A failover from a bookmark, committed.
+	t.Cleanup(func() {
+		lv.Virsh(context.Background(), "destroy", "vm1")
+		lv.Virsh(context.Background(), "undefine", "vm1")
+	})
+	run("qcdp failover start g1 --bookmark nightly", "qcdp failover start g1 --bookmark nightly")
+	out = run("qcdp failover commit g1 --wait", "qcdp failover commit g1 --wait")
+	if !strings.Contains(out, "committed") {
+		t.Errorf("qcdp failover commit g1 --wait:\n%s", out)
 	}
 	if err := host.Stop(10 * time.Second); err != nil {
 		t.Fatalf("qcdp host did not stop on SIGTERM: %v\n%s", err, host.Report())
