@@ -27,6 +27,17 @@ const KernelMeta = "linux-image-cloud-amd64"
 // on and leaves out what the kernel has built in.
 var rootModules = []string{"virtio_pci", "virtio_blk"}
 
+// optionalModules are staged when the kernel has them: the ACPI power
+// button and the input events /init reads it through (a clean shutdown,
+// as libvirt's `virsh shutdown` asks for).
+var optionalModules = []string{"button", "evdev"}
+
+// moduleSet names what a cached kernel directory was staged for: a cache
+// staged for another set is staged again.
+func moduleSet() string {
+	return strings.Join(rootModules, " ") + " | " + strings.Join(optionalModules, " ") + "\n"
+}
+
 // initPackage is the /init program.
 const initPackage = "github.com/qcdp/qcdp/integration/guest/init"
 
@@ -118,7 +129,7 @@ func ensureKernel(ctx context.Context, cacheDir string) (dir, release string, er
 	if b, err := os.ReadFile(current); err == nil {
 		release = strings.TrimSpace(string(b))
 		dir = filepath.Join(cacheDir, "kernel-"+release)
-		if _, err := os.Stat(filepath.Join(dir, "modules", "order")); err == nil {
+		if b, err := os.ReadFile(filepath.Join(dir, "modules", "set")); err == nil && string(b) == moduleSet() {
 			return dir, release, nil
 		}
 	}
@@ -283,7 +294,18 @@ func stageModules(ctx context.Context, tree, dst string) error {
 			return err
 		}
 	}
-	return os.WriteFile(filepath.Join(dst, "order"), []byte(strings.Join(order, "\n")+"\n"), 0o644)
+	for _, m := range optionalModules {
+		if _, ok := files[m]; !ok {
+			continue // built in, or not in this kernel
+		}
+		if err := visit(m, nil); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dst, "order"), []byte(strings.Join(order, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dst, "set"), []byte(moduleSet()), 0o644)
 }
 
 // moduleName is the kernel's name for a module file ("virtio-rng.ko.xz" is

@@ -70,6 +70,7 @@ func run() error {
 	if err := loadModules(modulesDir); err != nil {
 		return err
 	}
+	watchPowerButton(cmds)
 	if !ok {
 		report("QCDP-READY disks=0 t=%d", monotonic())
 		return waitFor(cmds, "poweroff")

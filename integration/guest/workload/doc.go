@@ -52,6 +52,9 @@
 //	QCDP-SYNCED seq=N t=NS       writes 1..N are durable (fdatasync returned)
 //	QCDP-DONE seq=N t=NS         the workload ended after write N, all durable
 //	QCDP-ERROR <what>            any error; the guest then powers off
+//	QCDP-POWER-BUTTON t=NS       the ACPI power button was pressed: as "poweroff"
+//	QCDP-VERIFIED lo=N hi=M t=NS with qcdp.verify=1: the disks hold one state (package failover's standbys)
+//	QCDP-MARKED block=B t=NS     ...and the standby wrote past the workload's area
 //
 // NS is the guest's CLOCK_MONOTONIC in nanoseconds. The host sends
 // "stop" (end the workload, stay up) or "poweroff" (end it and power off).
