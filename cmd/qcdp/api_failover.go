@@ -25,18 +25,8 @@ var failoverCodes = map[error]string{
 
 // failoverAPI adds the failover routes to the replica's control API.
 func failoverAPI(mux *http.ServeMux, site *replica.Site, fo *failover.Engine) {
-	withGroup := func(fn func(w http.ResponseWriter, r *http.Request, tenant, group string)) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			q := r.URL.Query()
-			tenant, err := site.Resolve(q.Get("tenant"), q.Get("group"))
-			if err != nil {
-				ctlapi.Reply(w, nil, err, failoverCodes)
-				return
-			}
-			fn(w, r, tenant, q.Get("group"))
-		}
-	}
-	mux.HandleFunc("POST /v1/failover", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	onGroup := func(fn groupFunc) http.HandlerFunc { return withGroup(site, failoverCodes, fn) }
+	mux.HandleFunc("POST /v1/failover", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		q := r.URL.Query()
 		var at journal.Target
 		if q.Has("seq") || q.Has("time") || q.Has("bookmark") {
@@ -61,17 +51,17 @@ func failoverAPI(mux *http.ServeMux, site *replica.Site, fo *failover.Engine) {
 		}
 		ctlapi.Reply(w, st, err, failoverCodes)
 	}))
-	mux.HandleFunc("POST /v1/failover/commit", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/failover/commit", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		st, err := fo.Commit(context.WithoutCancel(r.Context()), tenant, group)
 		ctlapi.Reply(w, st, err, failoverCodes)
 	}))
-	mux.HandleFunc("POST /v1/failover/undo", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/failover/undo", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		ctlapi.Reply(w, nil, fo.Undo(context.WithoutCancel(r.Context()), tenant, group), failoverCodes)
 	}))
-	mux.HandleFunc("POST /v1/failover/cleanup", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/failover/cleanup", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		ctlapi.Reply(w, nil, fo.Cleanup(context.WithoutCancel(r.Context()), tenant, group), failoverCodes)
 	}))
-	mux.HandleFunc("GET /v1/failover", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("GET /v1/failover", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		st, err := fo.Status(r.Context(), tenant, group)
 		ctlapi.Reply(w, st, err, failoverCodes)
 	}))

@@ -52,6 +52,23 @@ func targetOf(q url.Values) (journal.Target, error) {
 	return t, nil
 }
 
+// groupFunc handles a request about one group, its tenant resolved.
+type groupFunc func(w http.ResponseWriter, r *http.Request, tenant, group string)
+
+// withGroup resolves the request's group (and tenant, when several
+// tenants have it) before fn; an unknown group is answered with codes.
+func withGroup(site *replica.Site, codes map[error]string, fn groupFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		tenant, err := site.Resolve(q.Get("tenant"), q.Get("group"))
+		if err != nil {
+			ctlapi.Reply(w, nil, err, codes)
+			return
+		}
+		fn(w, r, tenant, q.Get("group"))
+	}
+}
+
 // replicaAPI is the replica daemon's control API over site.
 func replicaAPI(site *replica.Site, fo *failover.Engine) http.Handler {
 	mux := http.NewServeMux()
@@ -59,22 +76,12 @@ func replicaAPI(site *replica.Site, fo *failover.Engine) http.Handler {
 		gs, err := site.Groups(r.Context())
 		ctlapi.Reply(w, gs, err, replicaCodes)
 	})
-	withGroup := func(fn func(w http.ResponseWriter, r *http.Request, tenant, group string)) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			q := r.URL.Query()
-			tenant, err := site.Resolve(q.Get("tenant"), q.Get("group"))
-			if err != nil {
-				ctlapi.Reply(w, nil, err, replicaCodes)
-				return
-			}
-			fn(w, r, tenant, q.Get("group"))
-		}
-	}
-	mux.HandleFunc("GET /v1/points", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	onGroup := func(fn groupFunc) http.HandlerFunc { return withGroup(site, replicaCodes, fn) }
+	mux.HandleFunc("GET /v1/points", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		pi, err := site.PointsOf(r.Context(), tenant, group)
 		ctlapi.Reply(w, pi, err, replicaCodes)
 	}))
-	mux.HandleFunc("POST /v1/export", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/export", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		at, err := targetOf(r.URL.Query())
 		if err != nil {
 			ctlapi.Reply(w, nil, err, replicaCodes)
@@ -98,7 +105,7 @@ func replicaAPI(site *replica.Site, fo *failover.Engine) http.Handler {
 	mux.HandleFunc("POST /v1/unexport", func(w http.ResponseWriter, r *http.Request) {
 		ctlapi.Reply(w, nil, site.Unexport(r.URL.Query().Get("id")), replicaCodes)
 	})
-	mux.HandleFunc("POST /v1/restore", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/restore", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		q := r.URL.Query()
 		at, err := targetOf(q)
 		if err != nil {
@@ -108,7 +115,7 @@ func replicaAPI(site *replica.Site, fo *failover.Engine) http.Handler {
 		ri, err := site.Restore(r.Context(), tenant, group, at, q.Get("disk"), q.Get("path"), q.Get("format"))
 		ctlapi.Reply(w, ri, err, replicaCodes)
 	}))
-	mux.HandleFunc("POST /v1/verify", withGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
+	mux.HandleFunc("POST /v1/verify", onGroup(func(w http.ResponseWriter, r *http.Request, tenant, group string) {
 		rep, err := site.Verify(r.Context(), tenant, group)
 		ctlapi.Reply(w, rep, err, replicaCodes)
 	}))
