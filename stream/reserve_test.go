@@ -118,18 +118,25 @@ func TestReserveCoversAllocations(t *testing.T) {
 func TestReserveRefusedAndOwned(t *testing.T) {
 	frame := encodeBatch(t, false, genRecords(1, 400, 3))
 	stop := errors.New("no room")
-	r := NewReader(bytes.NewReader(frame))
-	r.Reserve = func(int64) error { return stop }
-	before := totalAlloc()
-	if _, err := r.Next(); err != stop {
-		t.Fatalf("Next: %v, want Reserve's error as it is", err)
+	// The least of a few tries: TotalAlloc counts every goroutine's
+	// allocations (the runtime's and zstd's own too), a refused frame's
+	// are in every try.
+	least := int64(1 << 62)
+	for range 5 {
+		r := NewReader(bytes.NewReader(frame))
+		r.Reserve = func(int64) error { return stop }
+		before := totalAlloc()
+		if _, err := r.Next(); err != stop {
+			t.Fatalf("Next: %v, want Reserve's error as it is", err)
+		}
+		least = min(least, totalAlloc()-before)
 	}
-	if allocated := totalAlloc() - before; allocated > 1<<10 {
-		t.Fatalf("%d bytes allocated for a refused frame of %d", allocated, len(frame))
+	if least > 1<<10 {
+		t.Fatalf("%d bytes allocated for a refused frame of %d", least, len(frame))
 	}
 
 	two := append(bytes.Clone(frame), encodeBatch(t, true, genRecords(401, 50, 4))...)
-	r = NewReader(bytes.NewReader(two))
+	r := NewReader(bytes.NewReader(two))
 	r.Reserve = func(int64) error { return nil }
 	first, err := r.Next()
 	if err != nil {
