@@ -1,6 +1,8 @@
 package configs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net"
 	"path/filepath"
 	"regexp"
@@ -22,13 +24,16 @@ import (
 // bridge), on both sides of networks and test_networks. Every network a
 // protected VM's NICs use must be in networks, or its failover is refused
 // naming it; a test failover puts each NIC on test_networks[source], else
-// on test_network (default "qcdp-test": an isolated libvirt network that
-// qcdp defines when it is missing, and removes at cleanup when it did).
+// on test_network (default: "qcdp-test-" and a hash of the tenant and
+// group, one per group; an isolated libvirt network that qcdp defines when
+// it is missing, and removes at cleanup when it did).
 
 // Defaults of a recovery plan.
 const (
-	DefaultLibvirtURI      = "qemu:///system"
-	DefaultStandbyDir      = "/var/lib/qcdp/standby"
+	DefaultLibvirtURI = "qemu:///system"
+	DefaultStandbyDir = "/var/lib/qcdp/standby"
+	// DefaultTestNetwork is test_network's prefix when it is not set: the
+	// test network is then the group's own (TestNetworkOf).
 	DefaultTestNetwork     = "qcdp-test"
 	DefaultBootTimeout     = 5 * time.Minute
 	DefaultShutdownTimeout = 5 * time.Minute
@@ -133,7 +138,7 @@ func (d *decoder) recoveries(root *table, c *Replica) []*Recovery {
 
 func (d *decoder) recovery(t *table, c *Replica, seen map[string]string) *Recovery {
 	r := &Recovery{LibvirtURI: DefaultLibvirtURI, StandbyDir: DefaultStandbyDir, DomainType: "kvm",
-		TestNetwork: Network{Name: DefaultTestNetwork}, BootTimeout: DefaultBootTimeout,
+		BootTimeout:     DefaultBootTimeout,
 		ShutdownTimeout: DefaultShutdownTimeout, PostBootTimeout: DefaultPostBootTimeout,
 		Networks: map[Network]Network{}, TestNetworks: map[Network]Network{}}
 	group, ok := t.str("group")
@@ -253,6 +258,10 @@ func (d *decoder) recovery(t *table, c *Replica, seen map[string]string) *Recove
 		r.VMs = append(r.VMs, d.vmOverride(vt, vmSeen))
 	}
 	t.done()
+	if r.TestNetwork.Name == "" {
+		h := sha256.Sum256([]byte(r.Tenant + "/" + r.Group))
+		r.TestNetwork = Network{Name: DefaultTestNetwork + "-" + hex.EncodeToString(h[:4])}
+	}
 	return r
 }
 

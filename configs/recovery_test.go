@@ -19,7 +19,7 @@ func TestRecoveryExample(t *testing.T) {
 		t.Fatalf("no plan for acme/web: %+v", c.Recoveries)
 	}
 	if r.LibvirtURI != "qemu:///system" || r.DomainType != "kvm" || r.BootDelay != 10*time.Second ||
-		r.TestNetwork.String() != "qcdp-test" || len(r.BootOrder) != 2 || r.PostBoot[0] != "/usr/local/bin/dr-smoke-test" {
+		len(r.BootOrder) != 2 || r.PostBoot[0] != "/usr/local/bin/dr-smoke-test" {
 		t.Fatalf("%+v", r)
 	}
 	if got := r.Networks[configs.Network{Name: "br0", Bridge: true}]; got.String() != "bridge:br-dr" {
@@ -45,7 +45,7 @@ func TestRecoveryDefaults(t *testing.T) {
 	}
 	r, ok := c.RecoveryFor("t", "g1")
 	if !ok || r.StandbyDir != configs.DefaultStandbyDir || r.LibvirtURI != configs.DefaultLibvirtURI ||
-		r.TestNetwork.Name != configs.DefaultTestNetwork || r.ShutdownTimeout != configs.DefaultShutdownTimeout {
+		!strings.HasPrefix(r.TestNetwork.Name, configs.DefaultTestNetwork+"-") || len(r.TestNetwork.Name) != len("qcdp-test-")+8 || r.ShutdownTimeout != configs.DefaultShutdownTimeout {
 		t.Fatalf("%+v", r)
 	}
 }

@@ -8,8 +8,12 @@ import (
 	"time"
 )
 
-// commitPoll is how often a commit's progress is asked of libvirt.
-const commitPoll = 500 * time.Millisecond
+// commitPoll is how often a commit's progress is asked of libvirt, and
+// commitStepTimeout how long one look may take.
+const (
+	commitPoll        = 500 * time.Millisecond
+	commitStepTimeout = 30 * time.Second
+)
 
 // Commit makes a failover permanent while its standbys run: each disk's
 // data is pulled from the view into its overlay (libvirt's block pull,
@@ -80,11 +84,27 @@ func (e *Engine) Commit(ctx context.Context, tenant, group string) (*State, erro
 // watchCommit follows a group's commit in the background until every
 // disk stands alone, then withdraws the view.
 func (e *Engine) watchCommit(tenant, group string) {
+	k := tenant + "/" + group
+	e.mu.Lock()
+	if e.watching[k] {
+		e.mu.Unlock()
+		return // one watcher per group
+	}
+	e.watching[k] = true
+	e.mu.Unlock()
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
+		defer func() {
+			e.mu.Lock()
+			delete(e.watching, k)
+			e.mu.Unlock()
+		}()
 		for {
-			done, err := e.commitStep(e.bg, tenant, group)
+			// A hung libvirt must not hold the group's lock for ever.
+			ctx, cancel := context.WithTimeout(e.bg, commitStepTimeout)
+			done, err := e.commitStep(ctx, tenant, group)
+			cancel()
 			if err != nil {
 				e.log.Error("failover commit", "tenant", tenant, "group", group, "err", err)
 			}
@@ -113,8 +133,11 @@ func (e *Engine) commitStep(ctx context.Context, tenant, group string) (done boo
 	}
 	path := statePath(p, tenant, group)
 	st, err := loadState(path)
-	if err != nil || st == nil || st.Phase != PhaseCommitting {
-		return true, err
+	if err != nil {
+		return false, err // try again: a commit under way is not given up
+	}
+	if st == nil || st.Phase != PhaseCommitting {
+		return true, nil
 	}
 	lv, err := e.Dial(ctx, p.LibvirtURI)
 	if err != nil {
@@ -124,16 +147,18 @@ func (e *Engine) commitStep(ctx context.Context, tenant, group string) (done boo
 	all, changed := true, false
 	for i := range st.VMs {
 		vm := &st.VMs[i]
-		info, err := lv.LookupDomain(ctx, vm.Domain)
-		if err != nil {
-			return false, fmt.Errorf("%w: %v", ErrLibvirt, err)
-		}
 		for k := range vm.Disks {
 			d := &vm.Disks[k]
 			if d.Committed {
 				continue
 			}
 			j, err := lv.BlockJobInfo(ctx, vm.Domain, d.Target)
+			if err != nil {
+				return false, fmt.Errorf("%w: %v", ErrLibvirt, err)
+			}
+			// The XML after the job's state: a pull that ended in between
+			// shows as ended with its result, never as ended early.
+			info, err := lv.LookupDomain(ctx, vm.Domain)
 			if err != nil {
 				return false, fmt.Errorf("%w: %v", ErrLibvirt, err)
 			}

@@ -26,6 +26,7 @@ type standbyDisk struct {
 // domainSpec is everything a standby domain's XML is made of.
 type domainSpec struct {
 	Name     string
+	UUID     string // the domain's UUID, chosen by qcdp
 	Type     string // kvm or qemu
 	Def      record.VMDefinition
 	Override configs.VMOverride
@@ -53,6 +54,7 @@ type xDomain struct {
 	XMLName  xml.Name `xml:"domain"`
 	Type     string   `xml:"type,attr"`
 	Name     string   `xml:"name"`
+	UUID     string   `xml:"uuid,omitempty"`
 	Metadata struct {
 		Standby xStandby `xml:"qcdp:standby"`
 	} `xml:"metadata"`
@@ -177,7 +179,7 @@ type xSerial struct {
 // encoding/xml escapes every value; a kernel or initrd path is used only
 // inside the plan's kernel_dirs.
 func domainXML(s domainSpec) (string, error) {
-	d := xDomain{Type: s.Type, Name: s.Name, OnOff: "destroy", OnReb: "restart", OnCrash: "destroy"}
+	d := xDomain{Type: s.Type, Name: s.Name, UUID: s.UUID, OnOff: "destroy", OnReb: "restart", OnCrash: "destroy"}
 	d.Metadata.Standby = xStandby{NS: metaNS, Tenant: s.Tenant, Group: s.Group, VM: s.Def.ID, Mode: string(s.Mode), Seq: s.PointSeq}
 	mem := s.Def.MemoryMiB
 	if s.Override.MemoryMiB > 0 {
@@ -366,6 +368,9 @@ func domainName(def record.VMDefinition, mode Mode, suffix string) string {
 	}
 	if len(b) > 100 {
 		b = b[:100]
+	}
+	if len(b) > 0 && b[0] == '.' {
+		b[0] = '_' // never "." nor ".."
 	}
 	if mode == ModeTest {
 		return string(b) + "-qcdp-test"

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -43,7 +44,7 @@ type Site interface {
 	PointAt(ctx context.Context, tenant, group string, at journal.Target) (journal.Point, record.Declaration, []journal.DefinitionAt, error)
 	ExportAs(ctx context.Context, id, tenant, group string, at journal.Target, writable bool) (replica.ExportInfo, error)
 	Unexport(id string) error
-	ListenNBD(path string, uid, gid int) (func() error, error)
+	ListenNBD(path string, uid, gid int, id string) (func() error, error)
 	Fence(ctx context.Context, tenant, group, why string) error
 	Unfence(tenant, group string)
 }
@@ -74,18 +75,20 @@ type Engine struct {
 	// Dial connects to libvirt (default hypervisor.Connect).
 	Dial func(ctx context.Context, uri string) (Libvirt, error)
 
-	mu      sync.Mutex
-	busy    map[string]bool
-	sockets map[string]func() error // NBD sockets served, by tenant/group
-	bg      context.Context         // background work (commit) ends with it
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	busy     map[string]bool
+	watching map[string]bool         // groups whose commit is watched
+	ixMu     sync.Mutex              // the index file
+	sockets  map[string]func() error // NBD sockets served, by tenant/group
+	bg       context.Context         // background work (commit) ends with it
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // New returns an engine over site for the plans of cfg.
 func New(site Site, cfg *configs.Replica, log *slog.Logger) *Engine {
 	bg, stop := context.WithCancel(context.Background())
-	return &Engine{site: site, cfg: cfg, log: log.With("part", "failover"), busy: map[string]bool{},
+	return &Engine{site: site, cfg: cfg, log: log.With("part", "failover"), busy: map[string]bool{}, watching: map[string]bool{},
 		sockets: map[string]func() error{}, bg: bg, stop: stop,
 		Dial: func(ctx context.Context, uri string) (Libvirt, error) {
 			l, err := hypervisor.Connect(ctx, uri)
@@ -151,12 +154,15 @@ func (e *Engine) socketPath(tenant, group string) string {
 	return filepath.Join(filepath.Dir(e.cfg.NBDSocket), "standby-"+hex.EncodeToString(h[:6])+".sock")
 }
 
+// exportID is the id of a failover's view: unique per tenant and group
+// (names may both hold dots: "a.b"/"c" and "a"/"b.c" are two groups).
 func exportID(tenant, group string, mode Mode) string {
-	kind := "fo"
+	kind := "fo-"
 	if mode == ModeTest {
-		kind = "ft"
+		kind = "ft-"
 	}
-	return kind + "." + tenant + "." + group
+	h := sha256.Sum256([]byte(tenant + "/" + group))
+	return kind + hex.EncodeToString(h[:8])
 }
 
 // qemuUser is the user QEMU runs as under libvirt, who must be able to
@@ -296,8 +302,19 @@ func (e *Engine) prepare(ctx context.Context, tenant, group string, mode Mode, a
 			k.Size = m.Size // the declared size at the point is the view's
 			vp.disks = append(vp.disks, k)
 		}
+		for _, m := range byVM[id] {
+			if !slices.ContainsFunc(vp.disks, func(k record.VMDisk) bool { return k.Disk == m.Disk }) {
+				return nil, fmt.Errorf("%w: VM %s's disk %s (%s) is declared at seq %d but not in its definition there: its standby would boot without it",
+					ErrPlan, def.Name, m.Disk, m.Target, point.Seq)
+			}
+		}
 		if len(vp.disks) == 0 {
 			return nil, fmt.Errorf("%w: VM %s has no protected disk at seq %d", ErrPlan, def.Name, point.Seq)
+		}
+		for _, other := range pr.vms {
+			if other.name == vp.name {
+				return nil, fmt.Errorf("%w: VMs %q and %q would both have a standby named %s: rename one, or set domain_suffix", ErrPlan, other.def.Name, def.Name, vp.name)
+			}
 		}
 		if vp.nics, err = nicsFor(def, p, mode, vp.o); err != nil {
 			return nil, err
@@ -384,6 +401,19 @@ func (e *Engine) failover(ctx context.Context, tenant, group string, mode Mode, 
 		return nil, fmt.Errorf("%w: %s/%s is in a %s failover since %s (phase %s): `qcdp failover %s %s` first",
 			ErrActive, tenant, group, old.Mode, old.Started.UTC().Format(time.RFC3339), old.Phase, map[bool]string{true: "cleanup", false: "undo"}[old.Mode == ModeTest], group)
 	}
+	if mode == ModeStart && at == (journal.Target{}) && fenced == nil {
+		// Unplanned, from the newest point: fence first, so that the
+		// newest point is the last thing the replica took.
+		if err := e.site.Fence(ctx, tenant, group, "failing over (start)"); err != nil {
+			return nil, fmt.Errorf("failover: fence %s/%s: %w", tenant, group, err)
+		}
+		fenced = func(context.Context) error { return nil } // done
+		defer func() {
+			if err != nil && st == nil { // nothing of it is left: the group streams again
+				e.site.Unfence(tenant, group)
+			}
+		}()
+	}
 	pr, err := e.prepare(ctx, tenant, group, mode, at)
 	if err != nil {
 		return nil, err
@@ -403,6 +433,10 @@ func (e *Engine) failover(ctx context.Context, tenant, group string, mode Mode, 
 	st = &State{Tenant: tenant, Group: group, Mode: mode, Phase: PhaseStarting, Point: pr.point,
 		Export: exportID(tenant, group, mode), Socket: e.socketPath(tenant, group), Started: start.UTC()}
 	if err := saveState(path, st); err != nil {
+		return nil, err
+	}
+	if err := e.indexSet(tenant, group, path); err != nil {
+		removeState(path)
 		return nil, err
 	}
 	// From here on a failure undoes what was made, the state file last.
@@ -502,10 +536,30 @@ func (e *Engine) testNetworks(ctx context.Context, lv Libvirt, pr *prepared, st 
 // serve exports the point's view under the failover's id and serves it
 // on the group's standby socket.
 func (e *Engine) serve(ctx context.Context, st *State, pr *prepared) error {
-	if _, err := e.site.ExportAs(ctx, st.Export, st.Tenant, st.Group, journal.Target{Seq: st.Point.Seq}, false); err != nil {
-		return fmt.Errorf("failover: export the view at seq %d: %w", st.Point.Seq, err)
+	if err := e.exportView(ctx, st); err != nil {
+		return err
+	}
+	st.Exported = true
+	if err := saveState(statePath(pr.plan, st.Tenant, st.Group), st); err != nil {
+		return err
 	}
 	return e.listen(st)
+}
+
+// exportView exports the failover's view, and refuses one that is not
+// exactly its point: a standby's overlay over another state is a corrupt
+// disk.
+func (e *Engine) exportView(ctx context.Context, st *State) error {
+	info, err := e.site.ExportAs(ctx, st.Export, st.Tenant, st.Group, journal.Target{Seq: st.Point.Seq}, false)
+	if err != nil {
+		return fmt.Errorf("failover: export the view at seq %d: %w", st.Point.Seq, err)
+	}
+	if info.Point.Seq != st.Point.Seq {
+		e.site.Unexport(st.Export)
+		return fmt.Errorf("failover: the view of seq %d resolves to seq %d now (the point is no longer retained): not served, its standbys' overlays need exactly it",
+			st.Point.Seq, info.Point.Seq)
+	}
+	return nil
 }
 
 func (e *Engine) listen(st *State) error {
@@ -517,7 +571,7 @@ func (e *Engine) listen(st *State) error {
 		return nil
 	}
 	uid, gid := qemuUser()
-	c, err := e.site.ListenNBD(st.Socket, uid, gid)
+	c, err := e.site.ListenNBD(st.Socket, uid, gid, st.Export)
 	if err != nil {
 		return fmt.Errorf("failover: %w", err)
 	}
@@ -541,21 +595,33 @@ func (e *Engine) unlisten(st *State) error {
 
 // startVM makes one standby: overlays, domain, start, post_boot.
 func (e *Engine) startVM(ctx context.Context, lv Libvirt, p *configs.Recovery, st *State, dir string, vp vmPlan, mode Mode, start time.Time) error {
-	vdir := filepath.Join(dir, vp.name)
-	if err := os.MkdirAll(vdir, 0o711); err != nil {
+	vdir := vmDir(dir, vp.name)
+	if filepath.Dir(vdir) != dir {
+		return fmt.Errorf("%w: standby name %q", ErrPlan, vp.name)
+	}
+	// The directory is root's (virtlogd writes the console log in it as
+	// root); QEMU makes its console socket in a directory of its own.
+	qdir := filepath.Join(vdir, "qemu")
+	if err := os.MkdirAll(qdir, 0o711); err != nil {
 		return fmt.Errorf("failover: standby dir: %w", err)
 	}
-	// QEMU makes its console socket here, as the user it runs as.
 	uid, gid := qemuUser()
-	if err := os.Chown(vdir, uid, gid); err != nil {
+	if err := os.Chown(qdir, uid, gid); err != nil {
 		return fmt.Errorf("failover: standby dir: %w", err)
 	}
-	vm := VMState{ID: vp.def.ID, Name: vp.def.Name, Domain: vp.name}
+	if err := checkKernel(vp.def, p.KernelDirs); err != nil {
+		return err
+	}
+	uuid, err := newUUID()
+	if err != nil {
+		return err
+	}
+	vm := VMState{ID: vp.def.ID, Name: vp.def.Name, Domain: vp.name, UUID: uuid}
 	for _, n := range vp.nics {
 		vm.Networks = append(vm.Networks, n.Net.String())
 	}
 	spec := domainSpec{Name: vp.name, Type: p.DomainType, Def: vp.def, Override: vp.o, NICs: vp.nics,
-		Console: filepath.Join(vdir, "console.log"), ConsoleSocket: consoleSocket(vdir), Tenant: st.Tenant, Group: st.Group, Mode: mode,
+		Console: filepath.Join(vdir, "console.log"), ConsoleSocket: consoleSocket(qdir), UUID: uuid, Tenant: st.Tenant, Group: st.Group, Mode: mode,
 		PointSeq: st.Point.Seq, Machine: vp.def.Machine, KernelDirs: p.KernelDirs}
 	for _, k := range vp.disks {
 		ov := filepath.Join(vdir, k.Target+".qcow2")
@@ -563,9 +629,13 @@ func (e *Engine) startVM(ctx context.Context, lv Libvirt, p *configs.Recovery, s
 		vm.Disks = append(vm.Disks, DiskState{Disk: k.Disk, Target: k.Target, Size: k.Size, Overlay: ov})
 		spec.Disks = append(spec.Disks, standbyDisk{Def: k, Overlay: ov, Export: exp, Socket: st.Socket})
 	}
-	// The VM is in the state before anything of it exists, so that a
-	// failure from here on removes what was made.
+	// The VM, with the UUID its domain will have, is kept in the state
+	// before anything of it exists: a failure or a crash from here on
+	// leaves what undo needs to remove it.
 	st.VMs = append(st.VMs, vm)
+	if err := saveState(statePath(p, st.Tenant, st.Group), st); err != nil {
+		return err
+	}
 	for _, k := range spec.Disks {
 		if err := createOverlay(ctx, k.Overlay, k.Export, k.Socket, k.Def.Size); err != nil {
 			return err
@@ -575,22 +645,24 @@ func (e *Engine) startVM(ctx context.Context, lv Libvirt, p *configs.Recovery, s
 	if err != nil {
 		return err
 	}
-	uuid, err := lv.DefineDomain(ctx, xmlDoc)
+	got, err := lv.DefineDomain(ctx, xmlDoc)
 	if err != nil && spec.Machine != "" && machineAlias(spec.Machine) != "" && machineAlias(spec.Machine) != spec.Machine {
 		// The recovery site's QEMU may lack the versioned machine type.
 		e.log.Warn("failover: machine type refused, trying its generic alias", "vm", vp.name, "machine", spec.Machine, "err", err)
 		spec.Machine = machineAlias(spec.Machine)
 		if xmlDoc, err = domainXML(spec); err == nil {
-			uuid, err = lv.DefineDomain(ctx, xmlDoc)
+			got, err = lv.DefineDomain(ctx, xmlDoc)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("%w: define standby %s: %v", ErrLibvirt, vp.name, err)
 	}
 	cur := &st.VMs[len(st.VMs)-1]
-	cur.UUID = uuid
-	if err := saveState(statePath(p, st.Tenant, st.Group), st); err != nil {
-		return err
+	if got != uuid {
+		cur.UUID = got // libvirt's word: teardown checks it
+		if err := saveState(statePath(p, st.Tenant, st.Group), st); err != nil {
+			return err
+		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, p.BootTimeout)
 	err = lv.StartDomain(sctx, vp.name)
@@ -607,10 +679,51 @@ func (e *Engine) startVM(ctx context.Context, lv Libvirt, p *configs.Recovery, s
 	return nil
 }
 
-// consoleSocket is the standby's console socket in its directory, or ""
-// when the path is too long for a unix socket.
-func consoleSocket(vdir string) string {
-	p := filepath.Join(vdir, "console.sock")
+// vmDir is the directory of a standby's files in its group's directory:
+// vm-<domain>, never the group directory itself, its parent or its state
+// file (a name from the protected host cannot leave it).
+func vmDir(groupDir, domain string) string {
+	return filepath.Join(groupDir, "vm-"+strings.TrimLeft(domain, "."))
+}
+
+// newUUID makes a random (version 4) UUID for a standby domain.
+func newUUID() (string, error) {
+	var u [16]byte
+	if _, err := rand.Read(u[:]); err != nil {
+		return "", fmt.Errorf("failover: UUID: %w", err)
+	}
+	u[6], u[8] = u[6]&0x0f|0x40, u[8]&0x3f|0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[:4], u[4:6], u[6:8], u[8:10], u[10:]), nil
+}
+
+// checkKernel confines a directly booted kernel and initrd: regular files
+// whose real path (symbolic links resolved) lies inside kernel_dirs.
+func checkKernel(def record.VMDefinition, dirs []string) error {
+	for _, p := range []string{def.Kernel, def.Initrd} {
+		if p == "" || def.Kernel == "" {
+			continue
+		}
+		real, err := filepath.EvalSymlinks(p)
+		if err == nil && !inDirs(real, dirs) {
+			err = fmt.Errorf("it is really %s", real)
+		}
+		if err == nil {
+			var fi os.FileInfo
+			if fi, err = os.Stat(real); err == nil && !fi.Mode().IsRegular() {
+				err = fmt.Errorf("not a regular file")
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%w: VM %s boots %s directly, which is not a file inside kernel_dirs %v: %v", ErrPlan, def.Name, p, dirs, err)
+		}
+	}
+	return nil
+}
+
+// consoleSocket is the standby's console socket in QEMU's directory, or
+// "" when the path is too long for a unix socket.
+func consoleSocket(qdir string) string {
+	p := filepath.Join(qdir, "console.sock")
 	if len(p) > 100 {
 		return ""
 	}
@@ -682,7 +795,7 @@ func (e *Engine) teardown(ctx context.Context, lv Libvirt, p *configs.Recovery, 
 				}
 			}
 		}
-		vdir := filepath.Join(groupDir(p, st.Tenant, st.Group), vm.Domain)
+		vdir := vmDir(groupDir(p, st.Tenant, st.Group), vm.Domain)
 		if err := os.RemoveAll(vdir); err != nil {
 			errs = append(errs, fmt.Errorf("failover: remove %s: %w", vdir, err))
 			continue
@@ -693,11 +806,20 @@ func (e *Engine) teardown(ctx context.Context, lv Libvirt, p *configs.Recovery, 
 		saveState(path, st) // what is left, for the next try
 		return errors.Join(errs...)
 	}
-	if err := e.site.Unexport(st.Export); err != nil && !errors.Is(err, replica.ErrUnknownExport) {
-		errs = append(errs, err)
+	if st.Exported {
+		if err := e.site.Unexport(st.Export); err != nil && !errors.Is(err, replica.ErrUnknownExport) {
+			errs = append(errs, err)
+		} else {
+			st.Exported = false
+		}
 	}
 	if err := e.unlisten(st); err != nil {
 		errs = append(errs, err)
+	}
+	if st.CreatedNetwork != "" && e.networkInUse(st) != "" {
+		e.log.Warn("failover: the test network this failover defined is left: another group's standbys use it",
+			"network", st.CreatedNetwork, "group", e.networkInUse(st))
+		st.CreatedNetwork = ""
 	}
 	if st.CreatedNetwork != "" {
 		if err := lv.RemoveNetwork(ctx, st.CreatedNetwork); err != nil && !hypervisor.IsNoNetwork(err) {
@@ -710,10 +832,37 @@ func (e *Engine) teardown(ctx context.Context, lv Libvirt, p *configs.Recovery, 
 		saveState(path, st)
 		return errors.Join(errs...)
 	}
+	if err := removeState(path); err != nil {
+		return err
+	}
+	if err := e.indexSet(st.Tenant, st.Group, ""); err != nil {
+		return err
+	}
 	if st.Fenced {
 		e.site.Unfence(st.Tenant, st.Group)
 	}
-	return removeState(path)
+	return nil
+}
+
+// networkInUse names another group whose failover puts NICs on the test
+// network st defined ("" for none).
+func (e *Engine) networkInUse(st *State) string {
+	ix, _ := e.loadIndex()
+	for k, path := range ix.States {
+		if k == st.Tenant+"/"+st.Group {
+			continue
+		}
+		other, err := loadState(path)
+		if err != nil || other == nil {
+			continue
+		}
+		for _, vm := range other.VMs {
+			if slices.Contains(vm.Networks, st.CreatedNetwork) {
+				return k
+			}
+		}
+	}
+	return ""
 }
 
 // Undo ends a failover that is not committed: its standbys are destroyed
@@ -771,10 +920,30 @@ func (e *Engine) end(ctx context.Context, tenant, group string, test bool) error
 // watches again a commit under way.
 func (e *Engine) Resume(ctx context.Context) error {
 	var errs []error
+	ix, err := e.loadIndex()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for k, path := range ix.States {
+		tenant, group, _ := strings.Cut(k, "/")
+		if p, ok := e.cfg.RecoveryFor(tenant, group); ok && statePath(p, tenant, group) == path {
+			continue // taken up below
+		}
+		why := fmt.Sprintf("failed over, but its [[recovery]] plan is gone or its standby_dir moved (its state: %s)", path)
+		if err := e.site.Fence(ctx, tenant, group, why); err != nil {
+			errs = append(errs, err)
+		}
+		errs = append(errs, fmt.Errorf("failover of %s/%s: %s: fenced; put the plan back as it was to undo or commit it", tenant, group, why))
+	}
 	for _, p := range e.cfg.Recoveries {
 		st, err := loadState(statePath(p, p.Tenant, p.Group))
 		if err != nil {
-			errs = append(errs, err)
+			// Fail closed: a group whose failover cannot be read may
+			// have standbys running; its host must not stream again.
+			if ferr := e.site.Fence(ctx, p.Tenant, p.Group, "its failover state cannot be read: "+err.Error()); ferr != nil {
+				err = errors.Join(err, ferr)
+			}
+			errs = append(errs, fmt.Errorf("failover of %s/%s: fenced, its state is damaged (repair or remove it, then restart): %w", p.Tenant, p.Group, err))
 			continue
 		}
 		if st == nil {
@@ -788,7 +957,7 @@ func (e *Engine) Resume(ctx context.Context) error {
 		if st.Phase == PhaseCommitted {
 			continue
 		}
-		if _, err := e.site.ExportAs(ctx, st.Export, st.Tenant, st.Group, journal.Target{Seq: st.Point.Seq}, false); err != nil {
+		if err := e.exportView(ctx, st); err != nil {
 			errs = append(errs, fmt.Errorf("failover of %s/%s: serve its view again: %w", st.Tenant, st.Group, err))
 			continue
 		}

@@ -169,7 +169,7 @@ func (s *fakeSite) ExportAs(ctx context.Context, id, tenant, group string, at jo
 		return replica.ExportInfo{}, fmt.Errorf("export id %q is in use", id)
 	}
 	s.exports[id] = true
-	return replica.ExportInfo{ID: id}, nil
+	return replica.ExportInfo{ID: id, Point: journal.Point{Seq: at.Seq}}, nil
 }
 func (s *fakeSite) Unexport(id string) error {
 	s.mu.Lock()
@@ -180,7 +180,7 @@ func (s *fakeSite) Unexport(id string) error {
 	delete(s.exports, id)
 	return nil
 }
-func (s *fakeSite) ListenNBD(path string, uid, gid int) (func() error, error) {
+func (s *fakeSite) ListenNBD(path string, uid, gid int, id string) (func() error, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sockets[path] = true
@@ -292,7 +292,7 @@ func newFixture(t *testing.T) (*Engine, *fakeSite, *fakeLibvirt, *configs.Recove
 	}
 	p := testPlan()
 	p.StandbyDir = t.TempDir()
-	cfg := &configs.Replica{File: "r.toml", NBDSocket: filepath.Join(t.TempDir(), "nbd.sock"), Recoveries: []*configs.Recovery{p}}
+	cfg := &configs.Replica{File: "r.toml", NBDSocket: filepath.Join(t.TempDir(), "nbd.sock"), StorageRoot: t.TempDir(), Recoveries: []*configs.Recovery{p}}
 	def := testDef()
 	def2 := record.VMDefinition{ID: "uuid-2", Name: "db1", VCPUs: 1, MemoryMiB: 512,
 		Disks: []record.VMDisk{{Disk: "db1.vda", Target: "vda", Size: 1 << 20}}}

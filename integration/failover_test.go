@@ -428,7 +428,7 @@ name = "g1"
 	// fail, so the guest is asked again).
 	replica.Kill()
 	replica = rs.start(ctx, t, "replica-restarted")
-	tsock := filepath.Join(filepath.Dir(st.VMs[0].Disks[0].Overlay), "console.sock")
+	tsock := filepath.Join(filepath.Dir(st.VMs[0].Disks[0].Overlay), "qemu", "console.sock")
 	for attempt := 1; ; attempt++ {
 		typeOn(t, tsock, "verify")
 		n, m, failed := tc.next(ctx, t, tnext, verifiedRe, "standby after the replica restarted")
@@ -549,7 +549,7 @@ name = "g1"
 	if err := replica.Stop(30 * time.Second); err != nil {
 		t.Logf("replica stop: %v", err)
 	}
-	sock := filepath.Join(filepath.Dir(cs.VMs[0].Disks[0].Overlay), "console.sock")
+	sock := filepath.Join(filepath.Dir(cs.VMs[0].Disks[0].Overlay), "qemu", "console.sock")
 	typeOn(t, sock, "verify")
 	_, m := c.wait(ctx, t, next, verifiedRe, "standby after commit, replica stopped")
 	if m[0] != verified {

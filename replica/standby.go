@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/qcdp/qcdp/configs"
+	"github.com/qcdp/qcdp/nbd"
 	"github.com/qcdp/qcdp/record"
 	"github.com/qcdp/qcdp/replica/journal"
 	"github.com/qcdp/qcdp/stream"
@@ -72,10 +74,12 @@ func (d *Site) ExportAs(ctx context.Context, id, tenant, group string, at journa
 	return d.info(e), nil
 }
 
-// ListenNBD serves the site's exports on one more unix socket at path,
-// owned by uid:gid with mode 0660 (QEMU under libvirt runs as its own
-// user), until stop is called or the site stops.
-func (d *Site) ListenNBD(path string, uid, gid int) (stop func() error, err error) {
+// ListenNBD serves one export's disks (names id/DISK) on a unix socket of
+// its own at path, owned by uid:gid with mode 0660 (QEMU under libvirt
+// runs as its own user), until stop is called: a standby's QEMU reaches
+// its own view there, and no other export of the site (other groups',
+// other tenants', an operator's), which are answered as missing.
+func (d *Site) ListenNBD(path string, uid, gid int, id string) (stop func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, fmt.Errorf("replica: NBD socket %s: %w", path, err)
 	}
@@ -93,22 +97,48 @@ func (d *Site) ListenNBD(path string, uid, gid int) (stop func() error, err erro
 		ln.Close()
 		return nil, fmt.Errorf("replica: NBD socket %s: %w", path, err)
 	}
+	srv := nbd.NewServer(onlyExport{cat: &d.exports, prefix: id + "/"}, nbd.Options{Logger: d.log.With("part", "standby-views", "export", id)})
 	done := make(chan struct{})
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		defer close(done)
-		d.nbdSrv.Serve(ln) // ends when ln closes or the server shuts down
+		srv.Serve(ln) // ends at Shutdown
 	}()
 	return func() error {
-		err := ln.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err := srv.Shutdown(ctx)
 		<-done
 		os.Remove(path)
-		if errors.Is(err, net.ErrClosed) {
+		if errors.Is(err, nbd.ErrServerClosed) {
 			err = nil
 		}
 		return err
 	}, nil
+}
+
+// onlyExport is the site's catalog narrowed to the disks of one export.
+type onlyExport struct {
+	cat    nbd.Catalog
+	prefix string
+}
+
+func (o onlyExport) Lookup(name string) (nbd.Export, bool) {
+	if !strings.HasPrefix(name, o.prefix) {
+		return nil, false
+	}
+	return o.cat.Lookup(name)
+}
+
+func (o onlyExport) Names() []string {
+	var out []string
+	for _, n := range o.cat.Names() {
+		if strings.HasPrefix(n, o.prefix) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // PointAt resolves a target of a group into its restore point, the

@@ -46,9 +46,9 @@ type DefinitionAt struct {
 	Def record.VMDefinition
 }
 
-// defEntry is one definition the journal keeps: the payload of its record
-// as the host sent it (kept whole, JSON fields this version does not know
-// included) and what it decodes to.
+// defEntry is one definition the journal keeps: its payload as this
+// version encodes it (fields it does not know are not kept) and what it
+// decodes to.
 type defEntry struct {
 	seq uint64
 	raw []byte
@@ -71,6 +71,12 @@ func (t defTable) with(last uint64, adds []defEntry) defTable {
 		}
 	}
 	for _, e := range adds {
+		// A definition the VM has already (a host sends its VMs'
+		// definitions again at every spool session) holds from its
+		// first seq on: kept once, it does not push older ones out.
+		if l := out[e.def.ID]; len(l) > 0 && bytes.Equal(l[len(l)-1].raw, e.raw) {
+			continue
+		}
 		out[e.def.ID] = append(out[e.def.ID], e)
 	}
 	for id, l := range out {
@@ -148,7 +154,8 @@ func (t defTable) top() uint64 {
 //	        +---------+------------+-------+--------------------------+
 //
 // An entry's definition is the payload of the Definition record of that
-// seq, as the host sent it: a JSON record.VMDefinition. The entries are
+// seq as this version encodes it (record.DefinitionRecord: the fields it
+// knows, a host's unknown ones dropped): a JSON record.VMDefinition. The entries are
 // sorted by VM id (the definition's "id"), then by seq; a VM has at most
 // maxDefsPerVM of them. The CRC32C covers every byte before it; integers
 // are little-endian.
@@ -312,7 +319,13 @@ func (j *Journal) appendDefinitions(recs []record.Record) error {
 		if err != nil {
 			return fmt.Errorf("journal: append seq %d: %w", r.Seq, err)
 		}
-		adds = append(adds, defEntry{seq: r.Seq, raw: bytes.Clone(r.Payload), def: d})
+		// Kept as this version reads it: fields it does not know (a
+		// hostile host's padding among them) are not kept.
+		dr, err := record.DefinitionRecord(d)
+		if err != nil {
+			return fmt.Errorf("journal: append seq %d: %w", r.Seq, err)
+		}
+		adds = append(adds, defEntry{seq: r.Seq, raw: dr.Payload, def: d})
 	}
 	j.mu.RLock()
 	old, last := j.defs, j.last

@@ -268,7 +268,9 @@ func TestDefinitionTableBounds(t *testing.T) {
 	big := make([]byte, 5<<20)
 	adds = nil
 	for i := range 20 {
-		adds = append(adds, defEntry{seq: uint64(i + 1), raw: big, def: vmDef(fmt.Sprintf("v%d", i%2), 1)})
+		raw := bytes.Clone(big) // each one another definition
+		raw[0] = byte(i)
+		adds = append(adds, defEntry{seq: uint64(i + 1), raw: raw, def: vmDef(fmt.Sprintf("v%d", i%2), 1)})
 	}
 	tb = defTable{}.with(1<<20, adds)
 	history := 0

@@ -158,9 +158,12 @@
 // named by the VM's id); it writes no disk bytes and makes or breaks no
 // restore point. Since compaction folds segments into layers, which keep
 // disk bytes only, the definitions are kept in the DEFINITIONS file too:
-// per VM its newest 16, at most 256 VMs (beyond, the VM defined least
-// recently is dropped) and at most 64 MiB of definitions besides each VM's
-// newest (beyond, the oldest are dropped). Append publishes the file
+// per VM its newest 16 different ones (a definition equal to the VM's
+// newest, as a host sends again at every spool session, is not kept
+// twice), as this version encodes them (fields it does not know are not
+// kept), at most 256 VMs (beyond, the VM defined least recently is
+// dropped) and at most 64 MiB of definitions besides each VM's newest
+// (beyond, the oldest are dropped). Append publishes the file
 // (vfs.Publish) before it writes the records of a batch that holds
 // definitions, so an acknowledged definition is never lost; a failed
 // publish breaks the journal until it is reopened. A definition whose

@@ -166,6 +166,15 @@ func (j *Journal) checkSeqLocked(s uint64, t Target) (uint64, error) {
 		}
 		return s, nil
 	}
+	// A layer boundary asked for exactly is that point, kept by schedule
+	// or not: a view opened at it before (a failover's standby, served
+	// again after a restart, whose pin did not survive it) finds the same
+	// state, never an older kept one.
+	for i := len(j.layers) - 1; i >= 0; i-- {
+		if r := j.layers[i].ref; r.to == s && r.valid {
+			return s, nil
+		}
+	}
 	for i := len(j.layers) - 1; i >= 0; i-- {
 		if r := j.layers[i].ref; r.to <= s && (r.kept && r.valid || r.valid && j.pins[r.to] > 0) {
 			return r.to, nil
