@@ -34,7 +34,7 @@ func review4Fixture(t *testing.T, pairs ...[2]string) (*Engine, *fakeSite, *fake
 func TestReview4ExportIDCollision(t *testing.T) {
 	ctx := context.Background()
 	e, site, _, _ := review4Fixture(t, [2]string{"a.b", "c"}, [2]string{"a", "b.c"})
-	if exportID("a.b", "c", ModeTest) != exportID("a", "b.c", ModeTest) {
+	if exportID("a.b", "c", ModeTest) == exportID("a", "b.c", ModeTest) {
 		t.Fatalf("tenant a.b group c and tenant a group b.c have one export id %q", exportID("a", "b.c", ModeTest))
 	}
 	st, err := e.Failover(ctx, "a.b", "c", ModeTest, journal.Target{})
