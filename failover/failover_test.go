@@ -499,3 +499,16 @@ func TestNewestValid(t *testing.T) {
 		}
 	}
 }
+
+// TestNeverInSync: a group with no restore point yet is refused saying so.
+func TestNeverInSync(t *testing.T) {
+	e, site, lv, _ := newFixture(t)
+	site.last = 0
+	_, err := e.Failover(context.Background(), "t", "g", ModeStart, journal.Target{})
+	if !errors.Is(err, journal.ErrNoPoint) || !strings.Contains(err.Error(), "never in sync") {
+		t.Fatalf("%v", err)
+	}
+	if len(site.fenced) != 0 || len(lv.domains) != 0 {
+		t.Fatalf("a refused failover left the group fenced (%v) or a domain (%v)", site.fenced, lv.domains)
+	}
+}

@@ -1,10 +1,16 @@
 package replica
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/qcdp/qcdp/nbd"
+	"github.com/qcdp/qcdp/record"
+	"github.com/qcdp/qcdp/replica/journal"
 )
 
 // TestOnlyExport: a standby's socket finds its own export's disks and no
@@ -27,5 +33,50 @@ func TestOnlyExport(t *testing.T) {
 	slices.Sort(names)
 	if !slices.Equal(names, []string{"fo-aa/vm1.vda", "fo-aa/vm2.vda"}) {
 		t.Fatalf("names %v", names)
+	}
+}
+
+// TestPointAtNamesNearest: a target inside a resync bracket is refused
+// naming the valid points on either side; a group never in sync says so;
+// a valid point comes with the membership and the definitions in effect.
+func TestPointAtNamesNearest(t *testing.T) {
+	ctx := context.Background()
+	d := newDaemon(t)
+	if _, _, _, err := d.PointAt(ctx, "acme", "nope", journal.Target{Seq: 1}); err == nil {
+		t.Fatal("a group without a journal has a point")
+	}
+	j, err := d.journal(ctx, "acme", "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := record.VMDefinition{ID: "u1", Name: "vm1", VCPUs: 1, MemoryMiB: 64, Disks: []record.VMDisk{{Disk: "vda", Target: "vda", Size: 1 << 20}}}
+	mr, err := record.MembersRecord(record.Declaration{Disks: []record.Member{{Disk: "vda", Size: 1 << 20, VM: "u1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dr, err := record.DefinitionRecord(def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendT(t, j, mr, dr, // 1, 2
+		record.Record{Kind: record.Data, Disk: "vda", Length: 4096, Payload: bytes.Repeat([]byte{1}, 4096)}) // 3
+	if _, _, _, err := d.PointAt(ctx, "acme", "g1", journal.Target{Seq: 3}); !errors.Is(err, journal.ErrNoPoint) || !strings.Contains(err.Error(), "never in sync") {
+		t.Fatalf("before the first sync: %v", err)
+	}
+	appendT(t, j,
+		record.Record{Kind: record.Marker, Marker: record.SyncComplete, Disk: "vda"},                        // 4
+		record.Record{Kind: record.Data, Disk: "vda", Length: 4096, Payload: bytes.Repeat([]byte{2}, 4096)}, // 5
+		record.Record{Kind: record.Marker, Marker: record.ResyncBegin, Disk: "vda"},                         // 6
+		record.Record{Kind: record.Data, Disk: "vda", Length: 4096, Payload: bytes.Repeat([]byte{3}, 4096)}, // 7
+		record.Record{Kind: record.Marker, Marker: record.ResyncEnd, Disk: "vda"},                           // 8
+		record.Record{Kind: record.Data, Disk: "vda", Length: 4096, Payload: bytes.Repeat([]byte{4}, 4096)}) // 9
+	_, _, _, err = d.PointAt(ctx, "acme", "g1", journal.Target{Seq: 7})
+	t.Logf("inside the bracket: %v", err)
+	if !errors.Is(err, journal.ErrNoPoint) || !strings.Contains(err.Error(), "nearest valid points: seq 5 before it, seq 8 after it") {
+		t.Fatalf("inside the resync bracket: %v", err)
+	}
+	p, decl, defs, err := d.PointAt(ctx, "acme", "g1", journal.Target{Seq: 9})
+	if err != nil || p.Seq != 9 || len(decl.Disks) != 1 || len(defs) != 1 || defs[0].Def.Name != "vm1" || defs[0].Seq != 2 {
+		t.Fatalf("a valid point: %+v %+v %+v %v", p, decl, defs, err)
 	}
 }
