@@ -191,7 +191,7 @@ func (e *Engine) commitStep(ctx context.Context, tenant, group string) (done boo
 		return false, err
 	}
 	var errs []error
-	if err := e.site.Unexport(st.Export); err != nil {
+	if err := e.site.Withdraw(st.Export); err != nil {
 		errs = append(errs, err)
 	}
 	if err := e.unlisten(st); err != nil {

@@ -43,7 +43,7 @@ var (
 type Site interface {
 	PointAt(ctx context.Context, tenant, group string, at journal.Target) (journal.Point, record.Declaration, []journal.DefinitionAt, error)
 	ExportAs(ctx context.Context, id, tenant, group string, at journal.Target, writable bool) (replica.ExportInfo, error)
-	Unexport(id string) error
+	Withdraw(id string) error
 	ListenNBD(path string, uid, gid int, id string) (func() error, error)
 	Fence(ctx context.Context, tenant, group, why string) error
 	Unfence(tenant, group string)
@@ -555,7 +555,7 @@ func (e *Engine) exportView(ctx context.Context, st *State) error {
 		return fmt.Errorf("failover: export the view at seq %d: %w", st.Point.Seq, err)
 	}
 	if info.Point.Seq != st.Point.Seq {
-		e.site.Unexport(st.Export)
+		e.site.Withdraw(st.Export)
 		return fmt.Errorf("failover: the view of seq %d resolves to seq %d now (the point is no longer retained): not served, its standbys' overlays need exactly it",
 			st.Point.Seq, info.Point.Seq)
 	}
@@ -807,7 +807,7 @@ func (e *Engine) teardown(ctx context.Context, lv Libvirt, p *configs.Recovery, 
 		return errors.Join(errs...)
 	}
 	if st.Exported {
-		if err := e.site.Unexport(st.Export); err != nil && !errors.Is(err, replica.ErrUnknownExport) {
+		if err := e.site.Withdraw(st.Export); err != nil && !errors.Is(err, replica.ErrUnknownExport) {
 			errs = append(errs, err)
 		} else {
 			st.Exported = false

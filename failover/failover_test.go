@@ -171,7 +171,7 @@ func (s *fakeSite) ExportAs(ctx context.Context, id, tenant, group string, at jo
 	s.exports[id] = true
 	return replica.ExportInfo{ID: id, Point: journal.Point{Seq: at.Seq}}, nil
 }
-func (s *fakeSite) Unexport(id string) error {
+func (s *fakeSite) Withdraw(id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.exports[id] {

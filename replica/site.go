@@ -29,6 +29,7 @@ const compactEvery = time.Minute
 var (
 	ErrUnknownGroup  = errors.New("replica: no such group")
 	ErrUnknownExport = errors.New("replica: no such export")
+	ErrOwnedExport   = errors.New("replica: the export belongs to a failover")
 )
 
 // Site is the recovery site engine.
@@ -75,8 +76,11 @@ type export struct {
 	Point    journal.Point
 	Writable bool
 	Disks    map[string]string // disk → NBD export name
-	view     *journal.View
-	closers  []func() error
+	// owned: made by ExportAs for a failover's standbys, withdrawn only
+	// by it (Withdraw), never by `qcdp unexport`.
+	owned   bool
+	view    *journal.View
+	closers []func() error
 }
 
 // New loads TLS, opens the journals already on disk and starts listening:
@@ -560,6 +564,23 @@ func (e *export) close() error {
 // Unexport withdraws an export and closes its view: connections still open
 // get errors, and a writable view's overlay is deleted.
 func (d *Site) Unexport(id string) error {
+	d.mu.Lock()
+	e, ok := d.views[id]
+	if ok && e.owned {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: %q is the view under the standbys of group %s/%s's failover: `qcdp failover undo` (or cleanup) withdraws it",
+			ErrOwnedExport, id, e.Tenant, e.Group)
+	}
+	delete(d.views, id)
+	d.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrUnknownExport, id)
+	}
+	return e.close()
+}
+
+// Withdraw is Unexport for the owner of an export ExportAs made.
+func (d *Site) Withdraw(id string) error {
 	d.mu.Lock()
 	e, ok := d.views[id]
 	delete(d.views, id)

@@ -71,6 +71,9 @@ func (d *Site) ExportAs(ctx context.Context, id, tenant, group string, at journa
 	if err != nil {
 		return ExportInfo{}, err
 	}
+	d.mu.Lock()
+	e.owned = true
+	d.mu.Unlock()
 	return d.info(e), nil
 }
 

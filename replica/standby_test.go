@@ -80,3 +80,31 @@ func TestPointAtNamesNearest(t *testing.T) {
 		t.Fatalf("a valid point: %+v %+v %+v %v", p, decl, defs, err)
 	}
 }
+
+// TestOwnedExport: `qcdp unexport` cannot pull a failover's view from
+// under its standbys; the failover withdraws it; an id in use is refused.
+func TestOwnedExport(t *testing.T) {
+	ctx := context.Background()
+	d := newDaemon(t)
+	j := fill(t, d, "acme", "g1", "vda")
+	at := journal.Target{Seq: j.LastSeq()}
+	if _, err := d.ExportAs(ctx, "x9", "acme", "g1", at, false); err == nil {
+		t.Fatal("an id like the site's own (x…) was taken")
+	}
+	info, err := d.ExportAs(ctx, "fo-1", "acme", "g1", at, false)
+	if err != nil || info.Point.Seq != j.LastSeq() {
+		t.Fatalf("%+v %v", info, err)
+	}
+	if _, err := d.ExportAs(ctx, "fo-1", "acme", "g1", at, false); err == nil {
+		t.Fatal("an export id in use was taken again")
+	}
+	if err := d.Unexport("fo-1"); !errors.Is(err, ErrOwnedExport) {
+		t.Fatalf("unexport of a failover's view: %v", err)
+	}
+	if err := d.Withdraw("fo-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Withdraw("fo-1"); !errors.Is(err, ErrUnknownExport) {
+		t.Fatalf("withdrawn twice: %v", err)
+	}
+}

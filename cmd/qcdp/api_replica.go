@@ -17,6 +17,7 @@ import (
 var replicaCodes = map[error]string{
 	replica.ErrUnknownGroup:   ctlapi.CodeNotFound,
 	replica.ErrUnknownExport:  ctlapi.CodeNotFound,
+	replica.ErrOwnedExport:    ctlapi.CodeInvalid,
 	replica.ErrAmbiguousGroup: ctlapi.CodeInvalid,
 	replica.ErrBadTarget:      ctlapi.CodeInvalid,
 	journal.ErrNoPoint:        ctlapi.CodeInvalid,
