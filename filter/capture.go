@@ -238,17 +238,6 @@ func (c *Capture) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if job != nil && c.cfg.Group != "" && !c.ownJob(ctx) {
-		// The job fed another group's or another spool's stream (the
-		// spool was replaced, as a journal's documented repair does):
-		// what it copied is not in this stream. Adopted, its READY would
-		// mark the disk in sync at a replica that holds none of it.
-		c.log.Warn("a capture job of another group or spool: dropped; the disk is attached anew", "job", job.Device)
-		if err := c.dropJob(ctx); err != nil {
-			return err
-		}
-		job = nil
-	}
 	if job != nil {
 		c.log.Info("adopting capture job", "status", job.Status, "ready", job.Ready, "io_status", job.IOStatus)
 		// An earlier daemon's resync left its frozen bitmap: copy it,
@@ -287,22 +276,6 @@ func (c *Capture) run(ctx context.Context) error {
 		c.feed(input{kind: inAttached})
 	}
 	return c.follow(ctx, events)
-}
-
-// ownJob reports whether the disk's capture job was made for this
-// capture's stream: one of its bitmap generations (named for the group and
-// spool) is there. When QEMU cannot say, it is taken as its own.
-func (c *Capture) ownJob(ctx context.Context) bool {
-	bms, err := c.bitmaps(ctx)
-	if err != nil {
-		return true
-	}
-	for _, n := range []string{c.live(), c.copying(), c.next(), c.frozen(), c.hashing()} {
-		if _, ok := bms[n]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *Capture) findJob(ctx context.Context) (*qmp.BlockJobInfo, error) {
