@@ -57,6 +57,9 @@ type Site struct {
 	// fences holds the groups that failed over (package failover), by
 	// tenant/group: their streams and hash queries are refused.
 	fences map[string]string
+	// standby are the NBD servers of standbys' sockets (ListenNBD); Serve
+	// shuts them down with its own.
+	standby map[*nbd.Server]struct{}
 
 	// hcache keeps the block hashes of hash queries (hashcache.go).
 	hcache hashCache
@@ -94,7 +97,7 @@ func New(ctx context.Context, cfg *configs.Replica, log *slog.Logger) (*Site, er
 		return nil, fmt.Errorf("replica: storage root: %w", err)
 	}
 	d := &Site{cfg: cfg, log: log, journals: map[string]*journal.Journal{}, broken: map[string]error{},
-		opening: map[string]chan struct{}{}, views: map[string]*export{}, fences: map[string]string{}}
+		opening: map[string]chan struct{}{}, views: map[string]*export{}, fences: map[string]string{}, standby: map[*nbd.Server]struct{}{}}
 	if err := d.openExisting(ctx); err != nil {
 		d.closeJournals()
 		return nil, err
@@ -353,6 +356,17 @@ func (d *Site) Serve(ctx context.Context) error {
 	}
 	errs = append(errs, d.nbdSrv.Shutdown(sctx))
 	<-d.nbdDone
+	d.mu.Lock()
+	standby := make([]*nbd.Server, 0, len(d.standby))
+	for srv := range d.standby {
+		standby = append(standby, srv)
+	}
+	d.mu.Unlock()
+	for _, srv := range standby {
+		if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
 	os.Remove(d.cfg.NBDSocket)
 	d.wg.Wait()
 	d.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,6 +47,19 @@ groups = ["3"]
 // tables after [replica], and returns it with a maker of host TLS
 // configurations for it.
 func newDaemonWith(t *testing.T, policy string) (*Site, func(tenant, host string) *tls.Config) {
+	t.Helper()
+	d, hostTLS, stop := newDaemonStop(t, policy)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return d, hostTLS
+}
+
+// newDaemonStop is newDaemonWith whose caller stops the daemon: stop
+// ends Serve and returns what it returned (once; later calls return nil).
+func newDaemonStop(t *testing.T, policy string) (*Site, func(tenant, host string) *tls.Config, func() error) {
 	t.Helper()
 	dir := t.TempDir()
 	now := time.Now()
@@ -89,12 +103,14 @@ nbd_socket = %q
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() (err error) {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
 	return d, func(tenant, host string) *tls.Config {
@@ -107,7 +123,7 @@ nbd_socket = %q
 			t.Fatal(err)
 		}
 		return stream.ClientTLS(pool, cert, "localhost")
-	}
+	}, stop
 }
 
 // fill journals a group: one block per disk, then each disk's

@@ -79,9 +79,10 @@ func (d *Site) ExportAs(ctx context.Context, id, tenant, group string, at journa
 
 // ListenNBD serves one export's disks (names id/DISK) on a unix socket of
 // its own at path, owned by uid:gid with mode 0660 (QEMU under libvirt
-// runs as its own user), until stop is called: a standby's QEMU reaches
-// its own view there, and no other export of the site (other groups',
-// other tenants', an operator's), which are answered as missing.
+// runs as its own user), until stop is called or the site stops: a
+// standby's QEMU reaches its own view there, and no other export of the
+// site (other groups', other tenants', an operator's), which are answered
+// as missing.
 func (d *Site) ListenNBD(path string, uid, gid int, id string) (stop func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o711); err != nil {
 		return nil, fmt.Errorf("replica: NBD socket %s: %w", path, err)
@@ -101,6 +102,15 @@ func (d *Site) ListenNBD(path string, uid, gid int, id string) (stop func() erro
 		return nil, fmt.Errorf("replica: NBD socket %s: %w", path, err)
 	}
 	srv := nbd.NewServer(onlyExport{cat: &d.exports, prefix: id + "/"}, nbd.Options{Logger: d.log.With("part", "standby-views", "export", id)})
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		ln.Close()
+		os.Remove(path)
+		return nil, errStopping
+	}
+	d.standby[srv] = struct{}{}
+	d.mu.Unlock()
 	done := make(chan struct{})
 	d.wg.Add(1)
 	go func() {
@@ -113,6 +123,9 @@ func (d *Site) ListenNBD(path string, uid, gid int, id string) (stop func() erro
 		defer cancel()
 		err := srv.Shutdown(ctx)
 		<-done
+		d.mu.Lock()
+		delete(d.standby, srv)
+		d.mu.Unlock()
 		os.Remove(path)
 		if errors.Is(err, nbd.ErrServerClosed) {
 			err = nil

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/qcdp/qcdp/nbd"
 	"github.com/qcdp/qcdp/record"
@@ -106,5 +110,49 @@ func TestOwnedExport(t *testing.T) {
 	}
 	if err := d.Withdraw("fo-1"); !errors.Is(err, ErrUnknownExport) {
 		t.Fatalf("withdrawn twice: %v", err)
+	}
+}
+
+// TestServeStopsStandbySockets: the daemon stops promptly while a
+// standby's socket is served and a client holds a connection on it (the
+// standby's QEMU), and the socket is gone after.
+func TestServeStopsStandbySockets(t *testing.T) {
+	ctx := context.Background()
+	d, _, stop := newDaemonStop(t, `
+[[tenant]]
+name = "acme"
+hosts = ["*"]
+groups = ["g1"]
+`)
+	defer stop()
+	j := fill(t, d, "acme", "g1", "vda")
+	if _, err := d.ExportAs(ctx, "fo-1", "acme", "g1", journal.Target{Seq: j.LastSeq()}, false); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "standby.sock")
+	if _, err := d.ListenNBD(sock, os.Getuid(), os.Getgid(), "fo-1"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	go func() { done <- stop() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the daemon did not stop within 15 s with a standby's socket served")
+	}
+	if _, err := os.Stat(sock); err == nil {
+		// The listener is closed; the file may stay, but nothing answers.
+		if c2, err := net.Dial("unix", sock); err == nil {
+			c2.Close()
+			t.Fatal("the standby socket still answers after the daemon stopped")
+		}
 	}
 }
