@@ -252,26 +252,6 @@ func (c *Capture) run(ctx context.Context) error {
 			bms, err := c.bitmaps(ctx)
 			_, frozen := bms[c.frozen()]
 			_, hashing := bms[c.hashing()]
-			if err == nil && c.cfg.Group != "" && !ownGenerations(bms, c.live(), c.copying(), c.next(), c.frozen(), c.hashing()) {
-				// The job fed another spool's (or group's) stream: the
-				// spool was replaced, as a journal's documented repair
-				// does. What it copied is not in this stream: compare
-				// with the replica before its READY may mark the disk
-				// in sync, as after a hash resync that did not end.
-				c.log.Warn("the adopted capture job fed another spool: comparing the disk with the replica")
-				hashing = true
-				for _, b := range []struct {
-					name     string
-					disabled bool
-				}{{c.hashing(), true}, {c.copying(), false}} {
-					if aerr := c.q.Execute(ctx, "block-dirty-bitmap-add", c.addBitmap(b.name, b.disabled), nil); aerr != nil {
-						// Without its marks the comparison cannot run: the
-						// bracket stays open until the disk is attached anew.
-						c.log.Error("marking the adopted job's disk for a comparison", "bitmap", b.name, "err", aerr)
-						c.cfg.Hashes = nil
-					}
-				}
-			}
 			switch {
 			case hashing && c.cfg.Hashes != nil:
 				release, mode = c.hold(), modeHash
@@ -296,17 +276,6 @@ func (c *Capture) run(ctx context.Context) error {
 		c.feed(input{kind: inAttached})
 	}
 	return c.follow(ctx, events)
-}
-
-// ownGenerations reports whether one of names, a capture's bitmap
-// generations (named for its group and spool), is among bms.
-func ownGenerations[V any](bms map[string]V, names ...string) bool {
-	for _, n := range names {
-		if _, ok := bms[n]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *Capture) findJob(ctx context.Context) (*qmp.BlockJobInfo, error) {
