@@ -33,6 +33,7 @@ test: setup
 
 bench: build
 	$(GO) run ./integration/bench
+	$(GO) test -run '^$$' -bench FailoverRTO -benchtime 1x -timeout 45m ./integration
 
 # Runs every fuzz target for FUZZTIME each (default 30s).
 FUZZTIME ?= 30s
