@@ -265,19 +265,9 @@ func (r *foRig) setUp(ctx context.Context, art *guest.Artifacts) []*rtoDisk {
 			r.lv.Virsh(context.Background(), "net-undefine", n)
 		})
 	}
-	vmdir := filepath.Join(r.dir, "vm")
-	os.Mkdir(vmdir, 0o755)
-	chownQEMU(tb, vmdir)
-	kdir := filepath.Join(r.dir, "kernel")
-	os.Mkdir(kdir, 0o755)
-	r.kernel, r.initrd = filepath.Join(kdir, "vmlinuz"), filepath.Join(kdir, "initrd")
-	for src, dst := range map[string]string{art.Kernel: r.kernel, art.Initrd: r.initrd} {
-		bs, err := os.ReadFile(src)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		r.write(dst, string(bs))
-	}
+	vmdir := qemuDir(tb, filepath.Join(r.dir, "vm"))
+	var kdir string
+	kdir, r.kernel, r.initrd = guestKernel(tb, r.dir, art)
 	disks := []*rtoDisk{{size: 1 << 30, group: "g1", name: "qcdp-rto1-" + sfx}, {size: 100 << 30, group: "g2", name: "qcdp-rto100-" + sfx}}
 	for i, d := range disks {
 		d.image = filepath.Join(r.dir, fmt.Sprintf("src%d.qcow2", i))
@@ -365,29 +355,11 @@ tls_key = %q
 	// started one after the other (two CPUs here), each writing its
 	// workload while protected, then powered off once in sync.
 	for i, d := range disks {
-		var ub [16]byte
-		rand.Read(ub[:])
 		x := filepath.Join(r.dir, fmt.Sprintf("domain%d.xml", i))
-		r.write(x, fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
-  <uuid>%x-%x-%x-%x-%x</uuid>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <metadata>
-    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1"><qcdp:label key="qcdp-test">%s</qcdp:label></qcdp:labels>
-  </metadata>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 cryptomgr.notests %s</cmdline></os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/><serial>qcdp0</serial></disk>
-    <interface type='network'><source network='%s'/><mac address='52:54:00:%02x:%02x:%02x'/><model type='virtio'/></interface>
-    <serial type='unix'><source mode='bind' path='%s'/><log file='%s' append='on'/><target port='0'/></serial>
-  </devices>
-</domain>`, d.name, ub[:4], ub[4:6], ub[6:8], ub[8:10], ub[10:], d.name, r.kernel, r.initrd, rtoWorkload.Cmdline(),
-			d.image, r.srcNet, rb[0], rb[1], byte(i), d.consoleSock, d.console))
+		xml, _ := guestDomain{Name: d.name, Label: d.name, Kernel: r.kernel, Initrd: r.initrd, Params: rtoWorkload,
+			Disk: d.image, Network: r.srcNet, MAC: fmt.Sprintf("52:54:00:%02x:%02x:%02x", rb[0], rb[1], byte(i)),
+			ConsoleSock: d.consoleSock, ConsoleLog: d.console}.XML()
+		r.write(x, xml)
 		r.virsh(ctx, "define", x)
 		tb.Cleanup(func() {
 			r.lv.Virsh(context.Background(), "destroy", d.name)

@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -237,30 +236,12 @@ func TestFailover(t *testing.T) {
 		})
 	}
 	// A directory QEMU (libvirt-qemu) may make its console socket in.
-	vmdir := filepath.Join(dir, "vm")
-	os.Mkdir(vmdir, 0o755)
-	if u, err := user.Lookup("libvirt-qemu"); err == nil {
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		os.Chown(vmdir, uid, gid)
-	}
+	vmdir := qemuDir(t, filepath.Join(dir, "vm"))
 	standby := filepath.Join(dir, "standby")
 	rs := newReplica(ctx, t, bin, dir, "")
-	// The guest's kernel where libvirt's QEMU user may read it (the build
-	// cache is root's), and the only directory the plan lets a standby
-	// boot a kernel from.
-	kdir := filepath.Join(dir, "kernel")
-	os.Mkdir(kdir, 0o755)
-	kernel, initrd := filepath.Join(kdir, "vmlinuz"), filepath.Join(kdir, "initrd")
-	for src, dst := range map[string]string{art.Kernel: kernel, art.Initrd: initrd} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The guest's kernel where libvirt's QEMU user may read it, and the
+	// only directory the plan lets a standby boot a kernel from.
+	kdir, kernel, initrd := guestKernel(t, dir, art)
 	kj, _ := json.Marshal([]string{kdir})
 	f, err := os.OpenFile(rs.Config, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -294,32 +275,16 @@ cmdline_append = "qcdp.verify=1"
 	srcConsole := filepath.Join(vmdir, "console.log")
 	srcSock := filepath.Join(vmdir, "console.sock")
 	wl := workload.Params{Seed: 7, Blocks: 256, Disks: 1, SyncEvery: 4, Rate: 40}
-	var ub [16]byte
-	rand.Read(ub[:])
-	uuid := fmt.Sprintf("%x-%x-%x-%x-%x", ub[:4], ub[4:6], ub[6:8], ub[8:10], ub[10:])
+	var uuid string // kept: the domain is defined again with another seed
 	domXML := func(seed uint64) string {
 		p := wl
 		p.Seed = seed
 		x := filepath.Join(dir, fmt.Sprintf("domain-%d.xml", seed))
-		writeFile(t, x, fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
-  <uuid>%s</uuid>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <metadata>
-    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1"><qcdp:label key="qcdp-test">%s</qcdp:label></qcdp:labels>
-  </metadata>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 cryptomgr.notests %s</cmdline></os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/><serial>qcdp0</serial></disk>
-    <interface type='network'><source network='%s'/><mac address='52:54:00:%02x:%02x:%02x'/><model type='virtio'/></interface>
-    <serial type='unix'><source mode='bind' path='%s'/><log file='%s' append='on'/><target port='0'/></serial>
-  </devices>
-</domain>`, name, uuid, name, kernel, initrd, p.Cmdline(), disk, srcNet, rb[0], rb[1], rb[2], srcSock, srcConsole))
+		var xml string
+		xml, uuid = guestDomain{Name: name, UUID: uuid, Label: name, Kernel: kernel, Initrd: initrd, Params: p, Disk: disk,
+			Network: srcNet, MAC: fmt.Sprintf("52:54:00:%02x:%02x:%02x", rb[0], rb[1], rb[2]),
+			ConsoleSock: srcSock, ConsoleLog: srcConsole}.XML()
+		writeFile(t, x, xml)
 		return x
 	}
 	// Persistent, as protected VMs are: a stopped domain stays listed,

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,34 +20,6 @@ import (
 	"github.com/qcdp/qcdp/integration/guest/workload"
 	"github.com/qcdp/qcdp/integration/harness"
 )
-
-// testGuestDomain is the XML of a persistent libvirt domain that boots the
-// test guest's kernel directly, with one qcow2 disk (serial qcdp0), a
-// console socket and log in vmdir, and label qcdp-test=label.
-func testGuestDomain(name, label, kernel, initrd string, p workload.Params, disk, vmdir string) (xml, uuid string) {
-	var u [16]byte
-	rand.Read(u[:])
-	uuid = fmt.Sprintf("%x-%x-%x-%x-%x", u[:4], u[4:6], u[6:8], u[8:10], u[10:])
-	return fmt.Sprintf(`<domain type='qemu'>
-  <name>%s</name>
-  <uuid>%s</uuid>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <metadata>
-    <qcdp:labels xmlns:qcdp="https://qcdp.dev/xmlns/1"><qcdp:label key="qcdp-test">%s</qcdp:label></qcdp:labels>
-  </metadata>
-  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 cryptomgr.notests %s</cmdline></os>
-  <features><acpi/><apic/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vda' bus='virtio'/><serial>qcdp0</serial></disk>
-    <serial type='unix'><source mode='bind' path='%s'/><log file='%s' append='on'/><target port='0'/></serial>
-  </devices>
-</domain>`, name, uuid, label, kernel, initrd, p.Cmdline(), disk,
-		filepath.Join(vmdir, "console.sock"), filepath.Join(vmdir, "console.log")), uuid
-}
 
 // TestPlannedFailover: two libvirt VMs of one group, writing. `qcdp
 // failover prepare` on the host shuts both down cleanly (ACPI power
@@ -89,18 +60,7 @@ func TestPlannedFailover(t *testing.T) {
 		}
 		return out
 	}
-	kdir := filepath.Join(dir, "kernel")
-	os.Mkdir(kdir, 0o755)
-	kernel, initrd := filepath.Join(kdir, "vmlinuz"), filepath.Join(kdir, "initrd")
-	for src, dst := range map[string]string{art.Kernel: kernel, art.Initrd: initrd} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kdir, kernel, initrd := guestKernel(t, dir, art)
 	standby := filepath.Join(dir, "standby")
 	rs := newReplica(ctx, t, bin, dir, "")
 	f, err := os.OpenFile(rs.Config, os.O_APPEND|os.O_WRONLY, 0)
@@ -141,15 +101,11 @@ cmdline_append = "qcdp.verify=1"
 		if err := harness.CreateImage(ctx, v.disk, "qcow2", 8<<20); err != nil {
 			t.Fatal(err)
 		}
-		os.Mkdir(v.vmdir, 0o755)
-		if u, err := user.Lookup("libvirt-qemu"); err == nil {
-			uid, _ := strconv.Atoi(u.Uid)
-			gid, _ := strconv.Atoi(u.Gid)
-			os.Chown(v.vmdir, uid, gid)
-		}
+		qemuDir(t, v.vmdir)
 		x := filepath.Join(dir, n+".xml")
 		var xml string
-		xml, v.uuid = testGuestDomain(n, base, kernel, initrd, v.p, v.disk, v.vmdir)
+		xml, v.uuid = guestDomain{Name: n, Label: base, Kernel: kernel, Initrd: initrd, Params: v.p, Disk: v.disk,
+			ConsoleSock: filepath.Join(v.vmdir, "console.sock"), ConsoleLog: filepath.Join(v.vmdir, "console.log")}.XML()
 		writeFile(t, x, xml)
 		virsh("define", x)
 		virsh("start", n)
